@@ -1,0 +1,1 @@
+"""Benchmarks for pipeline_ex (not tests): run with `python -m bench`."""

@@ -1,0 +1,95 @@
+"""pipeline_ex: LLM steps that stream typed events (`Delta`, `Done`) to pluggable handlers.
+
+Importing the package is cheap: the haystack-backed parts (`llm`, `invoke`, `ainvoke`, `StepResult`)
+load on first use.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from pipeline_ex.context import Context
+from pipeline_ex.errors import (
+    HandlerError,
+    HandlerResolutionError,
+    PipelineError,
+    ProviderConfigError,
+    ProviderError,
+    ProviderNotInstalledError,
+    StepError,
+    StreamTruncatedError,
+)
+from pipeline_ex.events import Delta, Done, ErrorInfo, Event, FinishReason, Response, Usage
+from pipeline_ex.streaming import (
+    BufferHandler,
+    CallbackHandler,
+    ConsoleHandler,
+    FileHandler,
+    JsonlFileHandler,
+    NullHandler,
+    StreamHandler,
+    legacy_handler,
+    resolve_handler,
+)
+from pipeline_ex.testing import StreamingRecorder
+
+if TYPE_CHECKING:
+    from pipeline_ex import llm
+    from pipeline_ex.llm import StepResult, ainvoke, invoke
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "llm": ("pipeline_ex.llm", None),
+    "invoke": ("pipeline_ex.llm", "invoke"),
+    "ainvoke": ("pipeline_ex.llm", "ainvoke"),
+    "StepResult": ("pipeline_ex.llm", "StepResult"),
+}
+
+
+def __getattr__(name: str) -> Any:
+    """Load the haystack-backed names on first access."""
+    try:
+        module_name, attribute = _LAZY[name]
+    except KeyError:
+        raise AttributeError(f"module 'pipeline_ex' has no attribute {name!r}") from None
+    module = importlib.import_module(module_name)
+    value = module if attribute is None else getattr(module, attribute)
+    globals()[name] = value
+    return value
+
+
+__all__ = [
+    "BufferHandler",
+    "CallbackHandler",
+    "ConsoleHandler",
+    "Context",
+    "Delta",
+    "Done",
+    "ErrorInfo",
+    "Event",
+    "FileHandler",
+    "FinishReason",
+    "HandlerError",
+    "HandlerResolutionError",
+    "JsonlFileHandler",
+    "NullHandler",
+    "PipelineError",
+    "ProviderConfigError",
+    "ProviderError",
+    "ProviderNotInstalledError",
+    "Response",
+    "StepError",
+    "StepResult",
+    "StreamHandler",
+    "StreamTruncatedError",
+    "StreamingRecorder",
+    "Usage",
+    "__version__",
+    "ainvoke",
+    "invoke",
+    "legacy_handler",
+    "llm",
+    "resolve_handler",
+]

@@ -1,0 +1,124 @@
+"""The exceptions pipeline_ex raises. Every one derives from `PipelineError`."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pipeline_ex.events import Done
+
+
+class PipelineError(Exception):
+    """Base class of every error pipeline_ex raises on purpose."""
+
+
+@dataclass(frozen=True)
+class Location:
+    """Where in a workflow file a value came from: file, 1-based line and column, and the key path."""
+
+    file: str | None = None
+    line: int | None = None
+    column: int | None = None
+    key: str | None = None
+
+    def __str__(self) -> str:
+        place = self.file or "<python>"
+        if self.line is not None:
+            place += f":{self.line}"
+            if self.column is not None:
+                place += f":{self.column}"
+        return f"{place}, key '{self.key}'" if self.key else place
+
+
+class HandlerResolutionError(PipelineError):
+    """A `stream_handler` reference (or `on_event` object) could not be turned into a handler."""
+
+    def __init__(
+        self,
+        reference: str,
+        problem: str,
+        *,
+        cause: BaseException | None = None,
+        short_names: Sequence[str] = (),
+        hint: str | None = None,
+        location: Location | None = None,
+    ) -> None:
+        self.reference = reference
+        self.problem = problem
+        self.cause = cause
+        self.short_names = tuple(short_names)
+        self.hint = hint
+        self.location = location
+        super().__init__(self._render())
+
+    def with_location(self, location: Location) -> HandlerResolutionError:
+        """Return the same error, placed at `location` in a workflow file."""
+        return HandlerResolutionError(
+            self.reference,
+            self.problem,
+            cause=self.cause,
+            short_names=self.short_names,
+            hint=self.hint,
+            location=location,
+        )
+
+    def _render(self) -> str:
+        lines = [f"cannot use stream handler {self.reference!r}: {self.problem}"]
+        if self.location is not None:
+            lines.append(f"  at: {self.location}")
+        if self.cause is not None:
+            lines.append(f"  cause: {type(self.cause).__name__}: {self.cause}")
+        if self.short_names:
+            lines.append(f"  short names: {', '.join(self.short_names)}")
+        if self.hint:
+            lines.append(f"  hint: {self.hint}")
+        return "\n".join(lines)
+
+
+class ProviderNotInstalledError(PipelineError):
+    """The integration package a provider needs is not installed."""
+
+    def __init__(self, provider: str, extra: str, missing: str) -> None:
+        self.provider = provider
+        self.extra = extra
+        self.missing = missing
+        super().__init__(
+            f"provider {provider!r} needs the {missing!r} package, which is not installed.\n"
+            f"  fix: pip install 'pipeline-ex[{extra}]'"
+        )
+
+
+class ProviderConfigError(PipelineError):
+    """A provider name or option is not valid."""
+
+
+class StepError(PipelineError):
+    """A step ended with an error. Its `Done` event was delivered before this was raised."""
+
+    def __init__(self, message: str, *, step: str, done: Done) -> None:
+        self.step = step
+        self.done = done
+        super().__init__(message)
+
+    @property
+    def partial_text(self) -> str:
+        """The text delivered before the step failed."""
+        return self.done.response.text
+
+
+class ProviderError(StepError):
+    """The provider (or the haystack generator talking to it) raised during the step."""
+
+
+class StreamTruncatedError(StepError):
+    """The provider stream ended without a finish reason, so the reply is incomplete."""
+
+
+class HandlerError(StepError):
+    """A stream handler raised while receiving the step's events."""
+
+    def __init__(self, message: str, *, step: str, done: Done, handler: str) -> None:
+        self.handler = handler
+        super().__init__(message, step=step, done=done)

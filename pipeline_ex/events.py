@@ -1,0 +1,112 @@
+"""Typed stream events: what a step emits while it runs, and once when it ends.
+
+Every step stream is a run of `Delta` events closed by exactly one `Done`. The models are frozen pydantic
+v2 models, so they can be pattern matched, serialised to JSON and compared by value::
+
+    match event:
+        case Delta(content=text):
+            print(text, end="")
+        case Done(response=response):
+            print(response.usage)
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+FinishReason = Literal["stop", "length", "content_filter", "tool_calls", "error", "cancelled", "other"]
+"""Why a step's generation ended, normalised across providers (the raw value stays in `Response.meta`)."""
+
+ErrorType = Literal["provider", "truncated", "timeout", "handler", "cancelled"]
+"""The kind of failure recorded in `ErrorInfo.type`."""
+
+
+class _FrozenModel(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Usage(_FrozenModel):
+    """Token counts for one step, as the provider reported them; a count the provider omitted is None."""
+
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    total_tokens: int | None = None
+
+
+class ErrorInfo(_FrozenModel):
+    """What went wrong in a step that did not finish normally."""
+
+    type: ErrorType
+    message: str
+    exception: str | None = None
+    """Qualified class name of the underlying exception, when there was one."""
+
+
+class Response(_FrozenModel):
+    """The final result of one step: the full text plus model, finish reason, usage and provider metadata."""
+
+    text: str
+    model: str | None = None
+    provider: str
+    finish_reason: FinishReason
+    usage: Usage | None = None
+    meta: dict[str, Any] = Field(default_factory=dict)
+
+
+class Delta(_FrozenModel):
+    """A piece of streamed output. `content` is never empty."""
+
+    type: Literal["delta"] = "delta"
+    content: str = Field(min_length=1)
+    step: str
+    run_id: str
+    seq: int
+    index: int = 0
+    kind: Literal["text", "reasoning"] = "text"
+
+
+class Done(_FrozenModel):
+    """The last event of every step stream, on success, failure and cancellation alike."""
+
+    type: Literal["done"] = "done"
+    response: Response
+    step: str
+    run_id: str
+    seq: int
+    error: ErrorInfo | None = None
+    streamed: bool = True
+    ttft_ms: float | None = None
+    duration_ms: float
+
+
+Event = Delta | Done
+"""Any event a step emits."""
+
+EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(Annotated[Event, Field(discriminator="type")])
+"""Validates and parses events from dicts or JSON, dispatching on the `type` field."""
+
+
+_DELTA_FIELDS = frozenset(Delta.model_fields)
+_new_object = object.__new__
+_set = object.__setattr__
+
+
+def new_delta(content: str, step: str, run_id: str, seq: int, kind: Literal["text", "reasoning"] = "text") -> Delta:
+    """Build a `Delta` from parts the framework already checked, without re-validating them.
+
+    The bridge creates one Delta per streamed chunk; validation (or `model_construct`, which is slower
+    still) would cost more than the rest of the delivery. The result is an ordinary `Delta`, equal to
+    `Delta(content=..., ...)`. Callers must pass a non-empty `content`.
+    """
+    delta = _new_object(Delta)
+    _set(
+        delta,
+        "__dict__",
+        {"type": "delta", "content": content, "step": step, "run_id": run_id, "seq": seq, "index": 0, "kind": kind},
+    )
+    _set(delta, "__pydantic_fields_set__", _DELTA_FIELDS)
+    _set(delta, "__pydantic_extra__", None)
+    _set(delta, "__pydantic_private__", None)
+    return delta

@@ -1,0 +1,250 @@
+"""The bridge from haystack streaming callbacks to typed events, for sync, async and hybrid runs.
+
+- sync: the generator's `run` calls `StreamBridge.on_chunk` on the caller's thread, which delivers the
+  events to the handlers right there.
+- native async: `run_async` awaits `StreamBridge.on_chunk_async` on the event loop.
+- hybrid: a sync-only generator runs in a worker thread. `HybridPump.on_chunk` turns chunks into events
+  on that thread and queues them; the event loop delivers them. The worker never waits for the loop and
+  the loop is woken only when the queue goes from empty to non-empty, so there is no polling and no
+  per-chunk `run_coroutine_threadsafe` round trip.
+
+Stopping a stream early (a handler failed, or the run was cancelled) raises `StreamAbort` from inside
+the callback. It is a `BaseException`, so it passes through generators that catch and log every
+`Exception` their callback raises (llama-cpp-haystack does).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any, Literal
+
+from haystack.dataclasses import StreamingChunk
+
+from pipeline_ex.events import Delta, Done, ErrorInfo, FinishReason, Response, Usage, new_delta
+from pipeline_ex.streaming.dispatch import Dispatcher, HandlerFailure
+
+
+class StreamAbort(BaseException):
+    """Raised inside a streaming callback to stop the provider stream."""
+
+
+class StreamBridge:
+    """Turns one step run's haystack chunks into events and keeps what the final `Done` needs.
+
+    `parts` holds exactly the text of the text deltas that were delivered, so `Done.response.text`
+    always equals the joined deltas, also when the stream stops early.
+    """
+
+    def __init__(
+        self,
+        *,
+        step: str,
+        run_id: str,
+        next_seq: Callable[[], int],
+        provider: str,
+        model: str | None,
+        dispatcher: Dispatcher,
+        debug_log: Any | None = None,
+    ) -> None:
+        self.step = step
+        self.run_id = run_id
+        self.next_seq = next_seq
+        self.provider = provider
+        self.model = model
+        self.dispatcher = dispatcher
+        self.debug_log = debug_log
+        self.parts: list[str] = []
+        self.started = time.perf_counter()
+        self.first_delta_at: float | None = None
+        self.finish_raw: Any = None
+        self.failure: HandlerFailure | None = None
+        if debug_log is not None:
+            self._emit = self._emit_logged
+        else:
+            self._emit = dispatcher.emit
+
+    # -- building events -------------------------------------------------------------------------
+
+    def make_delta(self, content: str, kind: Literal["text", "reasoning"] = "text") -> Delta:
+        """A Delta for this step, with the run's next sequence number."""
+        return new_delta(content, self.step, self.run_id, self.next_seq(), kind)
+
+    def note_chunk(self, chunk: StreamingChunk) -> None:
+        """Record the finish reason of a chunk that carries one, and log the raw chunk when debugging."""
+        if self.debug_log is not None:
+            self.debug_log.debug("provider chunk", step=self.step, chunk={**chunk.to_dict(), "component_info": None})
+        if chunk.finish_reason is not None:
+            self.finish_raw = chunk.meta.get("finish_reason") or chunk.finish_reason
+
+    def record(self, delta: Delta) -> None:
+        """Account for a delta that is about to be delivered."""
+        if self.first_delta_at is None:
+            self.first_delta_at = time.perf_counter()
+        if delta.kind == "text":
+            self.parts.append(delta.content)
+
+    @property
+    def text(self) -> str:
+        """The text delivered so far."""
+        return "".join(self.parts)
+
+    def build_done(
+        self,
+        *,
+        finish_reason: FinishReason,
+        usage: Usage | None,
+        meta: dict[str, Any],
+        model: str | None = None,
+        error: ErrorInfo | None = None,
+        streamed: bool = True,
+    ) -> Done:
+        """The Done event closing this step's stream."""
+        now = time.perf_counter()
+        response = Response(
+            text=self.text,
+            model=model or self.model,
+            provider=self.provider,
+            finish_reason=finish_reason,
+            usage=usage,
+            meta=meta,
+        )
+        ttft = None if self.first_delta_at is None else (self.first_delta_at - self.started) * 1000
+        return Done(
+            response=response,
+            step=self.step,
+            run_id=self.run_id,
+            seq=self.next_seq(),
+            error=error,
+            streamed=streamed,
+            ttft_ms=ttft,
+            duration_ms=(now - self.started) * 1000,
+        )
+
+    # -- sync and native-async callbacks ---------------------------------------------------------
+
+    def _emit_logged(self, event: Delta | Done) -> None:
+        assert self.debug_log is not None
+        self.debug_log.debug("event", **event.model_dump(mode="json"))
+        self.dispatcher.emit(event)
+
+    def deliver(self, delta: Delta) -> None:
+        """Deliver one delta to sync handlers; a handler failure stops the stream."""
+        self.record(delta)
+        try:
+            self._emit(delta)
+        except HandlerFailure as failure:
+            self.failure = failure
+            raise StreamAbort from failure
+
+    async def adeliver(self, delta: Delta) -> None:
+        """Deliver one delta to sync and async handlers; a handler failure stops the stream."""
+        self.record(delta)
+        if self.debug_log is not None:
+            self.debug_log.debug("event", **delta.model_dump(mode="json"))
+        try:
+            await self.dispatcher.aemit(delta)
+        except HandlerFailure as failure:
+            self.failure = failure
+            raise StreamAbort from failure
+
+    def on_chunk(self, chunk: StreamingChunk) -> None:
+        """The sync `streaming_callback`: deliver the chunk's text (and reasoning) right away."""
+        content = chunk.content
+        if content:
+            self.deliver(self.make_delta(content))
+        reasoning = chunk.reasoning
+        if reasoning is not None and reasoning.reasoning_text:
+            self.deliver(self.make_delta(reasoning.reasoning_text, "reasoning"))
+        if chunk.finish_reason is not None or self.debug_log is not None:
+            self.note_chunk(chunk)
+
+    async def on_chunk_async(self, chunk: StreamingChunk) -> None:
+        """The async `streaming_callback` for generators with a native `run_async`."""
+        if not self.dispatcher.is_async:
+            self.on_chunk(chunk)
+            return
+        content = chunk.content
+        if content:
+            await self.adeliver(self.make_delta(content))
+        reasoning = chunk.reasoning
+        if reasoning is not None and reasoning.reasoning_text:
+            await self.adeliver(self.make_delta(reasoning.reasoning_text, "reasoning"))
+        if chunk.finish_reason is not None or self.debug_log is not None:
+            self.note_chunk(chunk)
+
+
+class HybridPump:
+    """Moves events from a sync-only generator's worker thread to the event loop.
+
+    The worker converts chunks and appends them to a deque; it wakes the loop with one
+    `call_soon_threadsafe` only when no wake-up is already pending. The loop drains everything queued
+    per wake-up, so a fast producer costs one wake-up per batch rather than one per chunk.
+    """
+
+    def __init__(self, bridge: StreamBridge, loop: asyncio.AbstractEventLoop) -> None:
+        self.bridge = bridge
+        self.loop = loop
+        self.pending: deque[Delta] = deque()
+        self.produced: list[str] = []
+        self.aborted = False
+        self._wake = asyncio.Event()
+        self._wake_scheduled = False
+
+    def on_chunk(self, chunk: StreamingChunk) -> None:
+        """The `streaming_callback` the worker thread calls."""
+        if self.aborted:
+            raise StreamAbort
+        bridge = self.bridge
+        queued = False
+        content = chunk.content
+        if content:
+            self.produced.append(content)
+            self.pending.append(bridge.make_delta(content))
+            queued = True
+        reasoning = chunk.reasoning
+        if reasoning is not None and reasoning.reasoning_text:
+            self.pending.append(bridge.make_delta(reasoning.reasoning_text, "reasoning"))
+            queued = True
+        if chunk.finish_reason is not None or bridge.debug_log is not None:
+            bridge.note_chunk(chunk)
+        if queued and not self._wake_scheduled:
+            self._wake_scheduled = True
+            self.loop.call_soon_threadsafe(self._wake.set)
+
+    async def _drain(self) -> None:
+        bridge = self.bridge
+        pending = self.pending
+        if bridge.dispatcher.is_async or bridge.debug_log is not None:
+            while pending:
+                await bridge.adeliver(pending.popleft())
+        else:
+            while pending:
+                bridge.deliver(pending.popleft())
+
+    async def run(self, work: Callable[[], Any]) -> Any:
+        """Run `work` in a worker thread, delivering its events until it returns; return its result.
+
+        If this coroutine is cancelled or a handler fails, the worker is told to stop at its next chunk
+        and the exception propagates at once.
+        """
+        future = self.loop.run_in_executor(None, work)
+        future.add_done_callback(lambda _: self._wake.set())
+        try:
+            while True:
+                await self._wake.wait()
+                self._wake.clear()
+                self._wake_scheduled = False  # cleared before draining, so a later append wakes us again
+                await self._drain()
+                if future.done():
+                    await self._drain()
+                    return future.result()
+        except BaseException:
+            self.aborted = True
+            if future.done() and not future.cancelled():
+                future.exception()  # mark retrieved: the step reports the failure itself
+            else:
+                future.add_done_callback(lambda f: f.cancelled() or f.exception())
+            raise

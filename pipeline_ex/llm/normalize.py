@@ -1,0 +1,73 @@
+"""Map provider usage and finish reasons onto pipeline_ex's `Usage` and `FinishReason`."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from pipeline_ex.events import FinishReason, Usage
+
+_FINISH_REASONS: dict[str, FinishReason] = {
+    "stop": "stop",
+    "end_turn": "stop",
+    "stop_sequence": "stop",
+    "eos": "stop",
+    "length": "length",
+    "max_tokens": "length",
+    "max_output_tokens": "length",
+    "model_context_window_exceeded": "length",
+    "content_filter": "content_filter",
+    "safety": "content_filter",
+    "recitation": "content_filter",
+    "refusal": "content_filter",
+    "blocklist": "content_filter",
+    "prohibited_content": "content_filter",
+    "tool_calls": "tool_calls",
+    "tool_use": "tool_calls",
+    "function_call": "tool_calls",
+    "tool_call_results": "tool_calls",
+}
+
+# (input, output, total) key names, in the order they are tried.
+_USAGE_KEYS: tuple[tuple[str, str, str], ...] = (
+    ("prompt_tokens", "completion_tokens", "total_tokens"),  # OpenAI chat, llama.cpp
+    ("input_tokens", "output_tokens", "total_tokens"),  # Anthropic, OpenAI Responses
+    ("prompt_eval_count", "eval_count", "total_tokens"),  # Ollama
+    ("prompt_token_count", "candidates_token_count", "total_token_count"),  # Gemini
+)
+
+
+def map_finish_reason(raw: object) -> FinishReason:
+    """Map a provider's finish reason (any case) onto `FinishReason`; unknown values become "other"."""
+    if raw is None:
+        return "other"
+    return _FINISH_REASONS.get(str(raw).lower(), "other")
+
+
+def _as_count(value: object) -> int | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return int(value)
+
+
+def normalize_usage(raw: Mapping[str, Any] | None) -> Usage | None:
+    """Turn a provider usage mapping into `Usage`, or None when the provider reported no counts.
+
+    Counts that are missing stay None; they are never replaced by zeros. The total is derived from input
+    and output only when the provider gave both and no total.
+    """
+    if not raw:
+        return None
+    for input_key, output_key, total_key in _USAGE_KEYS:
+        if input_key in raw or output_key in raw:
+            input_tokens = _as_count(raw.get(input_key))
+            output_tokens = _as_count(raw.get(output_key))
+            total_tokens = _as_count(raw.get(total_key))
+            break
+    else:
+        return None
+    if input_tokens is None and output_tokens is None and total_tokens is None:
+        return None
+    if total_tokens is None and input_tokens is not None and output_tokens is not None:
+        total_tokens = input_tokens + output_tokens
+    return Usage(input_tokens=input_tokens, output_tokens=output_tokens, total_tokens=total_tokens)

@@ -1,0 +1,237 @@
+"""Providers: build the haystack chat generator a step runs on, from a provider name and options.
+
+Each provider validates its options with a pydantic model, so a misspelt or unsupported option is an
+error that names it, never silently ignored.
+"""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import os
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+from urllib.parse import urlparse
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from pipeline_ex.errors import ProviderConfigError, ProviderNotInstalledError
+
+AsyncMode = Literal["native", "hybrid"]
+
+
+@dataclass
+class BuiltGenerator:
+    """A haystack chat generator ready for one step run, with what the step needs to know about it.
+
+    :param async_mode: "native" when `run_async` streams to an async callback; "hybrid" when the
+        generator is sync-only and runs in a worker thread inside async runs.
+    :param owned: built for this step run alone, so the step may close it to drop a provider stream.
+    :param lock: held around every generation when the generator is shared and not thread-safe.
+    :param count_usage: computes usage from the reply text when the provider does not report it.
+    """
+
+    generator: Any
+    provider: str
+    model: str | None
+    generation_kwargs: dict[str, Any] = field(default_factory=dict)
+    async_mode: AsyncMode = "native"
+    owned: bool = True
+    lock: threading.Lock | None = None
+    count_usage: Callable[[str], dict[str, int] | None] | None = None
+    model_from_reply: bool = True
+    """Report the model name the provider returns (False when it is only a file path)."""
+
+    def close(self) -> None:
+        """Close an owned generator's clients, which drops any open provider connection."""
+        close = getattr(self.generator, "close", None) if self.owned else None
+        if callable(close):
+            close()
+
+    async def aclose(self) -> None:
+        """Async twin of `close`, for generators with async clients."""
+        if not self.owned:
+            return
+        close_async = getattr(self.generator, "close_async", None)
+        if callable(close_async):
+            await close_async()
+        self.close()
+
+
+class _Options(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class GenerationOptions(_Options):
+    """Sampling options most providers share."""
+
+    temperature: float | None = None
+    max_tokens: int | None = None
+    top_p: float | None = None
+    stop: list[str] | None = None
+    seed: int | None = None
+
+    def generation_kwargs(self) -> dict[str, Any]:
+        """The options that were set, as haystack `generation_kwargs`."""
+        return {k: v for k, v in self.model_dump(include=set(GenerationOptions.model_fields)).items() if v is not None}
+
+
+class OpenAIOptions(GenerationOptions):
+    """Options of the `openai` provider (OpenAI or any OpenAI-compatible server)."""
+
+    api_base_url: str | None = None
+    api_key_env: str = "OPENAI_API_KEY"
+    organization: str | None = None
+    timeout: float | None = None
+    max_retries: int | None = None
+    include_usage: bool = True
+    """Ask for `stream_options.include_usage`; turn off for servers that reject it."""
+
+
+class LocalOptions(GenerationOptions):
+    """Options of the embedded `local` provider (llama.cpp)."""
+
+    max_tokens: int | None = 256
+    model_path: str | None = None
+    n_ctx: int = 2048
+    top_k: int | None = None
+    repeat_penalty: float | None = None
+
+
+class MockOptions(_Options):
+    """Options of the `mock` provider (a scripted generator, no network)."""
+
+    mock_response: str | list[str] | None = None
+    delay_ms: float = 0
+    error_after: int | None = None
+    usage: Literal["words"] | dict[str, int] | None = "words"
+    finish_reason: Literal["stop", "length", "content_filter", "tool_calls"] | None = "stop"
+
+
+def _parse(options_model: type[_Options], provider: str, options: Mapping[str, Any]) -> Any:
+    try:
+        return options_model.model_validate(dict(options))
+    except ValidationError as error:
+        known = sorted(options_model.model_fields)
+        problems = []
+        for item in error.errors():
+            key = ".".join(str(p) for p in item["loc"])
+            if item["type"] == "extra_forbidden":
+                close = difflib.get_close_matches(key, known, n=1)
+                problems.append(f"unknown option {key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+            else:
+                problems.append(f"option {key!r}: {item['msg']}")
+        raise ProviderConfigError(
+            f"provider {provider!r}: " + "; ".join(problems) + f"\n  options it accepts: {', '.join(known)}"
+        ) from None
+
+
+def _is_loopback(url: str | None) -> bool:
+    host = urlparse(url).hostname if url else None
+    if host is None:
+        return False
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _build_openai(model: str | None, options: Mapping[str, Any]) -> BuiltGenerator:
+    opts: OpenAIOptions = _parse(OpenAIOptions, "openai", options)
+    try:
+        from haystack.components.generators.chat import OpenAIChatGenerator
+        from haystack.utils import Secret
+    except ModuleNotFoundError as error:  # pragma: no cover - haystack is a dependency
+        raise ProviderNotInstalledError("openai", "openai", error.name or "openai") from error
+    if os.environ.get(opts.api_key_env):
+        api_key = Secret.from_env_var(opts.api_key_env)
+    elif _is_loopback(opts.api_base_url):
+        api_key = Secret.from_token("no-key-needed-for-loopback")  # local servers take any key
+    else:
+        raise ProviderConfigError(
+            f"provider 'openai' needs an API key: set the {opts.api_key_env} environment variable"
+            + ("" if opts.api_base_url else ", or point api_base_url at an OpenAI-compatible server")
+        )
+    generation_kwargs = opts.generation_kwargs()
+    if opts.include_usage:
+        generation_kwargs["stream_options"] = {"include_usage": True}
+    model_name = model or "gpt-4o-mini"
+    generator = OpenAIChatGenerator(
+        api_key=api_key,
+        model=model_name,
+        api_base_url=opts.api_base_url,
+        organization=opts.organization,
+        timeout=opts.timeout,
+        max_retries=opts.max_retries,
+    )
+    return BuiltGenerator(generator, "openai", model_name, generation_kwargs)
+
+
+def _build_local(model: str | None, options: Mapping[str, Any]) -> BuiltGenerator:
+    from pipeline_ex.llm.local_model import DEFAULT_MODEL, count_local_usage, load_local_model
+
+    opts: LocalOptions = _parse(LocalOptions, "local", options)
+    if model not in (None, DEFAULT_MODEL) and opts.model_path is None:
+        raise ProviderConfigError(
+            f"provider 'local' runs {DEFAULT_MODEL}; to run another GGUF file set model_path, not model={model!r}"
+        )
+    loaded = load_local_model(opts.model_path, opts.n_ctx)
+    generation_kwargs = opts.generation_kwargs()
+    for key in ("top_k", "repeat_penalty"):
+        value = getattr(opts, key)
+        if value is not None:
+            generation_kwargs[key] = value
+    return BuiltGenerator(
+        loaded.generator,
+        "local",
+        model or (DEFAULT_MODEL if opts.model_path is None else loaded.path.stem),
+        generation_kwargs,
+        async_mode="hybrid",  # llama.cpp only calls back synchronously, from its own thread
+        owned=False,
+        lock=loaded.lock,
+        count_usage=lambda text: count_local_usage(loaded, text),
+        model_from_reply=False,
+    )
+
+
+def _build_mock(model: str | None, options: Mapping[str, Any]) -> BuiltGenerator:
+    from pipeline_ex.testing.mock_generator import ScriptedChatGenerator
+
+    opts: MockOptions = _parse(MockOptions, "mock", options)
+    generator = ScriptedChatGenerator(
+        opts.mock_response,
+        model=model or "mock",
+        delay_ms=opts.delay_ms,
+        error_after=opts.error_after,
+        usage=opts.usage,
+        finish_reason=opts.finish_reason,
+    )
+    return BuiltGenerator(generator, "mock", model or "mock")
+
+
+PROVIDERS: dict[str, Callable[[str | None, Mapping[str, Any]], BuiltGenerator]] = {
+    "openai": _build_openai,
+    "local": _build_local,
+    "mock": _build_mock,
+}
+"""Provider name -> builder."""
+
+DEFAULT_PROVIDER = "local"
+
+
+def build_generator(provider: str | None, model: str | None, options: Mapping[str, Any]) -> BuiltGenerator:
+    """Build the generator for `provider` (default "local") with `model` and provider `options`."""
+    name = provider or DEFAULT_PROVIDER
+    builder = PROVIDERS.get(name)
+    if builder is None:
+        close = difflib.get_close_matches(name, PROVIDERS, n=1)
+        raise ProviderConfigError(
+            f"unknown provider {name!r}"
+            + (f" (did you mean {close[0]!r}?)" if close else "")
+            + f"; available: {', '.join(PROVIDERS)}"
+        )
+    return builder(model, options)

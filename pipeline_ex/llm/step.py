@@ -1,0 +1,412 @@
+"""The LLM step: `invoke` and `ainvoke` run one prompt on a provider and stream its events.
+
+Every call ends with exactly one `Done`, delivered to every handler: on success, on a provider error
+(with the partial text), on a stream that ends without a finish reason ("truncated"), on a handler
+error and on cancellation. After a failed step's Done is delivered, the exception is raised.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+from collections.abc import Mapping, Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Any
+
+from pipeline_ex.context import Context
+from pipeline_ex.debug import debug_logger
+from pipeline_ex.errors import HandlerError, PipelineError, ProviderError, StepError, StreamTruncatedError
+from pipeline_ex.events import Delta, Done, ErrorInfo, Response
+from pipeline_ex.llm.bridge import HybridPump, StreamAbort, StreamBridge
+from pipeline_ex.llm.normalize import map_finish_reason, normalize_usage
+from pipeline_ex.llm.providers import BuiltGenerator, build_generator
+from pipeline_ex.streaming.dispatch import Dispatcher, HandlerFailure
+from pipeline_ex.streaming.resolve import HandlerSpec, resolve_handler
+
+logger = logging.getLogger("pipeline_ex")
+
+_CANCELLATIONS = (KeyboardInterrupt, asyncio.CancelledError, GeneratorExit, StreamAbort)
+_sync_callback_only: set[type] = set()
+"""Generator classes whose `run_async` turned out to accept only sync callbacks (hybrid from then on)."""
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """The outcome of one step: the final `Done` and, through it, the full text and response."""
+
+    done: Done
+
+    @property
+    def text(self) -> str:
+        """The model's full text (all text deltas joined)."""
+        return self.done.response.text
+
+    @property
+    def response(self) -> Response:
+        """The final response: text, model, provider, finish reason, usage and metadata."""
+        return self.done.response
+
+
+def _handler_specs(on_event: Any, ctx: Context) -> list[HandlerSpec]:
+    refs: list[Any] = []
+    if on_event is not None:
+        is_many = isinstance(on_event, Sequence) and not isinstance(on_event, str)
+        refs.extend(on_event if is_many else [on_event])
+    refs.extend(ctx.handlers)
+    return [ref if isinstance(ref, HandlerSpec) else resolve_handler(ref) for ref in refs]
+
+
+def _is_timeout(error: BaseException) -> bool:
+    return isinstance(error, TimeoutError) or "Timeout" in type(error).__name__
+
+
+def _qualname(error: BaseException) -> str:
+    cls = type(error)
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+class _StepRun:
+    """One execution of an LLM step: the generator, the handlers, and the bridge between them."""
+
+    def __init__(
+        self,
+        ctx: Context,
+        *,
+        step: str,
+        prompt: str,
+        system: str | None,
+        built: BuiltGenerator,
+        handlers: list[HandlerSpec],
+        stream: bool,
+    ) -> None:
+        from haystack.dataclasses import ChatMessage
+
+        self.built = built
+        self.messages = ([ChatMessage.from_system(system)] if system else []) + [ChatMessage.from_user(prompt)]
+        self.dispatcher = Dispatcher([spec.bind() for spec in handlers])
+        can_stream = "streaming_callback" in inspect.signature(built.generator.run).parameters
+        if stream and not can_stream:
+            logger.warning(
+                "step %r: model %r (%s) cannot stream; making one call and emitting its reply as one Delta",
+                step,
+                built.model,
+                type(built.generator).__name__,
+            )
+        self.streaming = stream and can_stream
+        self.bridge = StreamBridge(
+            step=step,
+            run_id=ctx.run_id,
+            next_seq=ctx.next_seq,
+            provider=built.provider,
+            model=built.model,
+            dispatcher=self.dispatcher,
+            debug_log=debug_logger() if ctx.debug else None,
+        )
+
+    # -- calling the generator -------------------------------------------------------------------
+
+    def _run_generator(self, callback: Any) -> tuple[Any, dict[str, Any] | None]:
+        """Call the generator's sync `run` (under its lock); return the reply and computed usage."""
+        built = self.built
+        kwargs: dict[str, Any] = {"messages": self.messages, "generation_kwargs": dict(built.generation_kwargs)}
+        if not self.streaming:
+            kwargs["generation_kwargs"].pop("stream_options", None)
+        elif callback is not None:
+            kwargs["streaming_callback"] = callback
+        with built.lock or nullcontext():
+            replies = built.generator.run(**kwargs)["replies"]
+            reply = replies[0] if replies else None
+            usage = None
+            if built.count_usage is not None and reply is not None:
+                usage = built.count_usage(reply.text or "")
+        return reply, usage
+
+    async def _run_generator_async(self) -> tuple[Any, dict[str, Any] | None]:
+        built = self.built
+        generator = built.generator
+        hybrid = built.async_mode == "hybrid" or type(generator) in _sync_callback_only
+        if not hybrid and not inspect.iscoroutinefunction(getattr(generator, "run_async", None)):
+            hybrid = True
+        if hybrid:
+            loop = asyncio.get_running_loop()
+            if not self.streaming:
+                return await loop.run_in_executor(None, self._run_generator, None)
+            pump = HybridPump(self.bridge, loop)
+            result: tuple[Any, dict[str, Any] | None] = await pump.run(lambda: self._run_generator(pump.on_chunk))
+            return result
+        kwargs: dict[str, Any] = {"messages": self.messages, "generation_kwargs": dict(built.generation_kwargs)}
+        if self.streaming:
+            kwargs["streaming_callback"] = self.bridge.on_chunk_async
+        else:
+            kwargs["generation_kwargs"].pop("stream_options", None)
+        try:
+            replies = (await generator.run_async(**kwargs))["replies"]
+        except ValueError as error:
+            if "coroutine" not in str(error) or self.bridge.parts or not self.streaming:
+                raise
+            # The generator's run_async hands the callback to its sync run (llama-cpp-haystack does):
+            # nothing was generated yet, so run it as hybrid, now and from now on.
+            _sync_callback_only.add(type(generator))
+            return await self._run_generator_async()
+        return (replies[0] if replies else None), None
+
+    # -- concluding ------------------------------------------------------------------------------
+
+    def _unstreamed_delta(self, reply: Any) -> Delta | None:
+        text = reply.text if reply is not None else None
+        return self.bridge.make_delta(text) if text else None
+
+    def _conclude(
+        self, reply: Any, computed_usage: dict[str, Any] | None, error: BaseException | None
+    ) -> tuple[Done, BaseException | None]:
+        """Build the Done for how the run ended, and the exception to raise after delivering it."""
+        bridge = self.bridge
+        meta: dict[str, Any] = {}
+        streamed = self.streaming
+        if error is None:
+            reply_meta = dict(reply.meta) if reply is not None else {}
+            raw_finish = bridge.finish_raw if streamed else reply_meta.get("finish_reason")
+            usage = normalize_usage(reply_meta.get("usage")) or normalize_usage(computed_usage)
+            if computed_usage is not None and not reply_meta.get("usage"):
+                meta["usage_source"] = "counted by pipeline_ex"
+            model = (reply_meta.get("model") or None) if self.built.model_from_reply else None
+            if streamed and raw_finish is None and reply_meta.get("finish_reason") is None:
+                done = bridge.build_done(
+                    finish_reason="error",
+                    usage=usage,
+                    meta=meta,
+                    model=model,
+                    streamed=streamed,
+                    error=ErrorInfo(
+                        type="truncated",
+                        message="the provider stream ended without a finish reason; the reply is incomplete",
+                    ),
+                )
+                return done, StreamTruncatedError(
+                    f"step {bridge.step!r}: the stream ended without a finish reason (truncated reply)",
+                    step=bridge.step,
+                    done=done,
+                )
+            raw_finish = raw_finish if raw_finish is not None else reply_meta.get("finish_reason")
+            meta["finish_reason_raw"] = raw_finish
+            done = bridge.build_done(
+                finish_reason=map_finish_reason(raw_finish), usage=usage, meta=meta, model=model, streamed=streamed
+            )
+            return done, None
+        if bridge.failure is not None:
+            failure = bridge.failure
+            done = bridge.build_done(
+                finish_reason="error",
+                usage=None,
+                meta=meta,
+                streamed=streamed,
+                error=ErrorInfo(type="handler", message=str(failure), exception=_qualname(failure.error)),
+            )
+            err = HandlerError(f"step {bridge.step!r}: {failure}", step=bridge.step, done=done, handler=failure.handler)
+            err.__cause__ = failure.error
+            return done, err
+        if isinstance(error, _CANCELLATIONS):
+            done = bridge.build_done(
+                finish_reason="cancelled",
+                usage=None,
+                meta=meta,
+                streamed=streamed,
+                error=ErrorInfo(type="cancelled", message="the step was cancelled", exception=_qualname(error)),
+            )
+            return done, error
+        if isinstance(error, Exception):
+            kind = "timeout" if _is_timeout(error) else "provider"
+            done = bridge.build_done(
+                finish_reason="error",
+                usage=None,
+                meta=meta,
+                streamed=streamed,
+                error=ErrorInfo(type=kind, message=str(error) or type(error).__name__, exception=_qualname(error)),
+            )
+            provider_error = ProviderError(
+                f"step {bridge.step!r}: provider {bridge.provider!r} failed: {type(error).__name__}: {error}",
+                step=bridge.step,
+                done=done,
+            )
+            provider_error.__cause__ = error
+            return done, provider_error
+        done = bridge.build_done(
+            finish_reason="cancelled",
+            usage=None,
+            meta=meta,
+            streamed=streamed,
+            error=ErrorInfo(type="cancelled", message=f"interrupted by {type(error).__name__}"),
+        )
+        return done, error
+
+    def _finish(self, done: Done, error: BaseException | None, late: HandlerFailure | None) -> StepResult:
+        if error is None and late is not None:
+            error = HandlerError(
+                f"step {done.step!r}: {late} (while receiving Done)", step=done.step, done=done, handler=late.handler
+            )
+            error.__cause__ = late.error
+        if error is not None:
+            raise error
+        return StepResult(done)
+
+    # -- the two entry points --------------------------------------------------------------------
+
+    def execute(self) -> StepResult:
+        """Run the step synchronously on the calling thread."""
+        reply: Any = None
+        usage: dict[str, Any] | None = None
+        error: BaseException | None = None
+        try:
+            reply, usage = self._run_generator(self.bridge.on_chunk if self.streaming else None)
+            if not self.streaming and (delta := self._unstreamed_delta(reply)) is not None:
+                self.bridge.deliver(delta)
+        except BaseException as caught:
+            error = caught
+        try:
+            self.built.close()
+        except Exception:
+            logger.exception("closing the %s generator failed", self.built.provider)
+        done, to_raise = self._conclude(reply, usage, error)
+        if self.bridge.debug_log is not None:
+            self.bridge.debug_log.debug("event", **done.model_dump(mode="json"))
+        return self._finish(done, to_raise, self.dispatcher.emit_done(done))
+
+    async def aexecute(self) -> StepResult:
+        """Run the step on the running event loop (natively async, or hybrid for sync-only generators)."""
+        reply: Any = None
+        usage: dict[str, Any] | None = None
+        error: BaseException | None = None
+        try:
+            reply, usage = await self._run_generator_async()
+            if not self.streaming and (delta := self._unstreamed_delta(reply)) is not None:
+                await self.bridge.adeliver(delta)
+        except BaseException as caught:
+            error = caught
+        try:
+            await self.built.aclose()
+        except Exception:
+            logger.exception("closing the %s generator failed", self.built.provider)
+        done, to_raise = self._conclude(reply, usage, error)
+        if self.bridge.debug_log is not None:
+            self.bridge.debug_log.debug("event", **done.model_dump(mode="json"))
+        return self._finish(done, to_raise, await self.dispatcher.aemit_done(done))
+
+
+def _prepare(
+    ctx: Context | None,
+    *,
+    prompt: str,
+    provider: str | None,
+    model: str | None,
+    system: str | None,
+    stream: bool,
+    on_event: Any,
+    step: str,
+    options: Mapping[str, Any],
+) -> _StepRun:
+    ctx = ctx if ctx is not None else Context()
+    defaults = ctx.defaults
+    provider_name = provider or defaults.get("provider")
+    merged: dict[str, Any] = {}
+    if provider is None or provider == defaults.get("provider"):
+        merged.update(defaults.get("options") or {})
+    merged.update(options)
+    handlers = _handler_specs(on_event, ctx)
+    built = build_generator(provider_name, model or defaults.get("model"), merged)
+    return _StepRun(
+        ctx,
+        step=step,
+        prompt=prompt,
+        system=system if system is not None else defaults.get("system"),
+        built=built,
+        handlers=handlers,
+        stream=stream,
+    )
+
+
+def invoke(
+    ctx: Context | None = None,
+    *,
+    prompt: str,
+    provider: str | None = None,
+    model: str | None = None,
+    system: str | None = None,
+    stream: bool = True,
+    on_event: Any = None,
+    step: str = "llm",
+    **options: Any,
+) -> StepResult:
+    """Run one LLM step and stream its events to `on_event`; return the `StepResult`.
+
+    :param ctx: the run's `Context` (run id, defaults, run-wide handlers), or None for a fresh one.
+    :param prompt: the user prompt.
+    :param provider: "local" (the default), "openai" or "mock"; falls back to `ctx.defaults["provider"]`.
+    :param model: the model name; falls back to `ctx.defaults["model"]`, then the provider's default.
+    :param system: an optional system prompt.
+    :param stream: stream deltas as they arrive; with False, one call is made and its reply is
+        delivered as one Delta, then `Done(streamed=False)`.
+    :param on_event: a handler reference or a list of them (a function, a class, a module, an object with
+        `handle_event`, a short name such as "console", or a dotted path).
+    :param step: the step id carried by every event.
+    :param options: provider options such as `api_base_url`, `temperature`, `max_tokens` or `timeout`.
+    :raises StepError: after the Done was delivered, when the step failed (`ProviderError`,
+        `StreamTruncatedError`, `HandlerError`). Cancellation (KeyboardInterrupt) is re-raised as is.
+    """
+    run = _prepare(
+        ctx,
+        prompt=prompt,
+        provider=provider,
+        model=model,
+        system=system,
+        stream=stream,
+        on_event=on_event,
+        step=step,
+        options=options,
+    )
+    if run.dispatcher.is_async:
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return asyncio.run(run.aexecute())
+        raise PipelineError(
+            f"step {step!r} has an async handler but invoke() was called inside a running event loop; "
+            "use 'await ainvoke(...)' there"
+        )
+    return run.execute()
+
+
+async def ainvoke(
+    ctx: Context | None = None,
+    *,
+    prompt: str,
+    provider: str | None = None,
+    model: str | None = None,
+    system: str | None = None,
+    stream: bool = True,
+    on_event: Any = None,
+    step: str = "llm",
+    **options: Any,
+) -> StepResult:
+    """Async twin of `invoke`: native async for generators with `run_async`, hybrid for sync-only ones.
+
+    A sync-only generator (no usable `run_async`) is detected automatically and run in a worker thread
+    while its events are delivered on the event loop. Cancelling the awaiting task stops the provider
+    stream, delivers `Done(finish_reason="cancelled")` and re-raises `CancelledError`.
+    """
+    run = _prepare(
+        ctx,
+        prompt=prompt,
+        provider=provider,
+        model=model,
+        system=system,
+        stream=stream,
+        on_event=on_event,
+        step=step,
+        options=options,
+    )
+    return await run.aexecute()
+
+
+__all__ = ["StepError", "StepResult", "ainvoke", "invoke"]

@@ -1,0 +1,95 @@
+"""`ConsoleHandler`: stream text to the terminal as it arrives, then one summary line per step."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Literal, TextIO
+
+from pipeline_ex.events import Delta, Done, Event
+
+_DIM = "\x1b[2m"
+_RED = "\x1b[31m"
+_RESET = "\x1b[0m"
+
+
+def _wants_color(stream: TextIO) -> bool:
+    if "NO_COLOR" in os.environ:
+        return False
+    isatty = getattr(stream, "isatty", None)
+    return bool(isatty and isatty())
+
+
+class ConsoleHandler:
+    """Writes each text Delta to stdout (or stderr) immediately, flushed.
+
+    On Done it writes one summary line to stderr: step, finish reason, tokens, time to first token and
+    tokens per second. Colour is used only when stderr is a terminal and `NO_COLOR` is not set.
+
+    Options:
+        to: "stdout" (default) or "stderr", where the streamed text goes.
+        summary: write the summary line on Done (default true).
+        color: force colour on or off; by default it is decided from the terminal and NO_COLOR.
+        show_reasoning: also print reasoning deltas, dimmed (default false).
+    """
+
+    def __init__(
+        self,
+        to: Literal["stdout", "stderr"] = "stdout",
+        summary: bool = True,
+        color: bool | None = None,
+        show_reasoning: bool = False,
+    ) -> None:
+        self._out: TextIO = sys.stdout if to == "stdout" else sys.stderr
+        self._err: TextIO = sys.stderr
+        self.summary = summary
+        self.color = _wants_color(self._err) if color is None else color
+        self.show_reasoning = show_reasoning
+        self._ends_with_newline = True
+
+    def handle_event(self, event: Event) -> None:
+        """Print a delta's text, or the summary for a Done."""
+        if isinstance(event, Delta):
+            if event.kind == "text":
+                self._write(event.content)
+            elif self.show_reasoning:
+                self._write(f"{_DIM}{event.content}{_RESET}" if self.color else event.content)
+            return
+        if not self._ends_with_newline:
+            self._write("\n")
+        if self.summary:
+            line = summary_line(event)
+            if self.color:
+                line = f"{_RED if event.error else _DIM}{line}{_RESET}"
+            self._err.write(line + "\n")
+            self._err.flush()
+
+    def _write(self, text: str) -> None:
+        self._out.write(text)
+        self._out.flush()
+        self._ends_with_newline = text.endswith("\n")
+
+
+def summary_line(done: Done) -> str:
+    """Describe a finished step in one line: finish reason, tokens, TTFT and tokens per second."""
+    response = done.response
+    parts = [f"[{done.step}] {response.finish_reason}"]
+    if done.error is not None:
+        parts[0] += f" ({done.error.type}: {done.error.message})"
+    usage = response.usage
+    if usage is not None and usage.output_tokens is not None:
+        tokens = f"{usage.output_tokens} tokens"
+        if usage.input_tokens is not None:
+            tokens += f" ({usage.input_tokens} in)"
+        parts.append(tokens)
+    else:
+        parts.append("tokens n/a")
+    if done.ttft_ms is not None:
+        parts.append(f"TTFT {done.ttft_ms:.0f} ms")
+        generating_s = (done.duration_ms - done.ttft_ms) / 1000
+        if usage is not None and usage.output_tokens and generating_s > 0:
+            parts.append(f"{usage.output_tokens / generating_s:.1f} tok/s")
+    parts.append(f"{done.duration_ms / 1000:.2f} s")
+    if not done.streamed:
+        parts.append("not streamed")
+    return " · ".join(parts)

@@ -1,0 +1,78 @@
+"""Deliver a step's events to its handlers, in order, sync or async as each handler was resolved."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from pipeline_ex.events import Done, Event
+
+
+@dataclass(frozen=True)
+class BoundHandler:
+    """A handler ready for one step run: its display name, its event function, and whether it is async."""
+
+    name: str
+    fn: Callable[[Event], Any]
+    is_async: bool
+
+
+class HandlerFailure(Exception):
+    """Raised by `Dispatcher` when a handler raises; names the handler and keeps the original error."""
+
+    def __init__(self, handler: str, error: Exception) -> None:
+        self.handler = handler
+        self.error = error
+        super().__init__(f"stream handler {handler} raised {type(error).__name__}: {error}")
+
+
+class Dispatcher:
+    """Fans each event out to the handlers of one step run, in the order they were given."""
+
+    def __init__(self, handlers: Sequence[BoundHandler]) -> None:
+        self.handlers = tuple(handlers)
+        self.is_async = any(h.is_async for h in self.handlers)
+        self._pairs = tuple((h.name, h.fn) for h in self.handlers)
+
+    def emit(self, event: Event) -> None:
+        """Deliver an event to sync handlers. Only valid when `is_async` is false."""
+        for name, fn in self._pairs:
+            try:
+                fn(event)
+            except Exception as error:
+                raise HandlerFailure(name, error) from error
+
+    async def aemit(self, event: Event) -> None:
+        """Deliver an event to every handler, awaiting the async ones."""
+        for handler in self.handlers:
+            try:
+                if handler.is_async:
+                    await handler.fn(event)
+                else:
+                    handler.fn(event)
+            except Exception as error:
+                raise HandlerFailure(handler.name, error) from error
+
+    def emit_done(self, done: Done) -> HandlerFailure | None:
+        """Deliver the Done to every sync handler even if one fails; return the first failure."""
+        first: HandlerFailure | None = None
+        for name, fn in self._pairs:
+            try:
+                fn(done)
+            except Exception as error:
+                first = first or HandlerFailure(name, error)
+        return first
+
+    async def aemit_done(self, done: Done) -> HandlerFailure | None:
+        """Deliver the Done to every handler even if one fails; return the first failure."""
+        first: HandlerFailure | None = None
+        for handler in self.handlers:
+            try:
+                if handler.is_async:
+                    await handler.fn(done)
+                else:
+                    handler.fn(done)
+            except Exception as error:
+                first = first or HandlerFailure(handler.name, error)
+        return first

@@ -1,0 +1,279 @@
+"""Turn a handler reference (a name, a dotted path, or a Python object) into a `HandlerSpec`.
+
+Resolution happens once, when a workflow loads or a step starts, and decides everything that does not
+change per event: what to call, whether it is async, and the validated options a class is built with.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import inspect
+import os
+import sys
+import typing
+import warnings
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, ValidationError, create_model
+
+from pipeline_ex.errors import HandlerResolutionError, Location
+from pipeline_ex.events import Event
+from pipeline_ex.streaming.dispatch import BoundHandler
+from pipeline_ex.streaming.legacy import LegacyTupleHandler
+from pipeline_ex.streaming.names import (
+    BUILTINS,
+    ELIXIR_ALIASES,
+    LEGACY_ALIASES,
+    handler_entry_points,
+    short_names,
+)
+
+HandlerRef = Any
+"""A handler reference: a short name, an alias, `pkg.mod.Name` / `pkg.mod:Name`, a class, a module, a
+function, or an object with `handle_event`."""
+
+
+@dataclass(frozen=True)
+class HandlerSpec:
+    """A resolved handler: `bind()` gives what one step run delivers events to.
+
+    A class spec builds a new instance (from its validated options) on every `bind()`, so handler state
+    never leaks between step runs. Module, function and instance specs reuse the same callable.
+    """
+
+    name: str
+    is_async: bool
+    make: Callable[[], Callable[[Event], Any]]
+
+    def bind(self) -> BoundHandler:
+        """Create the handler for one step run."""
+        return BoundHandler(self.name, self.make(), self.is_async)
+
+
+def _ensure_cwd_importable() -> None:
+    cwd = os.getcwd()
+    if cwd not in sys.path and "" not in sys.path:
+        sys.path.insert(0, cwd)
+
+
+def _is_async(fn: object) -> bool:
+    if inspect.iscoroutinefunction(fn):
+        return True
+    call = getattr(fn, "__call__", None)  # noqa: B004 - callable objects with an async __call__
+    return inspect.iscoroutinefunction(call)
+
+
+def _fail(reference: str, problem: str, location: Location | None, **kw: Any) -> HandlerResolutionError:
+    return HandlerResolutionError(reference, problem, short_names=short_names(), location=location, **kw)
+
+
+def _import_hint(reference: str, error: ModuleNotFoundError) -> str:
+    missing = (error.name or "").split(".")[0]
+    top = reference.replace(":", ".").split(".")[0]
+    if missing and missing != top:
+        return f"the handler imports {missing!r}, which is not installed: pip install {missing}"
+    if top == "handlers":
+        return f"run from the project root that contains handlers/ (the current directory is {os.getcwd()})"
+    return (
+        f"check the spelling; if {top!r} is a package, install it (pip install {top}), "
+        "or run from the directory that contains it"
+    )
+
+
+def _import_reference(reference: str, location: Location | None) -> object:
+    """Import `pkg.mod:attr`, `pkg.mod.attr` or `pkg.mod` and return the object it names."""
+    _ensure_cwd_importable()
+    if ":" in reference:
+        module_name, _, attr_path = reference.partition(":")
+    else:
+        module_name, attr_path = reference, ""
+        try:
+            return importlib.import_module(reference)
+        except ModuleNotFoundError as error:
+            if error.name != reference or "." not in reference:
+                raise _fail(
+                    reference, "import failed", location, cause=error, hint=_import_hint(reference, error)
+                ) from error
+            module_name, _, attr_path = reference.rpartition(".")
+        except Exception as error:
+            raise _fail(reference, "importing it raised", location, cause=error) from error
+    try:
+        target: object = importlib.import_module(module_name)
+    except ModuleNotFoundError as error:
+        raise _fail(reference, "import failed", location, cause=error, hint=_import_hint(reference, error)) from error
+    except Exception as error:
+        raise _fail(reference, "importing it raised", location, cause=error) from error
+    for part in attr_path.split("."):
+        try:
+            target = getattr(target, part)
+        except AttributeError as error:
+            found = [n for n in dir(target) if not n.startswith("_")]
+            close = difflib.get_close_matches(part, found, n=3)
+            hint = f"did you mean {', '.join(close)}?" if close else f"{module_name} defines: {', '.join(found[:12])}"
+            raise _fail(
+                reference, f"{module_name} has no attribute {part!r}", location, cause=error, hint=hint
+            ) from error
+    return target
+
+
+def _lookup_name(reference: str, location: Location | None) -> tuple[str, object] | None:
+    """Resolve a short name or alias; return (display name, object), or None if it is not a name."""
+    name = reference
+    if name in LEGACY_ALIASES:
+        replacement = LEGACY_ALIASES[name]
+        where = f" ({location})" if location else ""
+        warnings.warn(
+            f"stream handler {name!r}{where} is deprecated; use {replacement!r}",
+            DeprecationWarning,
+            stacklevel=4,
+        )
+        name = replacement
+    name = ELIXIR_ALIASES.get(name, name)
+    if name in BUILTINS:
+        return name, _import_reference(BUILTINS[name], location)
+    if "." not in name and ":" not in name:
+        entry = handler_entry_points().get(name)
+        if entry is None:
+            close = difflib.get_close_matches(name, [*short_names(), *ELIXIR_ALIASES], n=3)
+            hint = f"did you mean {', '.join(close)}?" if close else "give a short name or a dotted path"
+            raise _fail(reference, "no handler has this short name", location, hint=hint)
+        try:
+            return name, entry.load()
+        except Exception as error:
+            raise _fail(reference, f"entry point {entry.value!r} failed to load", location, cause=error) from error
+    return None
+
+
+def _options_model(cls: type) -> type[BaseModel]:
+    """A pydantic model of a handler class's constructor parameters, rejecting unknown keys."""
+    signature = inspect.signature(cls)
+    try:
+        hints = typing.get_type_hints(cls.__init__)  # type: ignore[misc]
+    except Exception:
+        hints = {}
+    fields: dict[str, Any] = {}
+    extra = "forbid"
+    for param in signature.parameters.values():
+        if param.kind is param.VAR_KEYWORD:
+            extra = "allow"
+            continue
+        if param.kind is param.VAR_POSITIONAL:
+            continue
+        annotation = hints.get(param.name, Any)
+        default = ... if param.default is param.empty else param.default
+        fields[param.name] = (annotation, default)
+    config = ConfigDict(extra=extra, arbitrary_types_allowed=True)  # type: ignore[typeddict-item]
+    model: type[BaseModel] = create_model(f"{cls.__name__}Options", __config__=config, **fields)
+    return model
+
+
+def _validate_options(
+    cls: type, options: Mapping[str, Any], reference: str, location: Location | None
+) -> dict[str, Any]:
+    model = _options_model(cls)
+    try:
+        parsed = model.model_validate(dict(options))
+    except ValidationError as error:
+        known = list(model.model_fields)
+        problems = []
+        for item in error.errors():
+            key = ".".join(str(p) for p in item["loc"]) or "(options)"
+            if item["type"] == "extra_forbidden":
+                close = difflib.get_close_matches(key, known, n=1)
+                problems.append(f"unknown option {key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+            else:
+                problems.append(f"option {key!r}: {item['msg']}")
+        hint = f"{cls.__name__} takes: {', '.join(known) if known else 'no options'}"
+        raise _fail(reference, "invalid stream_handler_options: " + "; ".join(problems), location, hint=hint) from None
+    values = {name: getattr(parsed, name) for name in parsed.model_fields_set}
+    values.update(parsed.model_extra or {})
+    return values
+
+
+def _describe(obj: object) -> str:
+    module = getattr(obj, "__module__", None)
+    qualname = getattr(obj, "__qualname__", None) or getattr(obj, "__name__", None)
+    if isinstance(obj, ModuleType):
+        return obj.__name__
+    if qualname:
+        return f"{module}.{qualname}" if module else str(qualname)
+    return type(obj).__qualname__ + " instance"
+
+
+def _spec_for_object(
+    obj: object, name: str, options: Mapping[str, Any], reference: str, location: Location | None
+) -> HandlerSpec:
+    no_options = "stream_handler_options are only accepted by class handlers"
+    if isinstance(obj, ModuleType):
+        fn = getattr(obj, "handle_event", None)
+        if not callable(fn):
+            raise _fail(
+                reference,
+                f"module {obj.__name__} has no handle_event(event) function",
+                location,
+                hint="define a module-level handle_event(event), or name a class or function inside it",
+            )
+        if options:
+            raise _fail(reference, no_options, location)
+        return HandlerSpec(name, _is_async(fn), lambda: fn)
+    if inspect.isclass(obj):
+        method = getattr(obj, "handle_event", None)
+        if not callable(method):
+            raise _fail(reference, f"class {obj.__qualname__} has no handle_event(event) method", location)
+        kwargs = _validate_options(obj, options, reference, location)
+        cls: Any = obj
+        return HandlerSpec(name, _is_async(method), lambda: cls(**kwargs).handle_event)
+    if options:
+        raise _fail(reference, no_options, location)
+    if isinstance(obj, LegacyTupleHandler):
+        return HandlerSpec(name, obj.is_async, lambda: obj.handle_event)
+    method = getattr(obj, "handle_event", None)
+    if callable(method):
+        return HandlerSpec(name, _is_async(method), lambda: method)
+    if callable(obj):
+        return HandlerSpec(name, _is_async(obj), lambda: obj)
+    raise _fail(
+        reference,
+        f"{type(obj).__name__} object is not a handler",
+        location,
+        hint="a handler is a module with handle_event, a class with handle_event, or a function of one event",
+    )
+
+
+def resolve_handler(
+    reference: HandlerRef,
+    options: Mapping[str, Any] | None = None,
+    *,
+    location: Location | None = None,
+) -> HandlerSpec:
+    """Resolve a handler reference into a `HandlerSpec`.
+
+    Accepted references: a built-in short name (`console`, `file`, `jsonl`, `buffer`, `null`,
+    `recorder`), a name registered under the `pipeline_ex.handlers` entry-point group, an Elixir alias
+    (`Pipeline.Streaming.ConsoleHandler`), a dotted path (`pkg.mod.Name` or `pkg.mod:Name`) to a module,
+    class or function, or the Python object itself. `options` are validated against a class's constructor.
+
+    :raises HandlerResolutionError: naming the reference, the cause, the short names and a hint.
+    """
+    options = options or {}
+    if not isinstance(reference, str):
+        return _spec_for_object(reference, _describe(reference), options, _describe(reference), location)
+    text = reference.strip()
+    if not text:
+        raise _fail(reference, "the handler reference is empty", location)
+    named = _lookup_name(text, location)
+    if named is not None:
+        display, obj = named
+    else:
+        display, obj = text, _import_reference(text, location)
+    return _spec_for_object(obj, display, options, text, location)
+
+
+def legacy_handler(callback: Callable[[tuple[str, Any]], Any]) -> HandlerSpec:
+    """Resolve a legacy `("chunk", text)` / `("complete", result)` callable, with a deprecation warning."""
+    adapter = LegacyTupleHandler(callback, stacklevel=3)
+    return HandlerSpec(_describe(callback), adapter.is_async, lambda: adapter.handle_event)
