@@ -12,7 +12,8 @@ import structlog
 
 ENV_VAR = "PIPELINE_STREAM_DEBUG"
 _TRUE = {"1", "true", "yes", "on"}
-_SECRET_KEYS = re.compile(r"(api[_-]?key|authorization|token|secret|password)", re.IGNORECASE)
+# Whole-key matches only: "prompt_tokens" is a count, "access_token" is a secret.
+_SECRET_KEYS = re.compile(r"(api[_-]?key|authorization|secret|password|(^|[_-])token)$", re.IGNORECASE)
 _SECRET_VALUES = re.compile(
     r"(sk-[A-Za-z0-9_\-]{8,}|sk-ant-[A-Za-z0-9_\-]{8,}|AIza[0-9A-Za-z_\-]{20,}|Bearer\s+[A-Za-z0-9._\-]{8,})"
 )

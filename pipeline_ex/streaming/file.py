@@ -23,7 +23,9 @@ class FileHandler:
 
     default_format: Literal["text", "jsonl"] = "text"
 
-    def __init__(self, path: str, format: Literal["text", "jsonl"] | None = None, append: bool = False) -> None:
+    def __init__(
+        self, path: str | os.PathLike[str], format: Literal["text", "jsonl"] | None = None, append: bool = False
+    ) -> None:
         self.path = Path(path)
         self.format = format or self.default_format
         self.path.parent.mkdir(parents=True, exist_ok=True)

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import inspect
-import warnings
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from pipeline_ex.deprecation import warn_deprecated
 from pipeline_ex.events import Delta, Event
 
 LegacyCallback = Callable[[tuple[str, Any]], Any]
@@ -20,13 +20,11 @@ class LegacyTupleHandler:
     them. Migrate by matching on `Delta(content=...)` and `Done(response=...)` instead.
     """
 
-    def __init__(self, callback: LegacyCallback, *, stacklevel: int = 2) -> None:
+    def __init__(self, callback: LegacyCallback) -> None:
         name = getattr(callback, "__qualname__", repr(callback))
-        warnings.warn(
+        warn_deprecated(
             f"legacy tuple handler {name} receives ('chunk', text) / ('complete', result); "
-            "rewrite it to take Delta/Done events (see MIGRATION.md, 'Updating Python steps')",
-            DeprecationWarning,
-            stacklevel=stacklevel,
+            "rewrite it to take Delta/Done events (see MIGRATION.md, 'Updating Python steps')"
         )
         self.callback = callback
         self.is_async = inspect.iscoroutinefunction(callback)

@@ -12,7 +12,6 @@ import inspect
 import os
 import sys
 import typing
-import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import ModuleType
@@ -20,6 +19,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 
+from pipeline_ex.deprecation import warn_deprecated
 from pipeline_ex.errors import HandlerResolutionError, Location
 from pipeline_ex.events import Event
 from pipeline_ex.streaming.dispatch import BoundHandler
@@ -126,11 +126,7 @@ def _lookup_name(reference: str, location: Location | None) -> tuple[str, object
     if name in LEGACY_ALIASES:
         replacement = LEGACY_ALIASES[name]
         where = f" ({location})" if location else ""
-        warnings.warn(
-            f"stream handler {name!r}{where} is deprecated; use {replacement!r}",
-            DeprecationWarning,
-            stacklevel=4,
-        )
+        warn_deprecated(f"stream handler {name!r}{where} is deprecated; use {replacement!r}")
         name = replacement
     name = ELIXIR_ALIASES.get(name, name)
     if name in BUILTINS:
@@ -275,5 +271,5 @@ def resolve_handler(
 
 def legacy_handler(callback: Callable[[tuple[str, Any]], Any]) -> HandlerSpec:
     """Resolve a legacy `("chunk", text)` / `("complete", result)` callable, with a deprecation warning."""
-    adapter = LegacyTupleHandler(callback, stacklevel=3)
+    adapter = LegacyTupleHandler(callback)
     return HandlerSpec(_describe(callback), adapter.is_async, lambda: adapter.handle_event)
