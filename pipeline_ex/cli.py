@@ -1,19 +1,150 @@
 """The `pipeline-ex` command line (also `python -m pipeline_ex`).
 
-argparse from the standard library keeps `--help` fast: nothing from haystack is imported unless a
-command needs a provider.
+argparse from the standard library keeps start-up fast: `--help` and `validate` never import haystack,
+and each command imports only what it needs.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import os
 import sys
+import warnings
 from collections.abc import Sequence
+from typing import Any
 
 EXIT_OK = 0
 EXIT_RUN_FAILED = 1
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+def _error(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr)
+
+
+def _show_warning(message: Warning | str, category: type[Warning], *_: Any, **__: Any) -> None:
+    label = "deprecated" if issubclass(category, DeprecationWarning) else "warning"
+    print(f"{label}: {message}", file=sys.stderr)
+
+
+def _parse_inputs(pairs: Sequence[str]) -> dict[str, str]:
+    inputs: dict[str, str] = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name.strip():
+            raise ValueError(f"--input expects NAME=VALUE, got {pair!r}")
+        inputs[name.strip()] = value
+    return inputs
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from pipeline_ex.errors import (
+        PipelineError,
+        ProviderConfigError,
+        ProviderNotInstalledError,
+        StepError,
+        WorkflowError,
+    )
+    from pipeline_ex.streaming.resolve import resolve_handler
+    from pipeline_ex.workflow.loader import load_workflow
+    from pipeline_ex.workflow.runner import InputError, arun
+
+    try:
+        inputs = _parse_inputs(args.input)
+        loaded = load_workflow(args.file, mock=args.mock)
+    except ValueError as error:
+        _error(str(error))
+        return EXIT_USAGE
+    except WorkflowError as error:
+        print(error, file=sys.stderr)
+        return EXIT_USAGE
+    total = len(loaded.steps)
+
+    def progress(index: int, count: int, step_id: str) -> None:
+        if total > 1 and sys.stderr.isatty():
+            print(f"[{index}/{count}] {step_id}", file=sys.stderr, flush=True)
+
+    import asyncio
+
+    console = resolve_handler("console")
+    redirect = contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext()
+    try:
+        with redirect:
+            result = asyncio.run(
+                arun(
+                    loaded,
+                    inputs,
+                    mock=args.mock,
+                    output_dir=args.output_dir,
+                    _default_handler=console,
+                    _progress=progress,
+                )
+            )
+    except KeyboardInterrupt:
+        _error("interrupted")
+        return EXIT_INTERRUPTED
+    except StepError as error:
+        _error(f"step {error.step!r} failed: {error}")
+        return EXIT_RUN_FAILED
+    except (WorkflowError, InputError, ProviderConfigError, ProviderNotInstalledError) as error:
+        print(error if isinstance(error, WorkflowError) else f"error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except PipelineError as error:
+        _error(str(error))
+        return EXIT_RUN_FAILED
+    if args.json:
+        print(json.dumps(result.to_json(), indent=2, ensure_ascii=False))
+    return EXIT_OK
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from pipeline_ex.errors import WorkflowError
+    from pipeline_ex.workflow.loader import load_workflow
+
+    failed = 0
+    for file in args.files:
+        try:
+            loaded = load_workflow(file, mock=args.mock)
+        except WorkflowError as error:
+            print(error, file=sys.stderr)
+            failed += 1
+            continue
+        print(f"{file}: ok ({len(loaded.steps)} steps)")
+    return EXIT_USAGE if failed else EXIT_OK
+
+
+def _cmd_migrate(args: argparse.Namespace) -> int:
+    from pipeline_ex.errors import WorkflowError
+    from pipeline_ex.workflow.migrate import migrate_file
+
+    legacy_found = False
+    blocked = False
+    for file in args.files:
+        try:
+            report = migrate_file(file, write=args.write)
+        except WorkflowError as error:
+            print(error, file=sys.stderr)
+            blocked = True
+            continue
+        for use in report.uses:
+            print(use)
+        for issue in report.conflicts:
+            print(f"{issue}", file=sys.stderr)
+        legacy_found = legacy_found or bool(report.uses or report.conflicts)
+        blocked = blocked or bool(report.conflicts)
+        if args.write and report.uses and not report.conflicts:
+            print(report.diff, end="")
+            print(f"{file}: rewrote {len(report.uses)} legacy usage(s)")
+        elif not report.uses and not report.conflicts:
+            print(f"{file}: no legacy usage")
+    if blocked:
+        return EXIT_USAGE
+    if args.check and legacy_found:
+        return EXIT_RUN_FAILED
+    return EXIT_OK
 
 
 def _cmd_handlers(_: argparse.Namespace) -> int:
@@ -38,22 +169,79 @@ def _cmd_handlers(_: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_schema(_: argparse.Namespace) -> int:
+    from pipeline_ex.workflow.schema import json_schema
+
+    print(json.dumps(json_schema(), indent=2))
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of `pipeline-ex` and its subcommands."""
     parser = argparse.ArgumentParser(
         prog="pipeline-ex",
         description="Run YAML LLM workflows whose steps stream typed events (Delta, Done) to handlers.",
+        epilog="Exit codes: 0 ok, 1 run failed, 2 usage or validation error, 130 interrupted.",
     )
-    from pipeline_ex import __version__
-
-    parser.add_argument("--version", action="version", version=f"pipeline-ex {__version__}")
+    parser.add_argument("--version", action="version", version="pipeline-ex 0.1.0")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    run = commands.add_parser(
+        "run",
+        help="run a workflow, streaming each step to its handlers",
+        description="Run a workflow file. Steps without a stream_handler stream to the console.",
+    )
+    run.add_argument("file", help="the workflow YAML file")
+    run.add_argument(
+        "--input", "-i", action="append", default=[], metavar="NAME=VALUE", help="set an input (repeatable)"
+    )
+    run.add_argument("--mock", action="store_true", help="run every LLM step on the mock provider (no network)")
+    run.add_argument(
+        "--output-dir",
+        metavar="DIR",
+        help="where output_to_file writes (default: $PIPELINE_OUTPUT_DIR, then ./outputs)",
+    )
+    run.add_argument(
+        "--json", action="store_true", help="print the results as JSON on stdout; streamed text goes to stderr"
+    )
+    run.set_defaults(func=_cmd_run)
+
+    validate = commands.add_parser(
+        "validate",
+        help="check workflow files without running them",
+        description="Check schema, templates, handlers and providers of each file; exit 2 if any is invalid.",
+    )
+    validate.add_argument("files", nargs="+", metavar="FILE")
+    validate.add_argument(
+        "--mock", action="store_true", help="check for a --mock run: provider packages and API keys are not required"
+    )
+    validate.set_defaults(func=_cmd_validate)
+
+    migrate = commands.add_parser(
+        "migrate",
+        help="find or rewrite legacy async_stream / async_handler / Pipeline.AsyncStreaming usage",
+        description="--check lists every legacy usage with file:line and exits 1 if any is found; "
+        "--write rewrites the files in place, keeping comments, order and quoting.",
+    )
+    migrate.add_argument("files", nargs="+", metavar="FILE")
+    mode = migrate.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--check", action="store_true", help="report legacy usage; exit 1 if any is found")
+    mode.add_argument("--write", action="store_true", help="rewrite the files in place and print the diff")
+    migrate.set_defaults(func=_cmd_migrate)
+
     handlers = commands.add_parser(
         "handlers",
         help="list the stream handlers a workflow can name",
         description="List built-in handlers, handlers registered by installed packages, and the Elixir aliases.",
     )
     handlers.set_defaults(func=_cmd_handlers)
+
+    schema = commands.add_parser(
+        "schema",
+        help="print the JSON Schema of the workflow format",
+        description="Print the JSON Schema of workflow files (for yaml-language-server and editors).",
+    )
+    schema.set_defaults(func=_cmd_schema)
     return parser
 
 
@@ -64,6 +252,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
+    warnings.simplefilter("default", DeprecationWarning)
+    warnings.showwarning = _show_warning
     try:
         code: int = args.func(args)
     except BrokenPipeError:  # output piped into a command that stopped reading (`| head`)

@@ -1,0 +1,422 @@
+"""Load a workflow file: YAML -> schema -> checked references -> resolved handlers and providers.
+
+Everything that can be checked before a provider is called is checked here, and every problem is
+reported at once with its file, line, column and key path. Nothing here imports haystack.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import inspect
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path as FilePath
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from pipeline_ex.deprecation import warn_deprecated
+from pipeline_ex.errors import (
+    HandlerResolutionError,
+    Issue,
+    Location,
+    ProviderConfigError,
+    ProviderNotInstalledError,
+    WorkflowError,
+)
+from pipeline_ex.llm.providers import check_provider
+from pipeline_ex.streaming.resolve import HandlerSpec, resolve_handler
+from pipeline_ex.workflow import templates
+from pipeline_ex.workflow.schema import (
+    STEP_MODELS,
+    Defaults,
+    GenerationFields,
+    InputSpec,
+    LLMStep,
+    PythonStep,
+    SetStep,
+    Workflow,
+)
+from pipeline_ex.workflow.yaml_source import Path, YamlSource, format_path, load_yaml
+
+TEST_MODE_ENV = "PIPELINE_TEST_MODE"
+_GENERATION_KEYS = tuple(GenerationFields.model_fields)
+
+
+def mock_mode_requested(mock: bool) -> bool:
+    """Whether a run should use the mock provider: `mock=True` or `PIPELINE_TEST_MODE=mock`."""
+    return mock or os.environ.get(TEST_MODE_ENV, "").strip().lower() == "mock"
+
+
+@dataclass
+class LoadedStep:
+    """A validated step with everything resolved that can be resolved before running it."""
+
+    spec: LLMStep | PythonStep | SetStep
+    path: Path
+    handlers: list[HandlerSpec] = field(default_factory=list)
+    stream: bool = True
+    provider: str | None = None
+    model: str | None = None
+    system: str | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+    function: Callable[..., Any] | None = None
+
+    @property
+    def id(self) -> str:
+        """The step id."""
+        return self.spec.id
+
+
+@dataclass
+class LoadedWorkflow:
+    """A workflow ready to run: its schema model, its source positions and its resolved steps."""
+
+    workflow: Workflow
+    source: YamlSource
+    steps: list[LoadedStep]
+    prefix: Path | None
+    """Where the workflow body sits in the file: ("workflow",), (), or None for a bare list of steps."""
+    mock: bool
+
+    @property
+    def name(self) -> str:
+        """The workflow's name."""
+        return self.workflow.name
+
+    @property
+    def file(self) -> str:
+        """The file the workflow was loaded from."""
+        return self.source.file
+
+    def location(self, *path: str | int, at_key: bool = False) -> Location:
+        """Where a key path (relative to the workflow body) is in the file."""
+        return self.source.location(yaml_path(self.prefix, path), at_key=at_key)
+
+
+def yaml_path(prefix: Path | None, path: Path) -> Path:
+    """Map a path in the workflow body to the path in the file (`prefix` None: a bare list of steps)."""
+    if prefix is None:
+        return path[1:] if path[:1] == ("steps",) else path
+    return (*prefix, *path)
+
+
+class _Checker:
+    """Collects issues while a workflow is checked, so all of them are reported together."""
+
+    def __init__(self, source: YamlSource, prefix: Path | None) -> None:
+        self.source = source
+        self.prefix = prefix
+        self.issues: list[Issue] = []
+
+    def at(self, path: Path, *, at_key: bool = False) -> Location:
+        return self.source.location(yaml_path(self.prefix, path), at_key=at_key)
+
+    def add(self, path: Path, message: str, *, at_key: bool = False) -> None:
+        self.issues.append(Issue(self.at(path, at_key=at_key), message))
+
+    def warn(self, path: Path, message: str) -> None:
+        location = self.at(path, at_key=True)
+        warn_deprecated(f"{location.file}:{location.line}: {message}")
+
+
+def _model_at(loc: tuple[str | int, ...]) -> type[BaseModel] | None:
+    """The schema model that owns the last key of a pydantic error location."""
+    model: type[BaseModel] | None = Workflow
+    for part in loc[:-1]:
+        if model is Workflow and part == "defaults":
+            model = Defaults
+        elif model is Workflow and part == "steps":
+            model = None
+        elif model is None and part in STEP_MODELS:
+            model = STEP_MODELS[str(part)]
+        elif model is Workflow and part == "inputs":
+            model = None
+        elif model is None and isinstance(part, str) and loc[0] == "inputs":
+            model = InputSpec
+        elif model is None and isinstance(part, int):
+            continue
+        else:
+            return model if part in ("options", "stream_handler_options") else None
+    return model
+
+
+def _data_path(loc: tuple[str | int, ...], data: Any) -> Path:
+    """Turn a pydantic error location into a path in the YAML data (dropping union tags)."""
+    path: list[str | int] = []
+    node = data
+    for part in loc:
+        if isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+            node = node[part]
+            path.append(part)
+        elif isinstance(node, dict) and isinstance(part, str):
+            path.append(part)
+            node = node.get(part)
+        elif isinstance(node, dict) and part in STEP_MODELS:
+            continue
+        else:
+            path.append(part)
+            node = None
+    return tuple(path)
+
+
+def _describe_input(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _schema_issues(error: ValidationError, body: Any, checker: _Checker) -> None:
+    for item in error.errors():
+        loc = tuple(item["loc"])
+        path = _data_path(loc, body)
+        kind = item["type"]
+        if kind == "extra_forbidden":
+            key = str(path[-1])
+            model = _model_at(loc)
+            known = list(model.model_fields) if model is not None else []
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else (f"; allowed: {', '.join(known)}" if known else "")
+            checker.add(path, f"unknown key {key!r}{hint}", at_key=True)
+        elif kind == "missing":
+            checker.add(path[:-1], f"missing required key {path[-1]!r}")
+        elif kind == "step_type":
+            checker.add((*path, "type"), "unknown step type; expected one of: " + ", ".join(STEP_MODELS))
+        elif kind == "literal_error" and path and path[-1] == "type":
+            checker.add(path, "unknown step type; expected one of: " + ", ".join(STEP_MODELS))
+        else:
+            got = _describe_input(item.get("input"))
+            checker.add(path, f"{item['msg'].replace('Input should be', 'expected')}, got {got}")
+
+
+def _split_body(source: YamlSource, checker: _Checker) -> tuple[Any, Path | None]:
+    data = source.data
+    if isinstance(data, list):
+        return {"name": FilePath(source.file).stem, "steps": data}, None
+    if isinstance(data, dict) and "workflow" in data:
+        for key in data:
+            if key != "workflow":
+                checker.prefix = ()
+                checker.add((key,), f"unknown top-level key {key!r}; everything goes under 'workflow:'", at_key=True)
+        return data["workflow"], ("workflow",)
+    if isinstance(data, dict):
+        return data, ()
+    checker.add((), "expected a mapping with 'workflow:' or a list of steps")
+    return None, ()
+
+
+def _normalize_legacy(raw: dict[str, Any], path: Path, checker: _Checker) -> None:
+    """Fold `async_stream` / `async_handler` into `stream` / `stream_handler`, with warnings."""
+    for legacy, current in (("async_stream", "stream"), ("async_handler", "stream_handler")):
+        if raw.get(legacy) is None:
+            continue
+        if raw.get(current) is not None and raw[current] != raw[legacy]:
+            checker.add(
+                (*path, legacy),
+                f"conflicts with {current!r} ({raw[current]!r} vs {raw[legacy]!r}); keep only {current!r}",
+                at_key=True,
+            )
+            continue
+        checker.warn((*path, legacy), f"{legacy!r} is deprecated; rename it to {current!r}")
+        raw[current] = raw.pop(legacy)
+
+
+def _check_templates(workflow: Workflow, checker: _Checker) -> None:
+    env_globals = set(templates.environment().globals)
+    known_inputs = set(workflow.inputs)
+    earlier_steps: set[str] = set()
+    all_steps = {step.id for step in workflow.steps}
+    known_vars: set[str] = set()
+
+    def check(source: str, path: Path) -> None:
+        try:
+            found = templates.references(source)
+        except templates.TemplateSyntaxError as error:
+            checker.add(path, f"template syntax error on template line {error.lineno}: {error.message}")
+            return
+        for name in sorted(found.by_root["steps"] - earlier_steps):
+            later = " (it runs later)" if name in all_steps else ""
+            close = difflib.get_close_matches(name, sorted(earlier_steps), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close and not later else ""
+            checker.add(path, f"template reads steps.{name}, but no earlier step has id {name!r}{later}{hint}")
+        for name in sorted(found.by_root["inputs"] - known_inputs):
+            checker.add(path, f"template reads inputs.{name}, but the workflow declares no input {name!r}")
+        for name in sorted(found.by_root["vars"] - known_vars):
+            checker.add(path, f"template reads vars.{name}, but no earlier 'set' step sets it")
+        for name in sorted(found.unknown_roots - env_globals):
+            checker.add(path, f"template reads {name!r}; templates can use inputs, steps and vars")
+
+    for index, step in enumerate(workflow.steps):
+        if isinstance(step, LLMStep):
+            check(step.prompt, ("steps", index, "prompt"))
+            if step.system:
+                check(step.system, ("steps", index, "system"))
+        elif isinstance(step, SetStep):
+            for name, value in step.vars.items():
+                if isinstance(value, str):
+                    check(value, ("steps", index, "vars", name))
+            known_vars.update(step.vars)
+        earlier_steps.add(step.id)
+    if workflow.defaults.system:
+        check(workflow.defaults.system, ("defaults", "system"))
+
+
+def _handler_issue(error: HandlerResolutionError) -> str:
+    return error.describe()
+
+
+def _resolve_step_handlers(step: LLMStep, index: int, defaults: Defaults, checker: _Checker) -> list[HandlerSpec]:
+    owner: Path
+    if step.stream_handler is not None:
+        refs, options, owner = step.stream_handler, step.stream_handler_options, ("steps", index)
+    elif defaults.stream_handler is not None:
+        refs, options, owner = defaults.stream_handler, defaults.stream_handler_options, ("defaults",)
+        if step.stream_handler_options is not None:
+            options = step.stream_handler_options
+    else:
+        if step.stream_handler_options:
+            checker.add(("steps", index, "stream_handler_options"), "given without a stream_handler", at_key=True)
+        return []
+    ref_list = [refs] if isinstance(refs, str) else list(refs)
+    if len(ref_list) > 1 and options:
+        checker.add((*owner, "stream_handler_options"), "options need a single stream_handler, not a list")
+        return []
+    specs = []
+    for position, ref in enumerate(ref_list):
+        ref_path: Path = (*owner, "stream_handler") + ((position,) if isinstance(refs, list) else ())
+        try:
+            specs.append(resolve_handler(ref, options, location=checker.at(ref_path)))
+        except HandlerResolutionError as error:
+            checker.add(ref_path, _handler_issue(error))
+    return specs
+
+
+def _provider_options(step: LLMStep, defaults: Defaults, provider: str | None, mock: bool) -> dict[str, Any]:
+    options: dict[str, Any] = {}
+    if not mock:
+        if step.provider is None or step.provider == defaults.provider:
+            options.update(defaults.options or {})
+        options.update(step.options or {})
+    for key in _GENERATION_KEYS:
+        value = getattr(step, key)
+        if value is None:
+            value = getattr(defaults, key)
+        if value is not None:
+            options[key] = value
+    if mock and step.mock_response is not None:
+        options["mock_response"] = step.mock_response
+    return options
+
+
+def _resolve_python(step: PythonStep, index: int, checker: _Checker) -> Callable[..., Any] | None:
+    module_name, _, attribute = step.callable.replace(":", ".").rpartition(".")
+    path: Path = ("steps", index, "callable")
+    try:
+        module = importlib.import_module(module_name) if module_name else None
+        function: Any = getattr(module, attribute) if module is not None else None
+    except Exception as error:
+        checker.add(path, f"cannot import {step.callable!r}: {type(error).__name__}: {error}")
+        return None
+    if not callable(function):
+        checker.add(path, f"{step.callable!r} is not a callable; give 'package.module.function'")
+        return None
+    resolved: Callable[..., Any] = function
+    return resolved
+
+
+def _load_steps(workflow: Workflow, checker: _Checker, mock: bool) -> list[LoadedStep]:
+    defaults = workflow.defaults
+    loaded: list[LoadedStep] = []
+    seen: dict[str, int] = {}
+    for index, step in enumerate(workflow.steps):
+        if step.id in seen:
+            checker.add(("steps", index, "id"), f"duplicate step id {step.id!r} (first used by steps[{seen[step.id]}])")
+        seen.setdefault(step.id, index)
+        item = LoadedStep(step, ("steps", index))
+        if isinstance(step, LLMStep):
+            item.stream = (
+                step.stream if step.stream is not None else (defaults.stream if defaults.stream is not None else True)
+            )
+            item.handlers = _resolve_step_handlers(step, index, defaults, checker)
+            provider = step.provider or defaults.provider
+            item.model = step.model or defaults.model
+            item.system = step.system if step.system is not None else defaults.system
+            item.options = _provider_options(step, defaults, provider, mock)
+            provider_path: Path = (
+                ("steps", index, "provider")
+                if step.provider
+                else (("defaults", "provider") if defaults.provider else ("steps", index))
+            )
+            try:
+                item.provider = check_provider(provider, {} if mock else item.options)
+            except ProviderNotInstalledError as error:
+                if not mock:
+                    checker.add(provider_path, str(error).replace("\n ", ";"))
+                item.provider = provider
+            except ProviderConfigError as error:
+                checker.add(provider_path, str(error).replace("\n ", ";"))
+            if mock:
+                item.provider = "mock"
+        elif isinstance(step, PythonStep):
+            item.function = _resolve_python(step, index, checker)
+        loaded.append(item)
+    return loaded
+
+
+def parse_workflow(text: str, file: str = "<workflow>", *, mock: bool = False) -> LoadedWorkflow:
+    """Load a workflow from YAML text. `file` is the name used in messages.
+
+    :raises WorkflowError: listing every problem found, each with file:line:column and key path.
+    """
+    mock = mock_mode_requested(mock)
+    source = load_yaml(text, file)
+    checker = _Checker(source, ())
+    body, prefix = _split_body(source, checker)
+    checker.prefix = prefix
+    if checker.issues or body is None:
+        raise WorkflowError(checker.issues)
+    if isinstance(body, dict):
+        steps = body.get("steps")
+        if isinstance(steps, list):
+            for index, raw in enumerate(steps):
+                if isinstance(raw, dict):
+                    _normalize_legacy(raw, ("steps", index), checker)
+        if isinstance(body.get("defaults"), dict):
+            _normalize_legacy(body["defaults"], ("defaults",), checker)
+    try:
+        workflow = Workflow.model_validate(body)
+    except ValidationError as error:
+        _schema_issues(error, body, checker)
+        raise WorkflowError(sorted(checker.issues, key=_issue_order)) from None
+    _check_templates(workflow, checker)
+    steps = _load_steps(workflow, checker, mock)
+    if checker.issues:
+        raise WorkflowError(sorted(checker.issues, key=_issue_order))
+    return LoadedWorkflow(workflow, source, steps, prefix, mock)
+
+
+def _issue_order(issue: Issue) -> tuple[int, int]:
+    return issue.location.line or 0, issue.location.column or 0
+
+
+def load_workflow(path: str | os.PathLike[str], *, mock: bool = False) -> LoadedWorkflow:
+    """Load and check a workflow file (handlers and providers are resolved now, before any run).
+
+    :param mock: check it for a mock run: provider packages and API keys are not required.
+    :raises WorkflowError: listing every problem found, each with file:line:column and key path.
+    """
+    name = os.fspath(path)
+    try:
+        text = FilePath(name).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise WorkflowError([Issue(Location(name), f"cannot read the workflow: {error}")]) from None
+    return parse_workflow(text, name, mock=mock)
+
+
+def is_coroutine_function(function: Callable[..., Any]) -> bool:
+    """Whether calling `function` returns an awaitable that the runner must await."""
+    return inspect.iscoroutinefunction(function)
+
+
+__all__ = ["LoadedStep", "LoadedWorkflow", "format_path", "load_workflow", "mock_mode_requested", "parse_workflow"]

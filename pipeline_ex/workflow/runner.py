@@ -1,0 +1,293 @@
+"""Run a loaded workflow: steps in order, each LLM step streaming to its handlers.
+
+`run` is `arun` on a fresh event loop; both take a path or a `LoadedWorkflow`. The step results keep
+the model's full text whatever the handlers do with the stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import difflib
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pipeline_ex.context import Context
+from pipeline_ex.errors import Issue, PipelineError, StepError, WorkflowError
+from pipeline_ex.streaming.resolve import HandlerSpec
+from pipeline_ex.workflow import templates
+from pipeline_ex.workflow.loader import LoadedStep, LoadedWorkflow, load_workflow
+from pipeline_ex.workflow.schema import InputSpec, LLMStep, PythonStep, SetStep
+
+OUTPUT_DIR_ENV = "PIPELINE_OUTPUT_DIR"
+DEFAULT_OUTPUT_DIR = "outputs"
+
+ProgressCallback = Callable[[int, int, str], None]
+
+
+class InputError(PipelineError):
+    """The inputs given to a run do not match the workflow's declared inputs."""
+
+
+@dataclass
+class RunResult:
+    """What a run produced: each LLM step's `StepResult`, python step values, variables and files."""
+
+    run_id: str
+    workflow: str
+    steps: dict[str, Any] = field(default_factory=dict)
+    """LLM step id -> `StepResult`."""
+    values: dict[str, Any] = field(default_factory=dict)
+    """Python step id -> the value its callable returned."""
+    vars: dict[str, Any] = field(default_factory=dict)
+    outputs: dict[str, Path] = field(default_factory=dict)
+    """Step id -> the file `output_to_file` wrote."""
+
+    @property
+    def text(self) -> str:
+        """The text of the last LLM step."""
+        last = list(self.steps.values())[-1:] or [None]
+        return last[0].text if last[0] is not None else ""
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready summary: every step's text, finish reason, usage and timing."""
+        steps: dict[str, Any] = {}
+        for step_id, result in self.steps.items():
+            done = result.done
+            steps[step_id] = {
+                "text": done.response.text,
+                "finish_reason": done.response.finish_reason,
+                "model": done.response.model,
+                "provider": done.response.provider,
+                "usage": done.response.usage.model_dump() if done.response.usage else None,
+                "streamed": done.streamed,
+                "ttft_ms": done.ttft_ms,
+                "duration_ms": done.duration_ms,
+            }
+        return {
+            "run_id": self.run_id,
+            "workflow": self.workflow,
+            "steps": steps,
+            "values": {k: _jsonable(v) for k, v in self.values.items()},
+            "vars": {k: _jsonable(v) for k, v in self.vars.items()},
+            "outputs": {k: str(v) for k, v in self.outputs.items()},
+        }
+
+
+def _jsonable(value: Any) -> Any:
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    return repr(value)
+
+
+def _convert(name: str, spec: InputSpec, value: Any) -> Any:
+    if not isinstance(value, str) or spec.type == "string":
+        return value
+    try:
+        if spec.type == "integer":
+            return int(value)
+        if spec.type == "number":
+            return float(value)
+        lowered = value.strip().lower()
+        if lowered in ("true", "yes", "1", "on"):
+            return True
+        if lowered in ("false", "no", "0", "off"):
+            return False
+        raise ValueError(value)
+    except ValueError:
+        raise InputError(f"input {name!r} must be a {spec.type}, got {value!r}") from None
+
+
+def resolve_inputs(loaded: LoadedWorkflow, given: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Check `given` against the declared inputs and fill in defaults.
+
+    :raises InputError: for an undeclared input (with "did you mean") or a missing required one.
+    """
+    declared = loaded.workflow.inputs
+    given = dict(given or {})
+    for name in given:
+        if name not in declared:
+            close = difflib.get_close_matches(name, list(declared), n=1)
+            known = ", ".join(declared) or "none"
+            raise InputError(
+                f"unknown input {name!r}" + (f" (did you mean {close[0]!r}?)" if close else "") + f"; declared: {known}"
+            )
+    values: dict[str, Any] = {}
+    for name, spec in declared.items():
+        if name in given:
+            values[name] = _convert(name, spec, given[name])
+        elif "default" in spec.model_fields_set:
+            values[name] = spec.default
+        else:
+            where = loaded.location("inputs", name)
+            raise InputError(
+                f"missing input {name!r} (declared at {where.file}:{where.line}); pass it with --input {name}=VALUE"
+            )
+    return values
+
+
+def _output_path(output_dir: Path, relative: str, step_id: str) -> Path:
+    target = (output_dir / relative).resolve()
+    if not target.is_relative_to(output_dir.resolve()):
+        raise PipelineError(f"step {step_id!r}: output_to_file {relative!r} points outside {output_dir}")
+    return target
+
+
+class _Runner:
+    def __init__(
+        self,
+        loaded: LoadedWorkflow,
+        ctx: Context,
+        *,
+        output_dir: Path,
+        default_handler: HandlerSpec | None,
+        progress: ProgressCallback | None,
+    ) -> None:
+        self.loaded = loaded
+        self.ctx = ctx
+        self.output_dir = output_dir
+        self.default_handler = default_handler
+        self.progress = progress
+        self.result = RunResult(ctx.run_id, loaded.name)
+
+    def _template_values(self) -> dict[str, Any]:
+        return {"inputs": self.ctx.inputs, "steps": self.ctx.steps, "vars": self.ctx.vars}
+
+    def _render(self, source: str, item: LoadedStep, key: str) -> str:
+        try:
+            return templates.render(source, self._template_values())
+        except Exception as error:
+            raise WorkflowError(
+                [Issue(self.loaded.location(*item.path, key), f"template failed: {type(error).__name__}: {error}")]
+            ) from error
+
+    async def _llm(self, item: LoadedStep, step: LLMStep) -> None:
+        from pipeline_ex.llm.step import ainvoke
+
+        handlers: list[Any] = list(item.handlers)
+        if not handlers and self.default_handler is not None:
+            handlers = [self.default_handler]
+        prompt = self._render(step.prompt, item, "prompt")
+        system = self._render(item.system, item, "system") if item.system else None
+        try:
+            result = await ainvoke(
+                self.ctx,
+                prompt=prompt,
+                provider=item.provider,
+                model=item.model,
+                system=system,
+                stream=item.stream,
+                on_event=handlers,
+                step=step.id,
+                **item.options,
+            )
+        except StepError as error:
+            self._write_output(step, error.done.response.text)
+            raise
+        self.ctx.steps[step.id] = result
+        self.result.steps[step.id] = result
+        self._write_output(step, result.text)
+
+    def _write_output(self, step: LLMStep, text: str) -> None:
+        if step.output_to_file is None:
+            return
+        target = _output_path(self.output_dir, step.output_to_file, step.id)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(text, encoding="utf-8")
+        self.result.outputs[step.id] = target
+
+    async def _python(self, item: LoadedStep, step: PythonStep) -> None:
+        assert item.function is not None
+        value = item.function(self.ctx, **step.args)
+        if asyncio.iscoroutine(value):
+            value = await value
+        self.ctx.steps[step.id] = value
+        self.result.values[step.id] = value
+
+    def _set(self, item: LoadedStep, step: SetStep) -> None:
+        for name, value in step.vars.items():
+            rendered = self._render(value, item, f"vars.{name}") if isinstance(value, str) else value
+            self.ctx.vars[name] = rendered
+        self.result.vars = dict(self.ctx.vars)
+
+    async def run(self) -> RunResult:
+        total = len(self.loaded.steps)
+        for index, item in enumerate(self.loaded.steps, start=1):
+            if self.progress is not None:
+                self.progress(index, total, item.id)
+            step = item.spec
+            if isinstance(step, LLMStep):
+                await self._llm(item, step)
+            elif isinstance(step, PythonStep):
+                await self._python(item, step)
+            else:
+                self._set(item, step)
+        return self.result
+
+
+def _as_loaded(workflow: str | os.PathLike[str] | LoadedWorkflow, mock: bool) -> LoadedWorkflow:
+    if isinstance(workflow, LoadedWorkflow):
+        if mock and not workflow.mock:
+            return load_workflow(workflow.file, mock=True) if Path(workflow.file).is_file() else workflow
+        return workflow
+    return load_workflow(workflow, mock=mock)
+
+
+def output_directory(output_dir: str | os.PathLike[str] | None) -> Path:
+    """The output directory: the argument, else `PIPELINE_OUTPUT_DIR`, else `./outputs`."""
+    return Path(output_dir or os.environ.get(OUTPUT_DIR_ENV) or DEFAULT_OUTPUT_DIR)
+
+
+async def arun(
+    workflow: str | os.PathLike[str] | LoadedWorkflow,
+    inputs: Mapping[str, Any] | None = None,
+    *,
+    mock: bool = False,
+    on_event: Any = None,
+    output_dir: str | os.PathLike[str] | None = None,
+    _default_handler: HandlerSpec | None = None,
+    _progress: ProgressCallback | None = None,
+) -> RunResult:
+    """Run a workflow on the running event loop and return its `RunResult`.
+
+    :param workflow: a path to a workflow file, or a workflow from `load_workflow`.
+    :param inputs: values for the declared inputs; missing ones take their defaults.
+    :param mock: run every LLM step on the mock provider (as `PIPELINE_TEST_MODE=mock` does).
+    :param on_event: an extra handler (or list) that receives every event of every step, in addition
+        to the handlers the workflow configures.
+    :param output_dir: where `output_to_file` writes (default: `PIPELINE_OUTPUT_DIR`, then `./outputs`).
+    :raises StepError: after the failing step's Done was delivered.
+    """
+    loaded = _as_loaded(workflow, mock)
+    extra = [] if on_event is None else (list(on_event) if isinstance(on_event, list | tuple) else [on_event])
+    ctx = Context(inputs=resolve_inputs(loaded, inputs), handlers=extra)
+    runner = _Runner(
+        loaded, ctx, output_dir=output_directory(output_dir), default_handler=_default_handler, progress=_progress
+    )
+    return await runner.run()
+
+
+def run(
+    workflow: str | os.PathLike[str] | LoadedWorkflow,
+    inputs: Mapping[str, Any] | None = None,
+    *,
+    mock: bool = False,
+    on_event: Any = None,
+    output_dir: str | os.PathLike[str] | None = None,
+) -> RunResult:
+    """Run a workflow to completion and return its `RunResult` (see `arun`).
+
+    Ctrl-C cancels the running step, which delivers its `Done(finish_reason="cancelled")` before
+    `KeyboardInterrupt` propagates.
+    """
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(arun(workflow, inputs, mock=mock, on_event=on_event, output_dir=output_dir))
+    raise PipelineError("run() was called inside a running event loop; use 'await arun(...)' there")
