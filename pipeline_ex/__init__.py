@@ -1,7 +1,7 @@
 """pipeline_ex: LLM steps that stream typed events (`Delta`, `Done`) to pluggable handlers.
 
 Importing the package is cheap: the haystack-backed parts (`llm`, `invoke`, `ainvoke`, `StepResult`)
-load on first use.
+and the workflow layer (`run`, `arun`, `load_workflow`, ...) load on first use.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from pipeline_ex.errors import (
     ProviderNotInstalledError,
     StepError,
     StreamTruncatedError,
+    WorkflowError,
 )
 from pipeline_ex.events import Delta, Done, ErrorInfo, Event, FinishReason, Response, Usage
 from pipeline_ex.streaming import (
@@ -37,6 +38,7 @@ from pipeline_ex.testing import StreamingRecorder
 if TYPE_CHECKING:
     from pipeline_ex import llm
     from pipeline_ex.llm import StepResult, ainvoke, invoke
+    from pipeline_ex.workflow import LoadedWorkflow, RunResult, arun, load_workflow, run
 
 __version__ = "0.1.0"
 
@@ -45,6 +47,11 @@ _LAZY = {
     "invoke": ("pipeline_ex.llm", "invoke"),
     "ainvoke": ("pipeline_ex.llm", "ainvoke"),
     "StepResult": ("pipeline_ex.llm", "StepResult"),
+    "run": ("pipeline_ex.workflow", "run"),
+    "arun": ("pipeline_ex.workflow", "arun"),
+    "load_workflow": ("pipeline_ex.workflow", "load_workflow"),
+    "LoadedWorkflow": ("pipeline_ex.workflow", "LoadedWorkflow"),
+    "RunResult": ("pipeline_ex.workflow", "RunResult"),
 }
 
 
@@ -74,22 +81,28 @@ __all__ = [
     "HandlerError",
     "HandlerResolutionError",
     "JsonlFileHandler",
+    "LoadedWorkflow",
     "NullHandler",
     "PipelineError",
     "ProviderConfigError",
     "ProviderError",
     "ProviderNotInstalledError",
     "Response",
+    "RunResult",
     "StepError",
     "StepResult",
     "StreamHandler",
     "StreamTruncatedError",
     "StreamingRecorder",
     "Usage",
+    "WorkflowError",
     "__version__",
     "ainvoke",
+    "arun",
     "invoke",
     "legacy_handler",
     "llm",
+    "load_workflow",
     "resolve_handler",
+    "run",
 ]

@@ -91,8 +91,8 @@ class ProviderNotInstalledError(PipelineError):
         self.extra = extra
         self.missing = missing
         super().__init__(
-            f"provider {provider!r} needs the {missing!r} package, which is not installed.\n"
-            f"  fix: pip install 'pipeline-ex[{extra}]'"
+            f"provider {provider!r} needs the {missing!r} package, which is not installed; "
+            f"fix: pip install 'pipeline-ex[{extra}]'"
         )
 
 

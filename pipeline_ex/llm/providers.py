@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 from urllib.parse import urlparse
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from pipeline_ex.errors import ProviderConfigError, ProviderNotInstalledError
 
@@ -89,6 +89,30 @@ class OpenAIOptions(GenerationOptions):
     max_retries: int | None = None
     include_usage: bool = True
     """Ask for `stream_options.include_usage`; turn off for servers that reject it."""
+
+
+class AnthropicOptions(GenerationOptions):
+    """Options of the `anthropic` provider (alias `claude`)."""
+
+    max_tokens: int | None = 1024
+    """Anthropic requires a limit on every request."""
+    api_key_env: str = "ANTHROPIC_API_KEY"
+    timeout: float | None = None
+    max_retries: int | None = None
+
+    @field_validator("seed")
+    @classmethod
+    def _no_seed(cls, value: int | None) -> int | None:
+        if value is not None:
+            raise ValueError("Anthropic's API has no seed; remove it")
+        return value
+
+    def generation_kwargs(self) -> dict[str, Any]:
+        """Anthropic names the stop list `stop_sequences`."""
+        kwargs = super().generation_kwargs()
+        if "stop" in kwargs:
+            kwargs["stop_sequences"] = kwargs.pop("stop")
+        return kwargs
 
 
 class LocalOptions(GenerationOptions):
@@ -177,6 +201,31 @@ def _build_openai(model: str | None, options: Mapping[str, Any]) -> BuiltGenerat
     return BuiltGenerator(generator, "openai", model_name, generation_kwargs)
 
 
+def _api_key(provider: str, variable: str) -> Any:
+    from haystack.utils import Secret
+
+    if not os.environ.get(variable):
+        raise ProviderConfigError(f"provider {provider!r} needs an API key: set the {variable} environment variable")
+    return Secret.from_env_var(variable)
+
+
+def _build_anthropic(model: str | None, options: Mapping[str, Any]) -> BuiltGenerator:
+    opts: AnthropicOptions = _parse(AnthropicOptions, "anthropic", options)
+    try:
+        from haystack_integrations.components.generators.anthropic import AnthropicChatGenerator
+    except ModuleNotFoundError as error:
+        raise ProviderNotInstalledError("anthropic", "anthropic", "anthropic-haystack") from error
+    model_name = model or "claude-haiku-4-5"
+    generator = AnthropicChatGenerator(
+        api_key=_api_key("anthropic", opts.api_key_env),
+        model=model_name,
+        generation_kwargs=opts.generation_kwargs(),
+        timeout=opts.timeout,
+        max_retries=opts.max_retries,
+    )
+    return BuiltGenerator(generator, "anthropic", model_name)
+
+
 def _build_local(model: str | None, options: Mapping[str, Any]) -> BuiltGenerator:
     from pipeline_ex.llm.local_model import DEFAULT_MODEL, count_local_usage, load_local_model
 
@@ -247,11 +296,19 @@ PROVIDERS: dict[str, ProviderInfo | Callable[[str | None, Mapping[str, Any]], Bu
             ("llama_cpp", "llama-cpp-python"),
         ),
     ),
+    "anthropic": ProviderInfo(
+        "anthropic",
+        _build_anthropic,
+        AnthropicOptions,
+        "anthropic",
+        (("haystack_integrations.components.generators.anthropic", "anthropic-haystack"),),
+        api_key_option="api_key_env",
+    ),
     "mock": ProviderInfo("mock", _build_mock, MockOptions),
 }
 """Provider name -> provider. A plain builder function is accepted too (for generators built in code)."""
 
-ALIASES: dict[str, str] = {}
+ALIASES: dict[str, str] = {"claude": "anthropic"}
 """Alternative provider names -> the provider they stand for."""
 
 DEFAULT_PROVIDER = "local"

@@ -22,6 +22,7 @@ from pipeline_ex.events import Delta, Done, ErrorInfo, Response
 from pipeline_ex.llm.bridge import HybridPump, StreamAbort, StreamBridge
 from pipeline_ex.llm.normalize import map_finish_reason, normalize_usage
 from pipeline_ex.llm.providers import BuiltGenerator, build_generator
+from pipeline_ex.streaming.ambient import ambient_handlers
 from pipeline_ex.streaming.dispatch import Dispatcher, HandlerFailure
 from pipeline_ex.streaming.resolve import HandlerSpec, resolve_handler
 
@@ -55,6 +56,7 @@ def _handler_specs(on_event: Any, ctx: Context) -> list[HandlerSpec]:
         is_many = isinstance(on_event, Sequence) and not isinstance(on_event, str)
         refs.extend(on_event if is_many else [on_event])
     refs.extend(ctx.handlers)
+    refs.extend(ambient_handlers())
     return [ref if isinstance(ref, HandlerSpec) else resolve_handler(ref) for ref in refs]
 
 

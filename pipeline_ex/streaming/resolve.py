@@ -125,8 +125,8 @@ def _lookup_name(reference: str, location: Location | None) -> tuple[str, object
     name = reference
     if name in LEGACY_ALIASES:
         replacement = LEGACY_ALIASES[name]
-        where = f" ({location})" if location else ""
-        warn_deprecated(f"stream handler {name!r}{where} is deprecated; use {replacement!r}")
+        where = f"{location.file}:{location.line}: " if location and location.file else ""
+        warn_deprecated(f"{where}stream handler {name!r} is deprecated; use {replacement!r}")
         name = replacement
     name = ELIXIR_ALIASES.get(name, name)
     if name in BUILTINS:

@@ -117,6 +117,14 @@ class _Checker:
     def add(self, path: Path, message: str, *, at_key: bool = False) -> None:
         self.issues.append(Issue(self.at(path, at_key=at_key), message))
 
+    def alias(self, old: Path, new: Path) -> None:
+        """Let errors about `new` (a renamed legacy key) point at where `old` is written."""
+        source, old_path = self.source, yaml_path(self.prefix, old)
+        new_path = yaml_path(self.prefix, new)
+        for table in (source.values, source.keys):
+            for path in [p for p in table if p[: len(old_path)] == old_path]:
+                table[(*new_path, *path[len(old_path) :])] = table[path]
+
     def warn(self, path: Path, message: str) -> None:
         location = self.at(path, at_key=True)
         warn_deprecated(f"{location.file}:{location.line}: {message}")
@@ -220,6 +228,7 @@ def _normalize_legacy(raw: dict[str, Any], path: Path, checker: _Checker) -> Non
             continue
         checker.warn((*path, legacy), f"{legacy!r} is deprecated; rename it to {current!r}")
         raw[current] = raw.pop(legacy)
+        checker.alias((*path, legacy), (*path, current))
 
 
 def _check_templates(workflow: Workflow, checker: _Checker) -> None:
