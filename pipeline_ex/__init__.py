@@ -1,7 +1,7 @@
-"""pipeline_ex: LLM steps that stream typed events (`Delta`, `Done`) to pluggable handlers.
+"""pipeline_ex: YAML LLM workflows whose steps stream typed events (`Delta`, `Done`) to pluggable handlers.
 
-Importing the package is cheap: the haystack-backed parts (`llm`, `invoke`, `ainvoke`, `StepResult`)
-and the workflow layer (`run`, `arun`, `load_workflow`, ...) load on first use.
+Every public name is importable from here. They load on first use, so `import pipeline_ex` (and the
+`pipeline-ex` command's start-up) stays fast and haystack is imported only when a step runs.
 """
 
 from __future__ import annotations
@@ -9,54 +9,80 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from pipeline_ex.context import Context
-from pipeline_ex.errors import (
-    HandlerError,
-    HandlerResolutionError,
-    PipelineError,
-    ProviderConfigError,
-    ProviderError,
-    ProviderNotInstalledError,
-    StepError,
-    StreamTruncatedError,
-    WorkflowError,
-)
-from pipeline_ex.events import Delta, Done, ErrorInfo, Event, FinishReason, Response, Usage
-from pipeline_ex.streaming import (
-    BufferHandler,
-    CallbackHandler,
-    ConsoleHandler,
-    FileHandler,
-    JsonlFileHandler,
-    NullHandler,
-    StreamHandler,
-    legacy_handler,
-    resolve_handler,
-)
-from pipeline_ex.testing import StreamingRecorder
-
 if TYPE_CHECKING:
     from pipeline_ex import llm
+    from pipeline_ex.context import Context
+    from pipeline_ex.errors import (
+        HandlerError,
+        HandlerResolutionError,
+        PipelineError,
+        ProviderConfigError,
+        ProviderError,
+        ProviderNotInstalledError,
+        StepError,
+        StreamTruncatedError,
+        WorkflowError,
+    )
+    from pipeline_ex.events import Delta, Done, ErrorInfo, Event, FinishReason, Response, Usage
     from pipeline_ex.llm import StepResult, ainvoke, invoke
+    from pipeline_ex.streaming import (
+        BufferHandler,
+        CallbackHandler,
+        ConsoleHandler,
+        FileHandler,
+        JsonlFileHandler,
+        NullHandler,
+        StreamHandler,
+        legacy_handler,
+        resolve_handler,
+    )
+    from pipeline_ex.testing import StreamingRecorder
     from pipeline_ex.workflow import LoadedWorkflow, RunResult, arun, load_workflow, run
 
 __version__ = "0.1.0"
 
-_LAZY = {
+_LAZY: dict[str, tuple[str, str | None]] = {
     "llm": ("pipeline_ex.llm", None),
-    "invoke": ("pipeline_ex.llm", "invoke"),
-    "ainvoke": ("pipeline_ex.llm", "ainvoke"),
+    "Context": ("pipeline_ex.context", "Context"),
+    "HandlerError": ("pipeline_ex.errors", "HandlerError"),
+    "HandlerResolutionError": ("pipeline_ex.errors", "HandlerResolutionError"),
+    "PipelineError": ("pipeline_ex.errors", "PipelineError"),
+    "ProviderConfigError": ("pipeline_ex.errors", "ProviderConfigError"),
+    "ProviderError": ("pipeline_ex.errors", "ProviderError"),
+    "ProviderNotInstalledError": ("pipeline_ex.errors", "ProviderNotInstalledError"),
+    "StepError": ("pipeline_ex.errors", "StepError"),
+    "StreamTruncatedError": ("pipeline_ex.errors", "StreamTruncatedError"),
+    "WorkflowError": ("pipeline_ex.errors", "WorkflowError"),
+    "Delta": ("pipeline_ex.events", "Delta"),
+    "Done": ("pipeline_ex.events", "Done"),
+    "ErrorInfo": ("pipeline_ex.events", "ErrorInfo"),
+    "Event": ("pipeline_ex.events", "Event"),
+    "FinishReason": ("pipeline_ex.events", "FinishReason"),
+    "Response": ("pipeline_ex.events", "Response"),
+    "Usage": ("pipeline_ex.events", "Usage"),
+    "BufferHandler": ("pipeline_ex.streaming", "BufferHandler"),
+    "CallbackHandler": ("pipeline_ex.streaming", "CallbackHandler"),
+    "ConsoleHandler": ("pipeline_ex.streaming", "ConsoleHandler"),
+    "FileHandler": ("pipeline_ex.streaming", "FileHandler"),
+    "JsonlFileHandler": ("pipeline_ex.streaming", "JsonlFileHandler"),
+    "NullHandler": ("pipeline_ex.streaming", "NullHandler"),
+    "StreamHandler": ("pipeline_ex.streaming", "StreamHandler"),
+    "legacy_handler": ("pipeline_ex.streaming", "legacy_handler"),
+    "resolve_handler": ("pipeline_ex.streaming", "resolve_handler"),
+    "StreamingRecorder": ("pipeline_ex.testing", "StreamingRecorder"),
     "StepResult": ("pipeline_ex.llm", "StepResult"),
-    "run": ("pipeline_ex.workflow", "run"),
-    "arun": ("pipeline_ex.workflow", "arun"),
-    "load_workflow": ("pipeline_ex.workflow", "load_workflow"),
+    "ainvoke": ("pipeline_ex.llm", "ainvoke"),
+    "invoke": ("pipeline_ex.llm", "invoke"),
     "LoadedWorkflow": ("pipeline_ex.workflow", "LoadedWorkflow"),
     "RunResult": ("pipeline_ex.workflow", "RunResult"),
+    "arun": ("pipeline_ex.workflow", "arun"),
+    "load_workflow": ("pipeline_ex.workflow", "load_workflow"),
+    "run": ("pipeline_ex.workflow", "run"),
 }
 
 
 def __getattr__(name: str) -> Any:
-    """Load the haystack-backed names on first access."""
+    """Load a public name on first access."""
     try:
         module_name, attribute = _LAZY[name]
     except KeyError:
@@ -65,6 +91,10 @@ def __getattr__(name: str) -> Any:
     value = module if attribute is None else getattr(module, attribute)
     globals()[name] = value
     return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_LAZY])
 
 
 __all__ = [

@@ -8,8 +8,6 @@ import sys
 from collections.abc import Mapping, MutableMapping
 from typing import Any
 
-import structlog
-
 ENV_VAR = "PIPELINE_STREAM_DEBUG"
 _TRUE = {"1", "true", "yes", "on"}
 # Whole-key matches only: "prompt_tokens" is a count, "access_token" is a secret.
@@ -44,6 +42,8 @@ def _redact_processor(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> 
 
 def debug_logger() -> Any:
     """A structlog logger that writes redacted key-value lines to stderr."""
+    import structlog  # only runs with debugging on; keeps start-up fast otherwise
+
     return structlog.wrap_logger(
         structlog.PrintLogger(sys.stderr),
         processors=[
