@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline_ex.debug import stream_debug_enabled
+from pipeline_ex.testing.modes import TestSession, active_override, session_from_env
 
 
 @dataclass
@@ -21,6 +22,7 @@ class Context:
     :param debug: whether raw chunks and events are logged; read once from `PIPELINE_STREAM_DEBUG`.
     :param steps: results of the steps run so far, by step id (what templates see as `steps`).
     :param vars: variables set by `set` steps (what templates see as `vars`).
+    :param name: the run's name (the workflow's); names its cassette in record and replay modes.
     """
 
     inputs: dict[str, Any] = field(default_factory=dict)
@@ -30,8 +32,19 @@ class Context:
     debug: bool = field(default_factory=stream_debug_enabled)
     steps: dict[str, Any] = field(default_factory=dict)
     vars: dict[str, Any] = field(default_factory=dict)
+    name: str = "invoke"
     _seq: itertools.count[int] = field(default_factory=lambda: itertools.count(1), repr=False)
+    _session: TestSession | None = field(default=None, repr=False)
 
     def next_seq(self) -> int:
         """The next event number of this run; strictly increasing across all its steps."""
         return next(self._seq)
+
+    def test_session(self) -> TestSession:
+        """The test mode of this run: a test fixture's session, else `PIPELINE_TEST_MODE` (read once)."""
+        override = active_override()
+        if override is not None:
+            return override
+        if self._session is None:
+            self._session = session_from_env(self.name)
+        return self._session

@@ -17,7 +17,7 @@ from pipeline_ex import Delta, Done, ProviderError, StreamingRecorder, llm
 from pipeline_ex.llm.providers import PROVIDERS, BuiltGenerator
 from pipeline_ex.testing.mock_generator import ScriptedChatGenerator
 
-pytestmark = pytest.mark.streaming
+pytestmark = [pytest.mark.streaming, pytest.mark.live]
 
 PROPERTY_SETTINGS = settings(
     max_examples=60,

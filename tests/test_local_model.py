@@ -12,7 +12,7 @@ import pytest
 from pipeline_ex import Context, Delta, Done, StreamingRecorder, llm
 from pipeline_ex.llm.local_model import default_model_path
 
-pytestmark = [pytest.mark.streaming, pytest.mark.local_model]
+pytestmark = [pytest.mark.streaming, pytest.mark.local_model, pytest.mark.live]
 
 PROMPT = "Write one sentence about the sea."
 SETTINGS = {"max_tokens": 24, "temperature": 0.0, "seed": 7}

@@ -33,7 +33,7 @@ from pipeline_ex import (
     Usage,
 )
 
-pytestmark = pytest.mark.streaming
+pytestmark = [pytest.mark.streaming, pytest.mark.live]
 
 Mode = Literal["sync", "async"]
 

@@ -120,6 +120,7 @@ def test_stream_false_makes_one_call_and_one_delta(mode: str) -> None:
 
 
 @pytest.mark.streaming
+@pytest.mark.live
 def test_generator_that_cannot_stream_falls_back_with_a_warning(
     no_streaming_provider: str, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -134,6 +135,7 @@ def test_generator_that_cannot_stream_falls_back_with_a_warning(
     assert "'summary'" in warning and "plain-model" in warning and "cannot stream" in warning
 
 
+@pytest.mark.live
 def test_stream_false_does_not_warn(no_streaming_provider: str, caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.WARNING, logger="pipeline_ex"):
         llm.invoke(prompt="p", provider=no_streaming_provider, stream=False, on_event="null")

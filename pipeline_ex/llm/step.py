@@ -21,10 +21,11 @@ from pipeline_ex.errors import HandlerError, PipelineError, ProviderError, StepE
 from pipeline_ex.events import Delta, Done, ErrorInfo, Response
 from pipeline_ex.llm.bridge import HybridPump, StreamAbort, StreamBridge
 from pipeline_ex.llm.normalize import map_finish_reason, normalize_usage
-from pipeline_ex.llm.providers import BuiltGenerator, build_generator
+from pipeline_ex.llm.providers import BuiltGenerator, MockOptions, build_generator, check_provider
 from pipeline_ex.streaming.ambient import ambient_handlers
 from pipeline_ex.streaming.dispatch import Dispatcher, HandlerFailure
 from pipeline_ex.streaming.resolve import HandlerSpec, resolve_handler
+from pipeline_ex.testing.modes import LiveCallBlocked
 
 logger = logging.getLogger("pipeline_ex")
 
@@ -296,6 +297,48 @@ class _StepRun:
         return self._finish(done, to_raise, await self.dispatcher.aemit_done(done))
 
 
+_MOCK_KEYS = frozenset(MockOptions.model_fields)
+
+
+def _select_generator(
+    ctx: Context,
+    step: str,
+    prompt: str,
+    provider: str | None,
+    model: str | None,
+    options: dict[str, Any],
+    handlers: list[HandlerSpec],
+) -> BuiltGenerator:
+    """Build the step's generator as the run's test mode says: live, mock, record or replay."""
+    session = ctx.test_session()
+    if session.mode == "replay":
+        from pipeline_ex.testing.cassette_generator import CassetteChatGenerator
+
+        assert session.cassette is not None
+        recording = session.cassette.next_recording(step)
+        response = recording.done.response
+        return BuiltGenerator(CassetteChatGenerator(recording, session.replay_speed), response.provider, response.model)
+    if session.mode == "mock" or provider == "mock":
+        mock_options = {k: v for k, v in options.items() if k in _MOCK_KEYS}
+        scripted = session.script.pick(prompt) if session.script is not None else None
+        if scripted is not None:
+            mock_options.update(scripted.provider_options())
+        built = build_generator("mock", model, mock_options)
+    elif not session.live_allowed:
+        name = check_provider(provider, options)  # a misspelt provider or option is the more useful error
+        raise LiveCallBlocked(
+            f"{session.label or 'this test'} tried a real call to provider {name!r} "
+            f"(step {step!r}); allow it with @pytest.mark.live or pytest --pipeline-live, "
+            "or script the reply with the llm_mock fixture"
+        )
+    else:
+        built = build_generator(provider, model, options)
+    if session.mode == "record":
+        assert session.cassette is not None
+        handlers.append(resolve_handler(session.cassette))
+    return built
+
+
 def _prepare(
     ctx: Context | None,
     *,
@@ -316,7 +359,7 @@ def _prepare(
         merged.update(defaults.get("options") or {})
     merged.update(options)
     handlers = _handler_specs(on_event, ctx)
-    built = build_generator(provider_name, model or defaults.get("model"), merged)
+    built = _select_generator(ctx, step, prompt, provider_name, model or defaults.get("model"), merged, handlers)
     return _StepRun(
         ctx,
         step=step,

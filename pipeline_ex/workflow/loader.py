@@ -28,6 +28,7 @@ from pipeline_ex.errors import (
 )
 from pipeline_ex.llm.providers import check_provider
 from pipeline_ex.streaming.resolve import HandlerSpec, resolve_handler
+from pipeline_ex.testing.modes import active_override, mode_from_env
 from pipeline_ex.workflow import templates
 from pipeline_ex.workflow.schema import (
     STEP_MODELS,
@@ -41,13 +42,22 @@ from pipeline_ex.workflow.schema import (
 )
 from pipeline_ex.workflow.yaml_source import Path, YamlSource, format_path, load_yaml
 
-TEST_MODE_ENV = "PIPELINE_TEST_MODE"
 _GENERATION_KEYS = tuple(GenerationFields.model_fields)
 
 
+def _active_mode() -> str:
+    override = active_override()
+    return override.mode if override is not None else mode_from_env()
+
+
 def mock_mode_requested(mock: bool) -> bool:
-    """Whether a run should use the mock provider: `mock=True` or `PIPELINE_TEST_MODE=mock`."""
-    return mock or os.environ.get(TEST_MODE_ENV, "").strip().lower() == "mock"
+    """Whether a run should use the mock provider: `mock=True`, `PIPELINE_TEST_MODE=mock` or `llm_mock`."""
+    return mock or _active_mode() == "mock"
+
+
+def offline_mode_requested(mock: bool) -> bool:
+    """Whether provider packages and keys are not needed: mock runs and cassette replays."""
+    return mock_mode_requested(mock) or _active_mode() == "replay"
 
 
 @dataclass
@@ -334,7 +344,7 @@ def _resolve_python(step: PythonStep, index: int, checker: _Checker) -> Callable
     return resolved
 
 
-def _load_steps(workflow: Workflow, checker: _Checker, mock: bool) -> list[LoadedStep]:
+def _load_steps(workflow: Workflow, checker: _Checker, mock: bool, offline: bool) -> list[LoadedStep]:
     defaults = workflow.defaults
     loaded: list[LoadedStep] = []
     seen: dict[str, int] = {}
@@ -358,9 +368,9 @@ def _load_steps(workflow: Workflow, checker: _Checker, mock: bool) -> list[Loade
                 else (("defaults", "provider") if defaults.provider else ("steps", index))
             )
             try:
-                item.provider = check_provider(provider, {} if mock else item.options)
+                item.provider = check_provider(provider, {} if offline else item.options)
             except ProviderNotInstalledError as error:
-                if not mock:
+                if not offline:
                     checker.add(provider_path, str(error).replace("\n ", ";"))
                 item.provider = provider
             except ProviderConfigError as error:
@@ -378,6 +388,7 @@ def parse_workflow(text: str, file: str = "<workflow>", *, mock: bool = False) -
 
     :raises WorkflowError: listing every problem found, each with file:line:column and key path.
     """
+    offline = offline_mode_requested(mock)
     mock = mock_mode_requested(mock)
     source = load_yaml(text, file)
     checker = _Checker(source, ())
@@ -399,7 +410,7 @@ def parse_workflow(text: str, file: str = "<workflow>", *, mock: bool = False) -
         _schema_issues(error, body, checker)
         raise WorkflowError(sorted(checker.issues, key=_issue_order)) from None
     _check_templates(workflow, checker)
-    steps = _load_steps(workflow, checker, mock)
+    steps = _load_steps(workflow, checker, mock, offline)
     if checker.issues:
         raise WorkflowError(sorted(checker.issues, key=_issue_order))
     return LoadedWorkflow(workflow, source, steps, prefix, mock)

@@ -1,0 +1,110 @@
+"""Event cassettes: record a live step's event stream to JSONL, and replay it later.
+
+A cassette is the JSONL a `StreamingRecorder` saves: one event per line with its time offset. Replay
+goes through the normal step machinery (see `cassette_generator`), so replayed events are built by the
+same bridge as live ones.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import defaultdict, deque
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipeline_ex.debug import redact
+from pipeline_ex.errors import PipelineError
+from pipeline_ex.events import EVENT_ADAPTER, Delta, Done, Event
+
+
+class CassetteError(PipelineError):
+    """A cassette is missing, unreadable, or has no recording for the step being replayed."""
+
+
+class ReplayedProviderError(RuntimeError):
+    """Replays a provider failure that was recorded in the cassette."""
+
+
+@dataclass(frozen=True)
+class RecordedStep:
+    """One recorded step run: its deltas with the pause before each, and its Done."""
+
+    deltas: tuple[tuple[float, Delta], ...]
+    done: Done
+
+
+class Cassette:
+    """One cassette file, opened for recording or for replay."""
+
+    def __init__(self, path: str | Path, *, record: bool) -> None:
+        self.path = Path(path)
+        self.record = record
+        self._lock = threading.Lock()
+        self._started: float | None = None
+        self._replay: dict[str, deque[RecordedStep]] | None = None
+        if record:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.write_text("", encoding="utf-8")
+
+    # -- recording -------------------------------------------------------------------------------
+
+    def handle_event(self, event: Event) -> None:
+        """Append an event (a handler that recording steps deliver to)."""
+        now = time.perf_counter()
+        with self._lock:
+            if self._started is None:
+                self._started = now
+            record = {"t_ms": round((now - self._started) * 1000, 3), "event": redact(event.model_dump(mode="json"))}
+            with open(self.path, "a", encoding="utf-8") as out:
+                out.write(json.dumps(record, ensure_ascii=False) + "\n")
+
+    # -- replaying -------------------------------------------------------------------------------
+
+    def _load(self) -> dict[str, deque[RecordedStep]]:
+        if not self.path.is_file():
+            raise CassetteError(
+                f"no cassette at {self.path}; record it first with PIPELINE_TEST_MODE=record "
+                "(or `pytest --pipeline-record` for @pytest.mark.cassette tests)"
+            )
+        pending: dict[tuple[str, str], list[tuple[float, Delta]]] = defaultdict(list)
+        steps: dict[str, deque[RecordedStep]] = defaultdict(deque)
+        last_offset: dict[tuple[str, str], float] = {}
+        with open(self.path, encoding="utf-8") as source:
+            for number, line in enumerate(source, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                    event = EVENT_ADAPTER.validate_python(record["event"])
+                    offset = float(record["t_ms"])
+                except Exception as error:
+                    raise CassetteError(f"{self.path}:{number}: not a recorded event: {error}") from error
+                key = (event.run_id, event.step)
+                if isinstance(event, Delta):
+                    previous = last_offset.get(key)
+                    pause = 0.0 if previous is None else offset - previous
+                    pending[key].append((pause, event))
+                    last_offset[key] = offset
+                else:
+                    deltas = pending.pop(key, [])
+                    if deltas and event.ttft_ms is not None:
+                        deltas[0] = (event.ttft_ms, deltas[0][1])
+                    steps[event.step].append(RecordedStep(tuple(deltas), event))
+                    last_offset.pop(key, None)
+        return steps
+
+    def next_recording(self, step: str) -> RecordedStep:
+        """The next recorded run of `step`, in recording order."""
+        with self._lock:
+            if self._replay is None:
+                self._replay = self._load()
+            queue = self._replay.get(step)
+            if not queue:
+                recorded = ", ".join(sorted(k for k, v in self._replay.items() if v)) or "none left"
+                raise CassetteError(
+                    f"cassette {self.path} has no recorded run left for step {step!r} (recorded: {recorded}); "
+                    "record it again"
+                )
+            return queue.popleft()
