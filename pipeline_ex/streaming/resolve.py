@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import importlib.util
 import inspect
 import os
 import sys
@@ -120,6 +121,14 @@ def _import_reference(reference: str, location: Location | None) -> object:
     return target
 
 
+def _importable(module: str) -> bool:
+    _ensure_cwd_importable()
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
 def _lookup_name(reference: str, location: Location | None) -> tuple[str, object] | None:
     """Resolve a short name or alias; return (display name, object), or None if it is not a name."""
     name = reference
@@ -133,6 +142,8 @@ def _lookup_name(reference: str, location: Location | None) -> tuple[str, object
         return name, _import_reference(BUILTINS[name], location)
     if "." not in name and ":" not in name:
         entry = handler_entry_points().get(name)
+        if entry is None and _importable(name):
+            return None  # a top-level module of the user's, named by its plain name
         if entry is None:
             close = difflib.get_close_matches(name, [*short_names(), *ELIXIR_ALIASES], n=3)
             hint = f"did you mean {', '.join(close)}?" if close else "give a short name or a dotted path"

@@ -368,11 +368,9 @@ def _load_steps(workflow: Workflow, checker: _Checker, mock: bool, offline: bool
                 else (("defaults", "provider") if defaults.provider else ("steps", index))
             )
             try:
-                item.provider = check_provider(provider, {} if offline else item.options)
+                item.provider = check_provider(provider, {} if mock else item.options, offline=offline)
             except ProviderNotInstalledError as error:
-                if not offline:
-                    checker.add(provider_path, str(error).replace("\n ", ";"))
-                item.provider = provider
+                checker.add(provider_path, str(error))
             except ProviderConfigError as error:
                 checker.add(provider_path, str(error).replace("\n ", ";"))
             if mock:
