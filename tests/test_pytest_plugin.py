@@ -115,7 +115,8 @@ def test_live_marker_and_option_allow_real_calls(
 
         {marker}
         def test_calls_the_loopback_server():
-            assert llm.invoke(prompt="hi", provider="openai", api_base_url="{openai_server.url}").text == "Hello, world!"
+            result = llm.invoke(prompt="hi", provider="openai", api_base_url="{openai_server.url}")
+            assert result.text == "Hello, world!"
         """
     )
     args = ["--pipeline-live"] if allow == "option" else []
