@@ -266,7 +266,7 @@ async def arun(
     """
     loaded = _as_loaded(workflow, mock)
     extra = [] if on_event is None else (list(on_event) if isinstance(on_event, list | tuple) else [on_event])
-    ctx = Context(inputs=resolve_inputs(loaded, inputs), handlers=extra)
+    ctx = Context(inputs=resolve_inputs(loaded, inputs), handlers=extra, name=loaded.name)
     runner = _Runner(
         loaded, ctx, output_dir=output_directory(output_dir), default_handler=_default_handler, progress=_progress
     )
