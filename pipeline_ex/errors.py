@@ -44,25 +44,17 @@ class HandlerResolutionError(PipelineError):
         short_names: Sequence[str] = (),
         hint: str | None = None,
         location: Location | None = None,
+        about_options: bool = False,
     ) -> None:
         self.reference = reference
+        self.about_options = about_options
+        """The reference resolved, but the options given for it are invalid."""
         self.problem = problem
         self.cause = cause
         self.short_names = tuple(short_names)
         self.hint = hint
         self.location = location
         super().__init__(self._render())
-
-    def with_location(self, location: Location) -> HandlerResolutionError:
-        """Return the same error, placed at `location` in a workflow file."""
-        return HandlerResolutionError(
-            self.reference,
-            self.problem,
-            cause=self.cause,
-            short_names=self.short_names,
-            hint=self.hint,
-            location=location,
-        )
 
     def _render(self) -> str:
         text = self.describe()

@@ -347,9 +347,10 @@ def check_provider(provider: str | None, options: Mapping[str, Any], *, offline:
     :raises ProviderNotInstalledError: with the `pip install 'pipeline-ex[...]'` line to run.
     """
     name, info = _lookup(provider)
+    written = provider or name  # messages use the name as the workflow writes it (`claude`)
     for module, package in () if offline else info.requires:
         if _module_missing(module):
-            raise ProviderNotInstalledError(name, info.extra or name, package)
+            raise ProviderNotInstalledError(written, info.extra or name, package)
     if info.options is not None:
         parsed = _parse(info.options, name, options)
         if offline:

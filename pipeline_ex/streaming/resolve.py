@@ -55,7 +55,8 @@ class HandlerSpec:
         return BoundHandler(self.name, self.make(), self.is_async)
 
 
-def _ensure_cwd_importable() -> None:
+def ensure_cwd_importable() -> None:
+    """Make the current directory importable, so a project's own handlers and callables resolve."""
     cwd = os.getcwd()
     if cwd not in sys.path and "" not in sys.path:
         sys.path.insert(0, cwd)
@@ -87,7 +88,7 @@ def _import_hint(reference: str, error: ModuleNotFoundError) -> str:
 
 def _import_reference(reference: str, location: Location | None) -> object:
     """Import `pkg.mod:attr`, `pkg.mod.attr` or `pkg.mod` and return the object it names."""
-    _ensure_cwd_importable()
+    ensure_cwd_importable()
     if ":" in reference:
         module_name, _, attr_path = reference.partition(":")
     else:
@@ -122,7 +123,7 @@ def _import_reference(reference: str, location: Location | None) -> object:
 
 
 def _importable(module: str) -> bool:
-    _ensure_cwd_importable()
+    ensure_cwd_importable()
     try:
         return importlib.util.find_spec(module) is not None
     except (ImportError, ValueError):
@@ -142,11 +143,17 @@ def _lookup_name(reference: str, location: Location | None) -> tuple[str, object
         return name, _import_reference(BUILTINS[name], location)
     if "." not in name and ":" not in name:
         entry = handler_entry_points().get(name)
-        if entry is None and _importable(name):
+        if (
+            entry is None
+            and _importable(name)
+            and callable(getattr(_import_reference(name, location), "handle_event", None))
+        ):
             return None  # a top-level module of the user's, named by its plain name
         if entry is None:
             close = difflib.get_close_matches(name, [*short_names(), *ELIXIR_ALIASES], n=3)
             hint = f"did you mean {', '.join(close)}?" if close else "give a short name or a dotted path"
+            if _importable(name):
+                hint += f" (module {name!r} exists but has no handle_event)"
             raise _fail(reference, "no handler has this short name", location, hint=hint)
         try:
             return name, entry.load()
@@ -195,7 +202,13 @@ def _validate_options(
             else:
                 problems.append(f"option {key!r}: {item['msg']}")
         hint = f"{cls.__name__} takes: {', '.join(known) if known else 'no options'}"
-        raise _fail(reference, "invalid stream_handler_options: " + "; ".join(problems), location, hint=hint) from None
+        raise HandlerResolutionError(
+            reference,
+            "invalid stream_handler_options: " + "; ".join(problems),
+            hint=hint,
+            location=location,
+            about_options=True,
+        ) from None
     values = {name: getattr(parsed, name) for name in parsed.model_fields_set}
     values.update(parsed.model_extra or {})
     return values
@@ -215,6 +228,10 @@ def _spec_for_object(
     obj: object, name: str, options: Mapping[str, Any], reference: str, location: Location | None
 ) -> HandlerSpec:
     no_options = "stream_handler_options are only accepted by class handlers"
+
+    def options_refused() -> HandlerResolutionError:
+        return HandlerResolutionError(reference, no_options, location=location, about_options=True)
+
     if isinstance(obj, ModuleType):
         fn = getattr(obj, "handle_event", None)
         if not callable(fn):
@@ -225,7 +242,7 @@ def _spec_for_object(
                 hint="define a module-level handle_event(event), or name a class or function inside it",
             )
         if options:
-            raise _fail(reference, no_options, location)
+            raise options_refused()
         return HandlerSpec(name, _is_async(fn), lambda: fn)
     if inspect.isclass(obj):
         method = getattr(obj, "handle_event", None)
@@ -235,7 +252,7 @@ def _spec_for_object(
         cls: Any = obj
         return HandlerSpec(name, _is_async(method), lambda: cls(**kwargs).handle_event)
     if options:
-        raise _fail(reference, no_options, location)
+        raise options_refused()
     if isinstance(obj, LegacyTupleHandler):
         return HandlerSpec(name, obj.is_async, lambda: obj.handle_event)
     method = getattr(obj, "handle_event", None)

@@ -9,10 +9,12 @@ from __future__ import annotations
 import difflib
 import importlib
 import inspect
+import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path as FilePath
+from pathlib import PurePosixPath
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
@@ -27,7 +29,7 @@ from pipeline_ex.errors import (
     WorkflowError,
 )
 from pipeline_ex.llm.providers import check_provider
-from pipeline_ex.streaming.resolve import HandlerSpec, resolve_handler
+from pipeline_ex.streaming.resolve import HandlerSpec, ensure_cwd_importable, resolve_handler
 from pipeline_ex.testing.modes import active_override, mode_from_env
 from pipeline_ex.workflow import templates
 from pipeline_ex.workflow.schema import (
@@ -125,7 +127,9 @@ class _Checker:
         return self.source.location(yaml_path(self.prefix, path), at_key=at_key)
 
     def add(self, path: Path, message: str, *, at_key: bool = False) -> None:
-        self.issues.append(Issue(self.at(path, at_key=at_key), message))
+        issue = Issue(self.at(path, at_key=at_key), message)
+        if issue not in self.issues:
+            self.issues.append(issue)
 
     def alias(self, old: Path, new: Path) -> None:
         """Let errors about `new` (a renamed legacy key) point at where `old` is written."""
@@ -162,21 +166,29 @@ def _model_at(loc: tuple[str | int, ...]) -> type[BaseModel] | None:
 
 
 def _data_path(loc: tuple[str | int, ...], data: Any) -> Path:
-    """Turn a pydantic error location into a path in the YAML data (dropping union tags)."""
+    """Turn a pydantic error location into a path in the YAML data.
+
+    pydantic adds the names of union members to locations (the step type `llm`, or `str` and
+    `list[str]` for a field that takes either); they are not keys of the file and are dropped.
+    """
     path: list[str | int] = []
     node = data
     for part in loc:
         if isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
             node = node[part]
             path.append(part)
-        elif isinstance(node, dict) and isinstance(part, str):
+        elif isinstance(node, dict) and isinstance(part, str) and part in node:
             path.append(part)
-            node = node.get(part)
-        elif isinstance(node, dict) and part in STEP_MODELS:
+            node = node[part]
+        elif isinstance(node, dict) and part in STEP_MODELS and len(path) >= 2 and path[-2] == "steps":
             continue
-        else:
-            path.append(part)
+        elif isinstance(node, dict) and isinstance(part, str):
+            path.append(part)  # a missing key
             node = None
+        elif node is None and not path:
+            path.append(part)
+        else:
+            continue  # a union member's name under a scalar value
     return tuple(path)
 
 
@@ -185,24 +197,43 @@ def _describe_input(value: Any) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
+_MESSAGES: dict[tuple[str, str | int], str] = {
+    ("too_short", "steps"): "a workflow needs at least one step",
+    ("string_pattern_mismatch", "id"): "a step id starts with a letter or _ and has only letters, digits, _ and -",
+}
+
+
+def _is_step_path(path: Path) -> bool:
+    return len(path) == 2 and path[0] == "steps" and isinstance(path[1], int)
+
+
 def _schema_issues(error: ValidationError, body: Any, checker: _Checker) -> None:
+    seen: set[Path] = set()
     for item in error.errors():
         loc = tuple(item["loc"])
         path = _data_path(loc, body)
         kind = item["type"]
+        if kind not in ("extra_forbidden", "missing"):
+            if path in seen:  # one message per value, not one per union member
+                continue
+            seen.add(path)
+        last = path[-1] if path else ""
         if kind == "extra_forbidden":
-            key = str(path[-1])
+            key = str(last)
             model = _model_at(loc)
             known = list(model.model_fields) if model is not None else []
             close = difflib.get_close_matches(key, known, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else (f"; allowed: {', '.join(known)}" if known else "")
             checker.add(path, f"unknown key {key!r}{hint}", at_key=True)
         elif kind == "missing":
-            checker.add(path[:-1], f"missing required key {path[-1]!r}")
-        elif kind == "step_type":
-            checker.add((*path, "type"), "unknown step type; expected one of: " + ", ".join(STEP_MODELS))
-        elif kind == "literal_error" and path and path[-1] == "type":
-            checker.add(path, "unknown step type; expected one of: " + ", ".join(STEP_MODELS))
+            checker.add(path[:-1], f"missing required key {last!r}")
+        elif kind == "step_type" and not isinstance(item.get("input"), dict):
+            checker.add(path, "a step must be a mapping with an id, a type and its settings")
+        elif kind == "step_type" or (kind == "literal_error" and len(path) == 3 and _is_step_path(path[:2])):
+            where = path if kind == "literal_error" else (*path, "type")
+            checker.add(where, "unknown step type; expected one of: " + ", ".join(STEP_MODELS))
+        elif (kind, last) in _MESSAGES:
+            checker.add(path, f"{_MESSAGES[kind, last]}, got {_describe_input(item.get('input'))}")
         else:
             got = _describe_input(item.get("input"))
             checker.add(path, f"{item['msg'].replace('Input should be', 'expected')}, got {got}")
@@ -224,15 +255,31 @@ def _split_body(source: YamlSource, checker: _Checker) -> tuple[Any, Path | None
     return None, ()
 
 
+def _as_yaml(value: Any) -> str:
+    return json.dumps(value) if isinstance(value, bool) or value is None else repr(value)
+
+
 def _normalize_legacy(raw: dict[str, Any], path: Path, checker: _Checker) -> None:
-    """Fold `async_stream` / `async_handler` into `stream` / `stream_handler`, with warnings."""
+    """Fold `async_stream` / `async_handler` into `stream` / `stream_handler`, with warnings.
+
+    Also catches `stream_handler: null`: YAML reads it as "no value", not as the `null` handler.
+    """
+    for key in ("stream_handler", "async_handler"):
+        if key in raw and raw[key] is None:
+            checker.add(
+                (*path, key),
+                'is empty (YAML reads `null` as no value); to discard events write "null" in quotes, or remove the key',
+                at_key=True,
+            )
+            del raw[key]
     for legacy, current in (("async_stream", "stream"), ("async_handler", "stream_handler")):
         if raw.get(legacy) is None:
             continue
         if raw.get(current) is not None and raw[current] != raw[legacy]:
             checker.add(
                 (*path, legacy),
-                f"conflicts with {current!r} ({raw[current]!r} vs {raw[legacy]!r}); keep only {current!r}",
+                f"conflicts with {current!r} ({_as_yaml(raw[current])} vs {_as_yaml(raw[legacy])}); "
+                f"keep only {current!r}",
                 at_key=True,
             )
             continue
@@ -243,6 +290,7 @@ def _normalize_legacy(raw: dict[str, Any], path: Path, checker: _Checker) -> Non
 
 def _check_templates(workflow: Workflow, checker: _Checker) -> None:
     env_globals = set(templates.environment().globals)
+    env_filters = set(templates.environment().filters)
     known_inputs = set(workflow.inputs)
     earlier_steps: set[str] = set()
     all_steps = {step.id for step in workflow.steps}
@@ -254,10 +302,18 @@ def _check_templates(workflow: Workflow, checker: _Checker) -> None:
         except templates.TemplateSyntaxError as error:
             checker.add(path, f"template syntax error on template line {error.lineno}: {error.message}")
             return
+        except (RecursionError, ValueError, MemoryError) as error:
+            checker.add(path, f"template cannot be parsed: {type(error).__name__}: {error}"[:300])
+            return
         for name in sorted(found.by_root["steps"] - earlier_steps):
             later = " (it runs later)" if name in all_steps else ""
             close = difflib.get_close_matches(name, sorted(earlier_steps), n=1)
-            hint = f"; did you mean {close[0]!r}?" if close and not later else ""
+            if later:
+                hint = ""
+            elif close:
+                hint = f"; did you mean {close[0]!r}?"
+            else:
+                hint = "; earlier steps: " + (", ".join(sorted(earlier_steps)) or "none (this is the first step)")
             checker.add(path, f"template reads steps.{name}, but no earlier step has id {name!r}{later}{hint}")
         for name in sorted(found.by_root["inputs"] - known_inputs):
             checker.add(path, f"template reads inputs.{name}, but the workflow declares no input {name!r}")
@@ -265,7 +321,11 @@ def _check_templates(workflow: Workflow, checker: _Checker) -> None:
             checker.add(path, f"template reads vars.{name}, but no earlier 'set' step sets it")
         for name in sorted(found.unknown_roots - env_globals):
             checker.add(path, f"template reads {name!r}; templates can use inputs, steps and vars")
+        for name in sorted(found.filters - env_filters):
+            checker.add(path, f"template uses an unknown filter {name!r}")
 
+    if workflow.defaults.system:
+        check(workflow.defaults.system, ("defaults", "system"))  # the first step renders it with no earlier steps
     for index, step in enumerate(workflow.steps):
         if isinstance(step, LLMStep):
             check(step.prompt, ("steps", index, "prompt"))
@@ -277,22 +337,24 @@ def _check_templates(workflow: Workflow, checker: _Checker) -> None:
                     check(value, ("steps", index, "vars", name))
             known_vars.update(step.vars)
         earlier_steps.add(step.id)
-    if workflow.defaults.system:
-        check(workflow.defaults.system, ("defaults", "system"))
 
 
-def _handler_issue(error: HandlerResolutionError) -> str:
-    return error.describe()
+def _one_line(message: str) -> str:
+    return "; ".join(part.strip() for part in message.splitlines() if part.strip())
 
 
 def _resolve_step_handlers(step: LLMStep, index: int, defaults: Defaults, checker: _Checker) -> list[HandlerSpec]:
     owner: Path
+    options_path: Path
     if step.stream_handler is not None:
         refs, options, owner = step.stream_handler, step.stream_handler_options, ("steps", index)
+        options_path = ("steps", index, "stream_handler_options")
     elif defaults.stream_handler is not None:
         refs, options, owner = defaults.stream_handler, defaults.stream_handler_options, ("defaults",)
+        options_path = ("defaults", "stream_handler_options")
         if step.stream_handler_options is not None:
             options = step.stream_handler_options
+            options_path = ("steps", index, "stream_handler_options")
     else:
         if step.stream_handler_options:
             checker.add(("steps", index, "stream_handler_options"), "given without a stream_handler", at_key=True)
@@ -307,7 +369,8 @@ def _resolve_step_handlers(step: LLMStep, index: int, defaults: Defaults, checke
         try:
             specs.append(resolve_handler(ref, options, location=checker.at(ref_path)))
         except HandlerResolutionError as error:
-            checker.add(ref_path, _handler_issue(error))
+            where = options_path if error.about_options else ref_path
+            checker.add(where, _one_line(error.describe()))
     return specs
 
 
@@ -323,7 +386,7 @@ def _provider_options(step: LLMStep, defaults: Defaults, provider: str | None, m
             value = getattr(defaults, key)
         if value is not None:
             options[key] = value
-    if mock and step.mock_response is not None:
+    if (mock or provider == "mock") and step.mock_response is not None:
         options["mock_response"] = step.mock_response
     return options
 
@@ -331,6 +394,7 @@ def _provider_options(step: LLMStep, defaults: Defaults, provider: str | None, m
 def _resolve_python(step: PythonStep, index: int, checker: _Checker) -> Callable[..., Any] | None:
     module_name, _, attribute = step.callable.replace(":", ".").rpartition(".")
     path: Path = ("steps", index, "callable")
+    ensure_cwd_importable()
     try:
         module = importlib.import_module(module_name) if module_name else None
         function: Any = getattr(module, attribute) if module is not None else None
@@ -342,6 +406,11 @@ def _resolve_python(step: PythonStep, index: int, checker: _Checker) -> Callable
         return None
     resolved: Callable[..., Any] = function
     return resolved
+
+
+def _stays_inside(relative: str) -> bool:
+    path = PurePosixPath(relative.replace("\\", "/"))
+    return not path.is_absolute() and ".." not in path.parts and relative.strip() != ""
 
 
 def _load_steps(workflow: Workflow, checker: _Checker, mock: bool, offline: bool) -> list[LoadedStep]:
@@ -367,14 +436,20 @@ def _load_steps(workflow: Workflow, checker: _Checker, mock: bool, offline: bool
                 if step.provider
                 else (("defaults", "provider") if defaults.provider else ("steps", index))
             )
+            real_options = _provider_options(step, defaults, provider, mock=False) if mock else item.options
             try:
-                item.provider = check_provider(provider, {} if mock else item.options, offline=offline)
+                item.provider = check_provider(provider, real_options, offline=offline)
             except ProviderNotInstalledError as error:
                 checker.add(provider_path, str(error))
             except ProviderConfigError as error:
-                checker.add(provider_path, str(error).replace("\n ", ";"))
+                checker.add(provider_path, _one_line(str(error)))
             if mock:
                 item.provider = "mock"
+            if step.output_to_file is not None and not _stays_inside(step.output_to_file):
+                checker.add(
+                    ("steps", index, "output_to_file"),
+                    f"{step.output_to_file!r} must be a relative path inside the output directory",
+                )
         elif isinstance(step, PythonStep):
             item.function = _resolve_python(step, index, checker)
         loaded.append(item)

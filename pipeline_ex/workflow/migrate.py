@@ -33,23 +33,59 @@ class LegacyUse:
     replacement: str
     start: int
     end: int
-    remove_line: bool = False
-    """The current key is already there with the same value, so the legacy line is deleted."""
+    remove: bool = False
+    """The current key is already there with the same value, so the legacy key and value are deleted."""
+    flow: bool = False
+    """The key sits in a flow mapping (`{a: 1, b: 2}`)."""
+    insert: str | None = None
+    """The text to put in place of the span, when it is not just `replacement` (a re-quoted value)."""
 
     def __str__(self) -> str:
-        action = f"remove (already has {self.replacement!r})" if self.remove_line else f"-> {self.replacement}"
+        action = f"remove (already has {self.replacement!r})" if self.remove else f"-> {self.replacement}"
         return f"{self.file}:{self.line}:{self.column}: {self.found} {action}"
 
 
-def _scan(node: yaml.Node, file: str, found: list[LegacyUse], conflicts: list[Issue]) -> None:
-    if isinstance(node, yaml.SequenceNode):
-        for item in node.value:
-            _scan(item, file, found, conflicts)
-        return
-    if not isinstance(node, yaml.MappingNode):
-        return
-    present = {k.value: v for k, v in node.value if isinstance(k, yaml.ScalarNode)}
-    for key_node, value_node in node.value:
+def _value(mapping: yaml.MappingNode, key: str) -> yaml.Node | None:
+    for key_node, value_node in mapping.value:
+        if isinstance(key_node, yaml.ScalarNode) and key_node.value == key:
+            node: yaml.Node = value_node
+            return node
+    return None
+
+
+def _settings_mappings(root: yaml.Node) -> list[yaml.MappingNode]:
+    """The mappings that hold streaming settings: the workflow's `defaults` and each step."""
+    body: yaml.Node | None = root
+    if isinstance(root, yaml.MappingNode):
+        body = _value(root, "workflow") or root
+    steps: yaml.Node | None = body
+    found: list[yaml.MappingNode] = []
+    if isinstance(body, yaml.MappingNode):
+        defaults = _value(body, "defaults")
+        if isinstance(defaults, yaml.MappingNode):
+            found.append(defaults)
+        steps = _value(body, "steps")
+    if isinstance(steps, yaml.SequenceNode):
+        found.extend(item for item in steps.value if isinstance(item, yaml.MappingNode))
+    return found
+
+
+def _handler_name_use(item: yaml.ScalarNode, text: str, file: str) -> LegacyUse:
+    start, end = item.start_mark.index, item.end_mark.index
+    raw = text[start:end]
+    replacement = LEGACY_ALIASES[item.value]
+    quote = item.style if item.style in ("'", '"') else ""
+    line, column = item.start_mark.line + 1, item.start_mark.column + 1
+    if raw == f"{quote}{item.value}{quote}":  # written plainly: replace just the name inside any quotes
+        return LegacyUse(file, line, column, item.value, replacement, start + len(quote), end - len(quote))
+    # Escapes, folding or a block scalar: write the whole value anew, in the same quotes if it had any.
+    insert = f"{quote}{replacement}{quote}" + ("\n" if raw.endswith("\n") else "")
+    return LegacyUse(file, line, column, item.value, replacement, start, end, insert=insert)
+
+
+def _scan(mapping: yaml.MappingNode, text: str, file: str, found: list[LegacyUse], conflicts: list[Issue]) -> None:
+    present = {k.value: v for k, v in mapping.value if isinstance(k, yaml.ScalarNode)}
+    for key_node, value_node in mapping.value:
         if not isinstance(key_node, yaml.ScalarNode):
             continue
         key = key_node.value
@@ -59,12 +95,9 @@ def _scan(node: yaml.Node, file: str, found: list[LegacyUse], conflicts: list[Is
             existing = present.get(current)
             same = isinstance(existing, yaml.ScalarNode) and isinstance(value_node, yaml.ScalarNode)
             if existing is not None and not (same and existing.value == value_node.value):
-                conflicts.append(
-                    Issue(
-                        Location(file, mark.line + 1, mark.column + 1, key), f"conflicts with {current!r}; fix by hand"
-                    )
-                )
-            else:
+                where = Location(file, mark.line + 1, mark.column + 1, key)
+                conflicts.append(Issue(where, f"conflicts with {current!r}; keep one of them by hand"))
+            elif existing is not None:  # same value under both keys: the legacy one goes
                 found.append(
                     LegacyUse(
                         file,
@@ -72,28 +105,21 @@ def _scan(node: yaml.Node, file: str, found: list[LegacyUse], conflicts: list[Is
                         mark.column + 1,
                         key,
                         current,
-                        key_node.start_mark.index,
-                        key_node.end_mark.index,
-                        remove_line=existing is not None,
+                        mark.index,
+                        value_node.end_mark.index,
+                        remove=True,
+                        flow=bool(mapping.flow_style),
                     )
+                )
+            else:
+                found.append(
+                    LegacyUse(file, mark.line + 1, mark.column + 1, key, current, mark.index, key_node.end_mark.index)
                 )
         if key in HANDLER_KEYS:
             values = value_node.value if isinstance(value_node, yaml.SequenceNode) else [value_node]
             for item in values:
                 if isinstance(item, yaml.ScalarNode) and item.value in LEGACY_ALIASES:
-                    start = item.start_mark.index + (1 if item.style in ("'", '"') else 0)
-                    found.append(
-                        LegacyUse(
-                            file,
-                            item.start_mark.line + 1,
-                            item.start_mark.column + 1,
-                            item.value,
-                            LEGACY_ALIASES[item.value],
-                            start,
-                            start + len(item.value),
-                        )
-                    )
-        _scan(value_node, file, found, conflicts)
+                    found.append(_handler_name_use(item, text, file))
 
 
 def audit(text: str, file: str) -> tuple[list[LegacyUse], list[Issue]]:
@@ -103,20 +129,45 @@ def audit(text: str, file: str) -> tuple[list[LegacyUse], list[Issue]]:
     found: list[LegacyUse] = []
     conflicts: list[Issue] = []
     if node is not None:
-        _scan(node, file, found, conflicts)
+        for mapping in _settings_mappings(node):
+            _scan(mapping, text, file, found, conflicts)
     found.sort(key=lambda use: use.start)
     return found, conflicts
+
+
+def _remove(text: str, use: LegacyUse) -> str:
+    """Delete a legacy key and its value, and the separator or line they leave behind."""
+    start, end = use.start, use.end
+    if use.flow:
+        after = text[end:]
+        stripped = after.lstrip(" ")
+        if stripped.startswith(","):
+            end += len(after) - len(stripped) + 1
+            end += len(text[end:]) - len(text[end:].lstrip(" "))
+        else:
+            before = text[:start].rstrip(" ")
+            if before.endswith(","):
+                start = len(before) - 1
+        return text[:start] + text[end:]
+    line_start = text.rfind("\n", 0, start) + 1
+    line_end = text.find("\n", end)
+    line_end = len(text) if line_end == -1 else line_end
+    rest = text[end:line_end].strip()
+    prefix = text[line_start:start]
+    if prefix.strip() == "" and (rest == "" or rest.startswith("#")):
+        return text[:line_start] + text[min(line_end + 1, len(text)) :]  # the whole line
+    if prefix.strip() == "-":  # the first key of a list item: keep the dash, the other keys follow below it
+        return text[:start].rstrip(" ") + text[line_end:]
+    return text[:start] + text[end:]
 
 
 def rewrite(text: str, uses: list[LegacyUse]) -> str:
     """Apply the replacements to the text, from the end so earlier spans stay valid."""
     for use in sorted(uses, key=lambda u: u.start, reverse=True):
-        if use.remove_line:
-            line_start = text.rfind("\n", 0, use.start) + 1
-            line_end = text.find("\n", use.end)
-            text = text[:line_start] + (text[line_end + 1 :] if line_end != -1 else "")
+        if use.remove:
+            text = _remove(text, use)
         else:
-            text = text[: use.start] + use.replacement + text[use.end :]
+            text = text[: use.start] + (use.insert if use.insert is not None else use.replacement) + text[use.end :]
     return text
 
 

@@ -18,7 +18,7 @@ from pipeline_ex.context import Context
 from pipeline_ex.errors import Issue, PipelineError, StepError, WorkflowError
 from pipeline_ex.streaming.resolve import HandlerSpec
 from pipeline_ex.workflow import templates
-from pipeline_ex.workflow.loader import LoadedStep, LoadedWorkflow, load_workflow
+from pipeline_ex.workflow.loader import LoadedStep, LoadedWorkflow, load_workflow, parse_workflow
 from pipeline_ex.workflow.schema import InputSpec, LLMStep, PythonStep, SetStep
 
 OUTPUT_DIR_ENV = "PIPELINE_OUTPUT_DIR"
@@ -234,7 +234,7 @@ class _Runner:
 def _as_loaded(workflow: str | os.PathLike[str] | LoadedWorkflow, mock: bool) -> LoadedWorkflow:
     if isinstance(workflow, LoadedWorkflow):
         if mock and not workflow.mock:
-            return load_workflow(workflow.file, mock=True) if Path(workflow.file).is_file() else workflow
+            return parse_workflow(workflow.source.text, workflow.file, mock=True)
         return workflow
     return load_workflow(workflow, mock=mock)
 

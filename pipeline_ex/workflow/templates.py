@@ -29,6 +29,7 @@ class References:
 
     by_root: dict[str, set[str]] = field(default_factory=lambda: {root: set() for root in ROOTS})
     unknown_roots: set[str] = field(default_factory=set)
+    filters: set[str] = field(default_factory=set)
 
 
 def references(source: str) -> References:
@@ -50,6 +51,7 @@ def references(source: str) -> References:
                 and isinstance(node.arg.value, str)
             ):
                 found.by_root[target.name].add(node.arg.value)
+    found.filters = {f.name for f in tree.find_all(nodes.Filter)}
     for name_node in tree.find_all(nodes.Name):
         if name_node.ctx == "load" and name_node.name not in ROOTS and name_node.name not in assigned:
             found.unknown_roots.add(name_node.name)

@@ -97,7 +97,21 @@ class _Builder:
             return result
         if isinstance(node, yaml.SequenceNode):
             return [self.build(item, (*path, index)) for index, item in enumerate(node.value)]
-        return self.loader.construct_object(node, deep=True)
+        try:
+            return self.loader.construct_object(node, deep=True)
+        except yaml.YAMLError:
+            raise
+        except (ValueError, TypeError, KeyError, AttributeError, OverflowError):
+            line, column = self._mark(node)
+            shown = node.value if len(str(node.value)) <= 40 else str(node.value)[:37] + "..."
+            raise WorkflowError(
+                [
+                    Issue(
+                        Location(self.source.file, line, column, format_path(path) or None),
+                        f"invalid {node.tag.rsplit(':', 1)[-1]} value {shown!r}; quote it to keep it as text",
+                    )
+                ]
+            ) from None
 
 
 def _yaml_issue(error: yaml.YAMLError, file: str, text: str) -> Issue:
