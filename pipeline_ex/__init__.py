@@ -20,6 +20,7 @@ if TYPE_CHECKING:
         ProviderError,
         ProviderNotInstalledError,
         StepError,
+        StepTimeoutError,
         StreamTruncatedError,
         WorkflowError,
     )
@@ -51,6 +52,7 @@ _LAZY: dict[str, tuple[str, str | None]] = {
     "ProviderError": ("pipeline_ex.errors", "ProviderError"),
     "ProviderNotInstalledError": ("pipeline_ex.errors", "ProviderNotInstalledError"),
     "StepError": ("pipeline_ex.errors", "StepError"),
+    "StepTimeoutError": ("pipeline_ex.errors", "StepTimeoutError"),
     "StreamTruncatedError": ("pipeline_ex.errors", "StreamTruncatedError"),
     "WorkflowError": ("pipeline_ex.errors", "WorkflowError"),
     "Delta": ("pipeline_ex.events", "Delta"),
@@ -121,6 +123,7 @@ __all__ = [
     "RunResult",
     "StepError",
     "StepResult",
+    "StepTimeoutError",
     "StreamHandler",
     "StreamTruncatedError",
     "StreamingRecorder",

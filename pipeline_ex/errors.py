@@ -110,6 +110,10 @@ class ProviderError(StepError):
     """The provider (or the haystack generator talking to it) raised during the step."""
 
 
+class StepTimeoutError(StepError):
+    """The step exceeded its `timeout`, or waited longer than `chunk_timeout` for a chunk."""
+
+
 class StreamTruncatedError(StepError):
     """The provider stream ended without a finish reason, so the reply is incomplete."""
 

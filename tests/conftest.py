@@ -5,6 +5,9 @@ Fixtures are grouped in sections, one per area; add new ones in a section of the
 
 from __future__ import annotations
 
+import importlib.abc
+import os
+import sys
 from collections.abc import Iterator
 
 import pytest
@@ -26,3 +29,49 @@ def openai_server() -> Iterator[OpenAISSEServer]:
         yield server
     finally:
         server.stop()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Making an installed provider integration look absent (to test the "missing extra" errors)
+# ---------------------------------------------------------------------------------------------------------
+
+ANTHROPIC_INTEGRATION = "haystack_integrations.components.generators.anthropic"
+
+_SITECUSTOMIZE = """
+import importlib.abc
+import sys
+
+
+class HideModules(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.startswith(PREFIXES):
+            raise ModuleNotFoundError("No module named " + repr(name), name=name)
+        return None
+
+
+sys.meta_path.insert(0, HideModules())
+"""
+
+
+class HideModules(importlib.abc.MetaPathFinder):
+    """An import finder that makes modules under some prefixes look uninstalled."""
+
+    def __init__(self, prefixes: tuple[str, ...]) -> None:
+        self.prefixes = prefixes
+
+    def find_spec(self, name: str, path: object = None, target: object = None) -> None:
+        if name.startswith(self.prefixes):
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return None
+
+
+@pytest.fixture
+def without_anthropic(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Hide anthropic-haystack from this process and from the subprocesses it starts, as if not installed."""
+    prefixes = (ANTHROPIC_INTEGRATION,)
+    monkeypatch.setattr(sys, "meta_path", [HideModules(prefixes), *sys.meta_path])
+    for name in [m for m in sys.modules if m.startswith(prefixes)]:
+        monkeypatch.delitem(sys.modules, name)
+    folder = tmp_path_factory.mktemp("hide_anthropic")
+    (folder / "sitecustomize.py").write_text(f"PREFIXES = {prefixes!r}\n" + _SITECUSTOMIZE)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(p for p in (str(folder), os.environ.get("PYTHONPATH")) if p))

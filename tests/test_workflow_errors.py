@@ -16,7 +16,6 @@ remove it from `KNOWN_BUGS`, regenerate, and check that the new output still say
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import re
 import subprocess
@@ -87,19 +86,12 @@ def _actual(name: str) -> str:
     return str(caught.value)
 
 
-def _anthropic_installed() -> bool:
-    try:
-        return importlib.util.find_spec("haystack_integrations.components.generators.anthropic") is not None
-    except ImportError:
-        return False
-
-
 @pytest.fixture
 def at_repo_root(monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> Path:
     callspec = getattr(request.node, "callspec", None)
     name = callspec.params.get("name") if callspec is not None else None
-    if name in REAL_PROVIDER_CASES and _anthropic_installed():
-        pytest.skip("anthropic-haystack is installed, so the 'missing provider extra' case cannot happen")
+    if name in REAL_PROVIDER_CASES:
+        request.getfixturevalue("without_anthropic")  # the case is a provider extra that is not installed
     if name in REAL_PROVIDER_CASES and os.environ.get("PIPELINE_TEST_MODE", "").strip().lower() in ("mock", "replay"):
         pytest.skip("the test run is in mock or replay mode, so a real-run load cannot be checked")
     monkeypatch.chdir(REPO)
@@ -132,7 +124,7 @@ def _cli() -> list[str]:
 @pytest.mark.parametrize("name", _cases())
 def test_validate_command_prints_the_same_text_and_exits_2(name: str, at_repo_root: Path) -> None:
     """`pipeline-ex validate FILE` prints exactly str(WorkflowError) on stderr (so, the golden text) and exits 2."""
-    env = {k: v for k, v in os.environ.items() if k != "PIPELINE_TEST_MODE"}
+    env = {k: v for k, v in os.environ.items() if k != "PIPELINE_TEST_MODE"}  # read after the fixture's PYTHONPATH
     flags = [] if name in REAL_PROVIDER_CASES else ["--mock"]
     result = subprocess.run(
         [*_cli(), "validate", *flags, _relative(name)],

@@ -4,7 +4,6 @@ python steps, the JSON Schema and mock mode. Error wording is pinned by tests/te
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import io
 import json
 import os
@@ -38,13 +37,6 @@ def _local_installed() -> bool:
     return True
 
 
-def _anthropic_installed() -> bool:
-    try:
-        return importlib.util.find_spec("haystack_integrations.components.generators.anthropic") is not None
-    except ImportError:
-        return False
-
-
 def _mode_forced() -> bool:
     """Whether the whole test run is in a mode (PIPELINE_TEST_MODE=mock/replay) that makes mock=False moot."""
     offline = getattr(loader, "offline_mode_requested", loader.mock_mode_requested)
@@ -53,7 +45,6 @@ def _mode_forced() -> bool:
 
 needs_real_mode = pytest.mark.skipif(_mode_forced(), reason="the test run is in mock or replay mode")
 needs_local = pytest.mark.skipif(not _local_installed(), reason="the 'local' extra is not installed")
-needs_no_anthropic = pytest.mark.skipif(_anthropic_installed(), reason="anthropic-haystack is installed")
 
 
 def load(text: str, *, mock: bool = True, file: str = "wf.yaml") -> LoadedWorkflow:
@@ -120,7 +111,7 @@ def test_local_examples_load_for_a_real_run(name: str, at_repo_root: Path) -> No
 
 
 @needs_real_mode
-@needs_no_anthropic
+@pytest.mark.usefixtures("without_anthropic")
 @pytest.mark.parametrize("name", ["guide_after.yaml", "guide_before.yaml"])
 def test_claude_examples_need_the_anthropic_extra_for_a_real_run(name: str, at_repo_root: Path) -> None:
     with warnings.catch_warnings():
@@ -696,7 +687,7 @@ def test_the_schema_command_prints_json_schema() -> None:
 CLAUDE = "- {id: a, prompt: hi, provider: claude, mock_response: [he, llo]}\n"
 
 
-@needs_no_anthropic
+@pytest.mark.usefixtures("without_anthropic")
 def test_without_mock_a_missing_provider_package_is_an_error() -> None:
     line, key, message = only_issue(load_error(CLAUDE, mock=False))
     assert (line, key) == (1, "[0].provider")
@@ -737,7 +728,7 @@ def test_pipeline_test_mode_mock_is_the_same_as_mock_true(value: str) -> None:
     assert result.stdout.strip() == "True ['mock']"
 
 
-@needs_no_anthropic
+@pytest.mark.usefixtures("without_anthropic")
 def test_pipeline_test_mode_live_is_not_mock() -> None:
     result = _load_in_child(CLAUDE, "live")
     assert result.returncode != 0

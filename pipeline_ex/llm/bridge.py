@@ -48,6 +48,7 @@ class StreamBridge:
         model: str | None,
         dispatcher: Dispatcher,
         debug_log: Any | None = None,
+        track_chunks: bool = False,
     ) -> None:
         self.step = step
         self.run_id = run_id
@@ -61,6 +62,11 @@ class StreamBridge:
         self.first_delta_at: float | None = None
         self.finish_raw: Any = None
         self.failure: HandlerFailure | None = None
+        self.delivered = 0
+        """How many deltas were delivered (after the first one, a retry would repeat output)."""
+        self.track_chunks = track_chunks
+        self.last_chunk_at: float | None = None
+        """When the latest chunk arrived; kept only when a `chunk_timeout` needs it."""
         if debug_log is not None:
             self._emit = self._emit_logged
         else:
@@ -82,6 +88,7 @@ class StreamBridge:
 
     def record(self, delta: Delta) -> None:
         """Account for a delta that is about to be delivered."""
+        self.delivered += 1
         if self.first_delta_at is None:
             self.first_delta_at = time.perf_counter()
         if delta.kind == "text":
@@ -153,6 +160,8 @@ class StreamBridge:
 
     def on_chunk(self, chunk: StreamingChunk) -> None:
         """The sync `streaming_callback`: deliver the chunk's text (and reasoning) right away."""
+        if self.track_chunks:
+            self.last_chunk_at = time.perf_counter()
         content = chunk.content
         if content:
             self.deliver(self.make_delta(content))
@@ -167,6 +176,8 @@ class StreamBridge:
         if not self.dispatcher.is_async:
             self.on_chunk(chunk)
             return
+        if self.track_chunks:
+            self.last_chunk_at = time.perf_counter()
         content = chunk.content
         if content:
             await self.adeliver(self.make_delta(content))
@@ -199,6 +210,8 @@ class HybridPump:
         if self.aborted:
             raise StreamAbort
         bridge = self.bridge
+        if bridge.track_chunks:
+            bridge.last_chunk_at = time.perf_counter()
         queued = False
         content = chunk.content
         if content:

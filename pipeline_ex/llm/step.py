@@ -10,18 +10,28 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import time
 from collections.abc import Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from pipeline_ex.context import Context
 from pipeline_ex.debug import debug_logger
-from pipeline_ex.errors import HandlerError, PipelineError, ProviderError, StepError, StreamTruncatedError
+from pipeline_ex.errors import (
+    HandlerError,
+    PipelineError,
+    ProviderError,
+    StepError,
+    StepTimeoutError,
+    StreamTruncatedError,
+)
 from pipeline_ex.events import Delta, Done, ErrorInfo, Response
 from pipeline_ex.llm.bridge import HybridPump, StreamAbort, StreamBridge
 from pipeline_ex.llm.normalize import map_finish_reason, normalize_usage
+from pipeline_ex.llm.policy import StepPolicy, StepTimeout, rejects_streaming, retry_delay
 from pipeline_ex.llm.providers import BuiltGenerator, MockOptions, build_generator, check_provider
+from pipeline_ex.llm.supervise import run_with_limits
 from pipeline_ex.streaming.ambient import ambient_handlers
 from pipeline_ex.streaming.dispatch import Dispatcher, HandlerFailure
 from pipeline_ex.streaming.resolve import HandlerSpec, resolve_handler
@@ -83,12 +93,14 @@ class _StepRun:
         built: BuiltGenerator,
         handlers: list[HandlerSpec],
         stream: bool,
+        policy: StepPolicy,
     ) -> None:
         from haystack.dataclasses import ChatMessage
 
         self.built = built
+        self.policy = policy
         self.messages = ([ChatMessage.from_system(system)] if system else []) + [ChatMessage.from_user(prompt)]
-        self.dispatcher = Dispatcher([spec.bind() for spec in handlers])
+        self.dispatcher = Dispatcher([spec.bind() for spec in handlers], on_error=policy.on_handler_error)
         can_stream = "streaming_callback" in inspect.signature(built.generator.run).parameters
         if stream and not can_stream:
             logger.warning(
@@ -106,6 +118,7 @@ class _StepRun:
             model=built.model,
             dispatcher=self.dispatcher,
             debug_log=debug_logger() if ctx.debug else None,
+            track_chunks=policy.chunk_timeout is not None,
         )
 
     # -- calling the generator -------------------------------------------------------------------
@@ -221,6 +234,9 @@ class _StepRun:
             return done, error
         if isinstance(error, Exception):
             kind = "timeout" if _is_timeout(error) else "provider"
+            not_retried = ""
+            if self.policy.retries and bridge.delivered:
+                not_retried = f" (not retried: {bridge.delivered} deltas were already delivered)"
             done = bridge.build_done(
                 finish_reason="error",
                 usage=None,
@@ -228,8 +244,10 @@ class _StepRun:
                 streamed=streamed,
                 error=ErrorInfo(type=kind, message=str(error) or type(error).__name__, exception=_qualname(error)),
             )
-            provider_error = ProviderError(
-                f"step {bridge.step!r}: provider {bridge.provider!r} failed: {type(error).__name__}: {error}",
+            error_class = StepTimeoutError if isinstance(error, StepTimeout) else ProviderError
+            what = "timed out" if isinstance(error, StepTimeout) else f"provider {bridge.provider!r} failed"
+            provider_error = error_class(
+                f"step {bridge.step!r}: {what}: {type(error).__name__}: {error}{not_retried}",
                 step=bridge.step,
                 done=done,
             )
@@ -256,17 +274,54 @@ class _StepRun:
 
     # -- the two entry points --------------------------------------------------------------------
 
+    def _next_attempt(self, error: BaseException, attempt: int) -> Literal["fallback", "retry"] | None:
+        """Whether to try again after `error`: without streaming, as a retry, or not at all."""
+        bridge = self.bridge
+        if not isinstance(error, Exception) or bridge.failure is not None or bridge.delivered:
+            return None  # cancelled, a handler failed, or output was delivered: a retry would repeat it
+        if self.streaming and rejects_streaming(error):
+            logger.warning(
+                "step %r: model %r rejected streaming (%s); making one call and emitting its reply as one Delta",
+                bridge.step,
+                self.built.model,
+                error,
+            )
+            self.streaming = False
+            return "fallback"
+        out_of_time = self.policy.timeout is not None and time.perf_counter() >= bridge.started + self.policy.timeout
+        if attempt > self.policy.retries or out_of_time:
+            return None
+        logger.warning(
+            "step %r: attempt %d of %d failed before any output (%s: %s); retrying",
+            bridge.step,
+            attempt,
+            self.policy.retries + 1,
+            type(error).__name__,
+            error,
+        )
+        return "retry"
+
     def execute(self) -> StepResult:
         """Run the step synchronously on the calling thread."""
         reply: Any = None
         usage: dict[str, Any] | None = None
         error: BaseException | None = None
-        try:
-            reply, usage = self._run_generator(self.bridge.on_chunk if self.streaming else None)
-            if not self.streaming and (delta := self._unstreamed_delta(reply)) is not None:
-                self.bridge.deliver(delta)
-        except BaseException as caught:
-            error = caught
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                reply, usage = self._run_generator(self.bridge.on_chunk if self.streaming else None)
+                if not self.streaming and (delta := self._unstreamed_delta(reply)) is not None:
+                    self.bridge.deliver(delta)
+                error = None
+            except BaseException as caught:
+                error = caught
+                decision = self._next_attempt(caught, attempt)
+                if decision is not None:
+                    if decision == "retry":
+                        time.sleep(retry_delay(attempt))
+                    continue
+            break
         try:
             self.built.close()
         except Exception:
@@ -276,17 +331,40 @@ class _StepRun:
             self.bridge.debug_log.debug("event", **done.model_dump(mode="json"))
         return self._finish(done, to_raise, self.dispatcher.emit_done(done))
 
+    async def _attempt_async(self) -> tuple[Any, dict[str, Any] | None]:
+        if not self.policy.has_limits:
+            return await self._run_generator_async()
+        bridge = self.bridge
+        bridge.last_chunk_at = None
+        return await run_with_limits(
+            self._run_generator_async(),
+            self.policy,
+            started=bridge.started,
+            attempt_started=time.perf_counter(),
+            last_chunk=lambda: bridge.last_chunk_at,
+        )
+
     async def aexecute(self) -> StepResult:
         """Run the step on the running event loop (natively async, or hybrid for sync-only generators)."""
         reply: Any = None
         usage: dict[str, Any] | None = None
         error: BaseException | None = None
-        try:
-            reply, usage = await self._run_generator_async()
-            if not self.streaming and (delta := self._unstreamed_delta(reply)) is not None:
-                await self.bridge.adeliver(delta)
-        except BaseException as caught:
-            error = caught
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                reply, usage = await self._attempt_async()
+                if not self.streaming and (delta := self._unstreamed_delta(reply)) is not None:
+                    await self.bridge.adeliver(delta)
+                error = None
+            except BaseException as caught:
+                error = caught
+                decision = self._next_attempt(caught, attempt)
+                if decision is not None:
+                    if decision == "retry":
+                        await asyncio.sleep(retry_delay(attempt))
+                    continue
+            break
         try:
             await self.built.aclose()
         except Exception:
@@ -358,6 +436,7 @@ def _prepare(
     if provider is None or provider == defaults.get("provider"):
         merged.update(defaults.get("options") or {})
     merged.update(options)
+    policy = StepPolicy.take_from(merged)
     handlers = _handler_specs(on_event, ctx)
     built = _select_generator(ctx, step, prompt, provider_name, model or defaults.get("model"), merged, handlers)
     return _StepRun(
@@ -368,6 +447,7 @@ def _prepare(
         built=built,
         handlers=handlers,
         stream=stream,
+        policy=policy,
     )
 
 
@@ -395,7 +475,8 @@ def invoke(
     :param on_event: a handler reference or a list of them (a function, a class, a module, an object with
         `handle_event`, a short name such as "console", or a dotted path).
     :param step: the step id carried by every event.
-    :param options: provider options such as `api_base_url`, `temperature`, `max_tokens` or `timeout`.
+    :param options: provider options such as `api_base_url`, `temperature` or `max_tokens`, and the step
+        options `timeout`, `chunk_timeout`, `retries` and `on_handler_error` (see `StepPolicy`).
     :raises StepError: after the Done was delivered, when the step failed (`ProviderError`,
         `StreamTruncatedError`, `HandlerError`). Cancellation (KeyboardInterrupt) is re-raised as is.
     """
@@ -410,13 +491,14 @@ def invoke(
         step=step,
         options=options,
     )
-    if run.dispatcher.is_async:
+    if run.dispatcher.is_async or run.policy.has_limits:  # both need an event loop
         try:
             asyncio.get_running_loop()
         except RuntimeError:
             return asyncio.run(run.aexecute())
+        reason = "an async handler" if run.dispatcher.is_async else "a timeout"
         raise PipelineError(
-            f"step {step!r} has an async handler but invoke() was called inside a running event loop; "
+            f"step {step!r} has {reason} but invoke() was called inside a running event loop; "
             "use 'await ainvoke(...)' there"
         )
     return run.execute()

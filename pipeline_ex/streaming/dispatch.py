@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from pipeline_ex.events import Done, Event
+
+logger = logging.getLogger("pipeline_ex")
 
 
 @dataclass(frozen=True)
@@ -28,9 +31,15 @@ class HandlerFailure(Exception):
 
 
 class Dispatcher:
-    """Fans each event out to the handlers of one step run, in the order they were given."""
+    """Fans each event out to the handlers of one step run, in the order they were given.
 
-    def __init__(self, handlers: Sequence[BoundHandler]) -> None:
+    With `on_error="log"` a failing handler is logged once (with its traceback) and the stream goes on;
+    the handler keeps receiving events. With "raise" (the default) the failure stops the stream.
+    """
+
+    def __init__(self, handlers: Sequence[BoundHandler], on_error: Literal["raise", "log"] = "raise") -> None:
+        if on_error == "log":
+            handlers = [_logging_once(h) for h in handlers]
         self.handlers = tuple(handlers)
         self.is_async = any(h.is_async for h in self.handlers)
         self._pairs = tuple((h.name, h.fn) for h in self.handlers)
@@ -86,3 +95,41 @@ class Dispatcher:
             except Exception as error:
                 first = first or HandlerFailure(handler.name, error)
         return first
+
+
+def _logging_once(handler: BoundHandler) -> BoundHandler:
+    """Wrap a handler so its exceptions are logged (the first one with a traceback) instead of raised."""
+    failures = 0
+
+    def report(event: Event, error: Exception) -> None:
+        nonlocal failures
+        failures += 1
+        if failures == 1:
+            logger.error(
+                "stream handler %s failed on step %r; on_handler_error=log keeps the stream going "
+                "(later failures of this handler are not logged)",
+                handler.name,
+                event.step,
+                exc_info=error,
+            )
+
+    if handler.is_async:
+        async_fn = handler.fn
+
+        async def guarded_async(event: Event) -> None:
+            try:
+                await async_fn(event)
+            except Exception as error:
+                report(event, error)
+
+        return BoundHandler(handler.name, guarded_async, True)
+
+    sync_fn = handler.fn
+
+    def guarded(event: Event) -> None:
+        try:
+            sync_fn(event)
+        except Exception as error:
+            report(event, error)
+
+    return BoundHandler(handler.name, guarded, False)

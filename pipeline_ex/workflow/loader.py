@@ -28,6 +28,7 @@ from pipeline_ex.errors import (
     ProviderNotInstalledError,
     WorkflowError,
 )
+from pipeline_ex.llm.policy import STEP_OPTION_NAMES
 from pipeline_ex.llm.providers import check_provider
 from pipeline_ex.streaming.resolve import HandlerSpec, ensure_cwd_importable, resolve_handler
 from pipeline_ex.testing.modes import active_override, mode_from_env
@@ -40,11 +41,13 @@ from pipeline_ex.workflow.schema import (
     LLMStep,
     PythonStep,
     SetStep,
+    StepLimits,
     Workflow,
 )
 from pipeline_ex.workflow.yaml_source import Path, YamlSource, format_path, load_yaml
 
-_GENERATION_KEYS = tuple(GenerationFields.model_fields)
+_INHERITED_KEYS = (*GenerationFields.model_fields, *StepLimits.model_fields)
+"""Step settings a step takes from `defaults:` when it does not set them itself."""
 
 
 def _active_mode() -> str:
@@ -376,16 +379,22 @@ def _resolve_step_handlers(step: LLMStep, index: int, defaults: Defaults, checke
 
 def _provider_options(step: LLMStep, defaults: Defaults, provider: str | None, mock: bool) -> dict[str, Any]:
     options: dict[str, Any] = {}
+    custom = step.generator is not None and not mock
     if not mock:
-        if step.provider is None or step.provider == defaults.provider:
+        if step.generator is None and (step.provider is None or step.provider == defaults.provider):
             options.update(defaults.options or {})
         options.update(step.options or {})
-    for key in _GENERATION_KEYS:
+    if custom and step.generator is not None:
+        options.update(step.generator.model_dump())
+    sampling: dict[str, Any] = {}
+    for key in _INHERITED_KEYS:
         value = getattr(step, key)
         if value is None:
             value = getattr(defaults, key)
         if value is not None:
-            options[key] = value
+            (sampling if custom and key in GenerationFields.model_fields else options)[key] = value
+    if sampling:  # a custom generator takes sampling options in its own names, as generation_kwargs
+        options["generation_kwargs"] = {**sampling, **options.get("generation_kwargs", {})}
     if (mock or provider == "mock") and step.mock_response is not None:
         options["mock_response"] = step.mock_response
     return options
@@ -427,16 +436,23 @@ def _load_steps(workflow: Workflow, checker: _Checker, mock: bool, offline: bool
                 step.stream if step.stream is not None else (defaults.stream if defaults.stream is not None else True)
             )
             item.handlers = _resolve_step_handlers(step, index, defaults, checker)
-            provider = step.provider or defaults.provider
+            if step.generator is not None and step.provider is not None:
+                checker.add(
+                    ("steps", index, "generator"), "give either 'provider' or 'generator', not both", at_key=True
+                )
+            provider = "generator" if step.generator is not None else (step.provider or defaults.provider)
             item.model = step.model or defaults.model
             item.system = step.system if step.system is not None else defaults.system
             item.options = _provider_options(step, defaults, provider, mock)
             provider_path: Path = (
-                ("steps", index, "provider")
+                ("steps", index, "generator")
+                if step.generator is not None
+                else ("steps", index, "provider")
                 if step.provider
                 else (("defaults", "provider") if defaults.provider else ("steps", index))
             )
             real_options = _provider_options(step, defaults, provider, mock=False) if mock else item.options
+            real_options = {k: v for k, v in real_options.items() if k not in STEP_OPTION_NAMES}
             try:
                 item.provider = check_provider(provider, real_options, offline=offline)
             except ProviderNotInstalledError as error:

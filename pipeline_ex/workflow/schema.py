@@ -37,6 +37,27 @@ class GenerationFields(_Strict):
     seed: int | None = None
 
 
+class StepLimits(_Strict):
+    """Time limits and failure policy of an LLM step."""
+
+    timeout: float | None = Field(default=None, gt=0)
+    """Seconds the whole step may take, retries included."""
+    chunk_timeout: float | None = Field(default=None, gt=0)
+    """The longest wait, in seconds, for the first chunk and between chunks."""
+    retries: int | None = Field(default=None, ge=0)
+    """Extra attempts for failures before the first Delta (never after: that would repeat output)."""
+    on_handler_error: Literal["raise", "log"] | None = None
+    """`raise` (default) stops the stream and fails the step; `log` logs once per handler and goes on."""
+
+
+class GeneratorSpec(_Strict):
+    """Any haystack chat generator, by dotted path, built from its init parameters."""
+
+    type: str = Field(min_length=1)
+    init_parameters: dict[str, Any] = Field(default_factory=dict)
+    """Secrets are written as `{env: VARIABLE}`, never inline."""
+
+
 class StreamingFields(_Strict):
     """How a step streams, and to which handler."""
 
@@ -47,7 +68,7 @@ class StreamingFields(_Strict):
     async_handler: HandlerRef | None = Field(default=None, description="Deprecated: use `stream_handler`.")
 
 
-class Defaults(GenerationFields, StreamingFields):
+class Defaults(GenerationFields, StepLimits, StreamingFields):
     """Values every LLM step inherits unless it sets its own."""
 
     provider: str | None = None
@@ -57,7 +78,7 @@ class Defaults(GenerationFields, StreamingFields):
     """Provider options (`api_base_url`, `include_usage`, `n_ctx`, ...) for steps on the default provider."""
 
 
-class LLMStep(GenerationFields, StreamingFields):
+class LLMStep(GenerationFields, StepLimits, StreamingFields):
     """Run a prompt on a provider and stream its events to the step's handler."""
 
     id: str = Field(pattern=STEP_ID_PATTERN)
@@ -65,6 +86,8 @@ class LLMStep(GenerationFields, StreamingFields):
     prompt: str
     system: str | None = None
     provider: str | None = None
+    generator: GeneratorSpec | None = None
+    """Instead of `provider`: any haystack chat generator by dotted path."""
     model: str | None = None
     options: dict[str, Any] | None = None
     """Provider options (`api_base_url`, `include_usage`, `n_ctx`, ...)."""

@@ -1,0 +1,76 @@
+"""Per-step limits and failure policy: `timeout`, `chunk_timeout`, `retries`, `on_handler_error`.
+
+These are options of the step itself, not of the provider, so they are taken out of a step's options
+before the provider sees them.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import MutableMapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pipeline_ex.errors import ProviderConfigError
+
+OnHandlerError = Literal["raise", "log"]
+STEP_OPTION_NAMES = ("timeout", "chunk_timeout", "retries", "on_handler_error")
+
+_STREAMING_REJECTED = re.compile(
+    r"stream(ing)?\b.*\b(not supported|unsupported|not available|not allowed|disabled)"
+    r"|(does not|doesn't|cannot) (support )?stream",
+    re.IGNORECASE,
+)
+
+
+class StepTimeout(Exception):
+    """A step exceeded its `timeout` or went longer than `chunk_timeout` without a chunk."""
+
+
+@dataclass(frozen=True)
+class StepPolicy:
+    """How one step is bounded and how it reacts to failures.
+
+    :param timeout: seconds the whole step may take, retries included.
+    :param chunk_timeout: the longest gap, in seconds, before the first chunk and between chunks.
+    :param retries: extra attempts for failures before the first Delta was delivered. After a Delta
+        a retry would deliver the same text twice, so the step fails instead.
+    :param on_handler_error: "raise" stops the stream and fails the step; "log" logs each failing
+        handler once and keeps streaming.
+    """
+
+    timeout: float | None = None
+    chunk_timeout: float | None = None
+    retries: int = 0
+    on_handler_error: OnHandlerError = "raise"
+
+    @property
+    def has_limits(self) -> bool:
+        """Whether the step needs a supervisor (time limits run on the event loop)."""
+        return self.timeout is not None or self.chunk_timeout is not None
+
+    @classmethod
+    def take_from(cls, options: MutableMapping[str, Any]) -> StepPolicy:
+        """Remove the step options from `options` and return them validated."""
+        values = {name: options.pop(name) for name in STEP_OPTION_NAMES if name in options}
+        for name in ("timeout", "chunk_timeout"):
+            value = values.get(name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int | float) or value <= 0):
+                raise ProviderConfigError(f"{name} must be a positive number of seconds, got {value!r}")
+        retries = values.get("retries", 0)
+        if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+            raise ProviderConfigError(f"retries must be a whole number of 0 or more, got {retries!r}")
+        on_error = values.get("on_handler_error", "raise")
+        if on_error not in ("raise", "log"):
+            raise ProviderConfigError(f"on_handler_error must be 'raise' or 'log', got {on_error!r}")
+        return cls(values.get("timeout"), values.get("chunk_timeout"), retries, on_error)
+
+
+def rejects_streaming(error: BaseException) -> bool:
+    """Whether a provider error says streaming is not available for this model."""
+    return bool(_STREAMING_REJECTED.search(str(error)))
+
+
+def retry_delay(attempt: int) -> float:
+    """Seconds to wait before retry number `attempt` (1-based): 0.2 s, doubling, at most 5 s."""
+    return float(min(0.2 * 2 ** (attempt - 1), 5.0))

@@ -1,0 +1,58 @@
+"""The `anthropic` provider (alias `claude`): `AnthropicChatGenerator` from anthropic-haystack.
+
+The Anthropic SDK reads `ANTHROPIC_BASE_URL` to talk to another endpoint (a proxy or a test server).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from pydantic import field_validator
+
+from pipeline_ex.errors import ProviderNotInstalledError
+from pipeline_ex.llm.providers.base import BuiltGenerator, GenerationOptions, env_secret, parse_options
+
+
+class AnthropicOptions(GenerationOptions):
+    """Options of the `anthropic` provider."""
+
+    max_tokens: int | None = 1024
+    """Anthropic requires a limit on every request."""
+    api_key_env: str = "ANTHROPIC_API_KEY"
+    max_retries: int | None = None
+
+    @field_validator("seed")
+    @classmethod
+    def _no_seed(cls, value: int | None) -> int | None:
+        if value is not None:
+            raise ValueError("Anthropic's API has no seed; remove it")
+        return value
+
+    def key_variables(self) -> tuple[str, ...]:
+        """The environment variables the key may come from."""
+        return (self.api_key_env,)
+
+    def generation_kwargs(self) -> dict[str, Any]:
+        """Anthropic names the stop list `stop_sequences`."""
+        kwargs = super().generation_kwargs()
+        if "stop" in kwargs:
+            kwargs["stop_sequences"] = kwargs.pop("stop")
+        return kwargs
+
+
+def build(model: str | None, options: Mapping[str, Any]) -> BuiltGenerator:
+    """Build an `AnthropicChatGenerator` for one step run."""
+    opts: AnthropicOptions = parse_options(AnthropicOptions, "anthropic", options)
+    try:
+        from haystack_integrations.components.generators.anthropic import AnthropicChatGenerator
+    except ModuleNotFoundError as error:
+        raise ProviderNotInstalledError("anthropic", "anthropic", "anthropic-haystack") from error
+    model_name = model or "claude-haiku-4-5"
+    generator = AnthropicChatGenerator(
+        api_key=env_secret("anthropic", opts.api_key_env),
+        model=model_name,
+        generation_kwargs=opts.generation_kwargs(),
+        max_retries=opts.max_retries,
+    )
+    return BuiltGenerator(generator, "anthropic", model_name)

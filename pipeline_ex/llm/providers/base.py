@@ -1,0 +1,127 @@
+"""What every provider shares: the built generator, option models, option parsing and API keys."""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import os
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+from urllib.parse import urlparse
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from pipeline_ex.errors import ProviderConfigError
+
+AsyncMode = Literal["native", "hybrid"]
+Builder = Callable[[str | None, Mapping[str, Any]], "BuiltGenerator"]
+
+
+@dataclass
+class BuiltGenerator:
+    """A haystack chat generator ready for one step run, with what the step needs to know about it.
+
+    :param async_mode: "native" when `run_async` streams to an async callback; "hybrid" when the
+        generator is sync-only and runs in a worker thread inside async runs.
+    :param owned: built for this step run alone, so the step may close it to drop a provider stream.
+    :param lock: held around every generation when the generator is shared and not thread-safe.
+    :param count_usage: computes usage from the reply text when the provider does not report it.
+    """
+
+    generator: Any
+    provider: str
+    model: str | None
+    generation_kwargs: dict[str, Any] = field(default_factory=dict)
+    async_mode: AsyncMode = "native"
+    owned: bool = True
+    lock: threading.Lock | None = None
+    count_usage: Callable[[str], dict[str, int] | None] | None = None
+    model_from_reply: bool = True
+    """Report the model name the provider returns (False when it is only a file path)."""
+
+    def close(self) -> None:
+        """Close an owned generator's clients, which drops any open provider connection."""
+        close = getattr(self.generator, "close", None) if self.owned else None
+        if callable(close):
+            close()
+
+    async def aclose(self) -> None:
+        """Async twin of `close`, for generators with async clients."""
+        if not self.owned:
+            return
+        close_async = getattr(self.generator, "close_async", None)
+        if callable(close_async):
+            await close_async()
+        self.close()
+
+
+class ProviderOptions(BaseModel):
+    """Base of every provider's options model: unknown options are errors."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class GenerationOptions(ProviderOptions):
+    """Sampling options most providers share."""
+
+    temperature: float | None = None
+    max_tokens: int | None = None
+    top_p: float | None = None
+    stop: list[str] | None = None
+    seed: int | None = None
+
+    def generation_kwargs(self) -> dict[str, Any]:
+        """The sampling options that were set, as haystack `generation_kwargs`."""
+        return {k: v for k, v in self.model_dump(include=set(GenerationOptions.model_fields)).items() if v is not None}
+
+
+def parse_options(options_model: type[ProviderOptions], provider: str, options: Mapping[str, Any]) -> Any:
+    """Validate a provider's options; the error names each bad option and the ones it accepts."""
+    try:
+        return options_model.model_validate(dict(options))
+    except ValidationError as error:
+        known = sorted(options_model.model_fields)
+        problems = []
+        for item in error.errors():
+            key = ".".join(str(p) for p in item["loc"])
+            if item["type"] == "extra_forbidden":
+                close = difflib.get_close_matches(key, known, n=1)
+                problems.append(f"unknown option {key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+            elif key:
+                problems.append(f"option {key!r}: {item['msg'].removeprefix('Value error, ')}")
+            else:
+                problems.append(item["msg"].removeprefix("Value error, "))
+        raise ProviderConfigError(
+            f"provider {provider!r}: " + "; ".join(problems) + f"; options it accepts: {', '.join(known)}"
+        ) from None
+
+
+def is_loopback(url: str | None) -> bool:
+    """Whether a URL points at this machine (local servers need no API key)."""
+    host = urlparse(url).hostname if url else None
+    if host is None:
+        return False
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def missing_key_error(provider: str, variables: tuple[str, ...]) -> ProviderConfigError:
+    """The error for a provider whose API key variable is not set."""
+    names = " or ".join(variables)
+    return ProviderConfigError(f"provider {provider!r} needs an API key: set the {names} environment variable")
+
+
+def env_secret(provider: str, *variables: str) -> Any:
+    """A haystack `Secret` reading the first of `variables` that is set; an error naming them if none is."""
+    from haystack.utils import Secret
+
+    present = [v for v in variables if os.environ.get(v)]
+    if not present:
+        raise missing_key_error(provider, variables)
+    return Secret.from_env_var(present[0])

@@ -1,0 +1,42 @@
+"""The `mock` provider: a scripted generator with no network, for tests and `--mock` runs."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Literal
+
+from pipeline_ex.llm.providers.base import BuiltGenerator, GenerationOptions, parse_options
+
+
+class MockOptions(GenerationOptions):
+    """Options of the `mock` provider.
+
+    The sampling options are accepted so a step written for a real provider runs unchanged on the mock;
+    they have no effect on the scripted reply.
+    """
+
+    mock_response: str | list[str] | None = None
+    delay_ms: float = 0
+    error_after: int | None = None
+    usage: Literal["words"] | dict[str, int] | None = "words"
+    finish_reason: Literal["stop", "length", "content_filter", "tool_calls"] | None = "stop"
+
+    def key_variables(self) -> tuple[str, ...]:
+        """No API key."""
+        return ()
+
+
+def build(model: str | None, options: Mapping[str, Any]) -> BuiltGenerator:
+    """Build a `ScriptedChatGenerator` for one step run."""
+    from pipeline_ex.testing.mock_generator import ScriptedChatGenerator
+
+    opts: MockOptions = parse_options(MockOptions, "mock", options)
+    generator = ScriptedChatGenerator(
+        opts.mock_response,
+        model=model or "mock",
+        delay_ms=opts.delay_ms,
+        error_after=opts.error_after,
+        usage=opts.usage,
+        finish_reason=opts.finish_reason,
+    )
+    return BuiltGenerator(generator, "mock", model or "mock")
