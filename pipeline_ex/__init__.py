@@ -38,7 +38,7 @@ if TYPE_CHECKING:
         resolve_handler,
     )
     from pipeline_ex.testing import StreamingRecorder
-    from pipeline_ex.workflow import LoadedWorkflow, RunResult, arun, load_workflow, run
+    from pipeline_ex.workflow import EventStream, LoadedWorkflow, RunResult, arun, astream, load_workflow, run, stream
 
 __version__ = "0.1.0"
 
@@ -80,6 +80,9 @@ _LAZY: dict[str, tuple[str, str | None]] = {
     "arun": ("pipeline_ex.workflow", "arun"),
     "load_workflow": ("pipeline_ex.workflow", "load_workflow"),
     "run": ("pipeline_ex.workflow", "run"),
+    "stream": ("pipeline_ex.workflow", "stream"),
+    "astream": ("pipeline_ex.workflow", "astream"),
+    "EventStream": ("pipeline_ex.workflow", "EventStream"),
 }
 
 
@@ -108,6 +111,7 @@ __all__ = [
     "Done",
     "ErrorInfo",
     "Event",
+    "EventStream",
     "FileHandler",
     "FinishReason",
     "HandlerError",
@@ -132,10 +136,12 @@ __all__ = [
     "__version__",
     "ainvoke",
     "arun",
+    "astream",
     "invoke",
     "legacy_handler",
     "llm",
     "load_workflow",
     "resolve_handler",
     "run",
+    "stream",
 ]

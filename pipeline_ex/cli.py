@@ -169,6 +169,18 @@ def _cmd_handlers(_: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from pipeline_ex.errors import ExtraNotInstalledError
+    from pipeline_ex.server import serve
+
+    try:
+        serve(args.workflows, host=args.host, port=args.port, mock=args.mock)
+    except ExtraNotInstalledError as error:
+        _error(str(error))
+        return EXIT_USAGE
+    return EXIT_OK
+
+
 def _cmd_schema(_: argparse.Namespace) -> int:
     from pipeline_ex.workflow.schema import json_schema
 
@@ -235,6 +247,19 @@ def build_parser() -> argparse.ArgumentParser:
         description="List built-in handlers, handlers registered by installed packages, and the Elixir aliases.",
     )
     handlers.set_defaults(func=_cmd_handlers)
+
+    serve = commands.add_parser(
+        "serve",
+        help="serve the workflows of a folder over HTTP (SSE, plain text, JSON, OpenAI-compatible)",
+        description="Serve workflows with Starlette on uvicorn: GET /workflows, POST /workflows/NAME/run, "
+        "GET /runs/ID/events, POST /v1/chat/completions, and a page at /. Requests carry inputs only. "
+        "Set PIPELINE_SERVER_API_KEY to require a bearer token.",
+    )
+    serve.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1, loopback only)")
+    serve.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    serve.add_argument("--workflows", default="workflows", metavar="DIR", help="folder of workflow files")
+    serve.add_argument("--mock", action="store_true", help="run every LLM step on the mock provider")
+    serve.set_defaults(func=_cmd_serve)
 
     schema = commands.add_parser(
         "schema",

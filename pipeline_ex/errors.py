@@ -75,17 +75,23 @@ class HandlerResolutionError(PipelineError):
         return "\n".join(lines)
 
 
-class ProviderNotInstalledError(PipelineError):
+class ExtraNotInstalledError(PipelineError):
+    """A feature needs a package from one of pipeline-ex's extras, and it is not installed."""
+
+    def __init__(self, feature: str, extra: str, missing: str) -> None:
+        self.extra = extra
+        self.missing = missing
+        super().__init__(
+            f"{feature} needs the {missing!r} package, which is not installed; fix: pip install 'pipeline-ex[{extra}]'"
+        )
+
+
+class ProviderNotInstalledError(ExtraNotInstalledError):
     """The integration package a provider needs is not installed."""
 
     def __init__(self, provider: str, extra: str, missing: str) -> None:
         self.provider = provider
-        self.extra = extra
-        self.missing = missing
-        super().__init__(
-            f"provider {provider!r} needs the {missing!r} package, which is not installed; "
-            f"fix: pip install 'pipeline-ex[{extra}]'"
-        )
+        super().__init__(f"provider {provider!r}", extra, missing)
 
 
 class ProviderConfigError(PipelineError):

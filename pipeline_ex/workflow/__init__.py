@@ -1,18 +1,22 @@
 """Workflows: the YAML format, loading with precise errors, running, and migrating legacy files."""
 
+from pipeline_ex.workflow.iterate import EventStream, astream, stream
 from pipeline_ex.workflow.loader import LoadedStep, LoadedWorkflow, load_workflow, parse_workflow
 from pipeline_ex.workflow.runner import InputError, RunResult, arun, run
 from pipeline_ex.workflow.schema import Workflow, json_schema
 
 __all__ = [
+    "EventStream",
     "InputError",
     "LoadedStep",
     "LoadedWorkflow",
     "RunResult",
     "Workflow",
     "arun",
+    "astream",
     "json_schema",
     "load_workflow",
     "parse_workflow",
     "run",
+    "stream",
 ]

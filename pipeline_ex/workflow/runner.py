@@ -251,6 +251,7 @@ async def arun(
     mock: bool = False,
     on_event: Any = None,
     output_dir: str | os.PathLike[str] | None = None,
+    run_id: str | None = None,
     _default_handler: HandlerSpec | None = None,
     _progress: ProgressCallback | None = None,
 ) -> RunResult:
@@ -262,11 +263,14 @@ async def arun(
     :param on_event: an extra handler (or list) that receives every event of every step, in addition
         to the handlers the workflow configures.
     :param output_dir: where `output_to_file` writes (default: `PIPELINE_OUTPUT_DIR`, then `./outputs`).
+    :param run_id: the id every event carries (a fresh one by default).
     :raises StepError: after the failing step's Done was delivered.
     """
     loaded = _as_loaded(workflow, mock)
     extra = [] if on_event is None else (list(on_event) if isinstance(on_event, list | tuple) else [on_event])
     ctx = Context(inputs=resolve_inputs(loaded, inputs), handlers=extra, name=loaded.name)
+    if run_id is not None:
+        ctx.run_id = run_id
     runner = _Runner(
         loaded, ctx, output_dir=output_directory(output_dir), default_handler=_default_handler, progress=_progress
     )

@@ -1,0 +1,259 @@
+"""The HTTP API of `pipeline-ex serve`, on Starlette.
+
+- `GET /workflows`: the workflows and their inputs.
+- `POST /workflows/{name}/run` with `{"inputs": {...}}`: SSE for `Accept: text/event-stream`, the text
+  alone for `text/plain`, the final results for `application/json` (the default).
+- `GET /runs/{run_id}/events` with `Last-Event-ID: <run_id>:<seq>`: the events after `seq` from the
+  run's in-memory log (then live, if the run is still going); dropped events are reported as a gap.
+- `POST /v1/chat/completions`: OpenAI-compatible; `model` is the workflow name.
+- `GET /`: a page to pick a workflow, fill in its inputs and watch the tokens stream.
+
+Requests carry inputs only: they can never choose handlers, providers or models. When a streaming
+client disconnects, its run is cancelled (the provider stream closes), unless it asked for
+`?resumable=true`, in which case the run goes on and can be followed again through `/runs/...`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from pipeline_ex.errors import PipelineError, StepError
+from pipeline_ex.server import openai_api
+from pipeline_ex.server.catalog import WorkflowCatalog
+from pipeline_ex.server.page import PAGE
+from pipeline_ex.server.runs import Gap, RunLog, RunRegistry
+from pipeline_ex.server.security import API_KEY_ENV, DEFAULT_MAX_BODY, RequestRejected, check_bearer, read_json_body
+from pipeline_ex.sse import (
+    DEFAULT_KEEPALIVE,
+    HEADERS,
+    MEDIA_TYPE,
+    end_frame,
+    error_frame,
+    error_payload,
+    event_frame,
+    gap_frame,
+    with_keepalive,
+)
+from pipeline_ex.workflow.iterate import astream
+from pipeline_ex.workflow.loader import LoadedWorkflow
+from pipeline_ex.workflow.runner import InputError, resolve_inputs
+
+logger = logging.getLogger("pipeline_ex.server")
+
+
+def _error(status: int, message: str, kind: str = "request") -> JSONResponse:
+    return JSONResponse({"error": {"type": kind, "message": message}}, status_code=status)
+
+
+class PipelineServer:
+    """The state behind the routes: workflows, runs and settings."""
+
+    def __init__(
+        self,
+        catalog: WorkflowCatalog,
+        *,
+        mock: bool,
+        api_key: str | None,
+        max_body: int,
+        keepalive: float,
+        registry: RunRegistry,
+    ) -> None:
+        self.catalog = catalog
+        self.mock = mock
+        self.api_key = api_key
+        self.max_body = max_body
+        self.keepalive = keepalive
+        self.registry = registry
+
+    # -- helpers -----------------------------------------------------------------------------------
+
+    def _workflow(self, name: str) -> LoadedWorkflow:
+        loaded = self.catalog.workflows.get(name)
+        if loaded is None:
+            raise RequestRejected(404, f"no workflow named {name!r}; GET /workflows lists them")
+        return loaded
+
+    async def _run_request(self, request: Request, loaded: LoadedWorkflow) -> dict[str, Any]:
+        body = await read_json_body(request, self.max_body)
+        if not isinstance(body, dict) or set(body) - {"inputs"}:
+            raise RequestRejected(422, 'the body must be {"inputs": {...}}; nothing else can be set per request')
+        inputs = body.get("inputs") or {}
+        if not isinstance(inputs, dict) or not all(isinstance(v, str | int | float | bool) for v in inputs.values()):
+            raise RequestRejected(422, "'inputs' must map input names to text, numbers or booleans")
+        try:
+            return resolve_inputs(loaded, inputs)
+        except InputError as error:
+            raise RequestRejected(422, str(error)) from None
+
+    async def _frames(self, log: RunLog, after_seq: int, cancel_on_exit: bool) -> AsyncIterator[str]:
+        try:
+            async for item in log.follow(after_seq):
+                yield gap_frame(item.first_seq, item.last_seq) if isinstance(item, Gap) else event_frame(item)
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:
+            yield error_frame(error)
+        finally:
+            if cancel_on_exit and not log.finished:
+                log.cancel()  # the client is gone: stop the provider stream now
+        yield end_frame(log.run_id)
+
+    async def _text(self, log: RunLog) -> AsyncIterator[str]:
+        try:
+            async for item in log.follow(0):
+                if not isinstance(item, Gap) and item.type == "delta" and item.kind == "text":
+                    yield item.content
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:
+            yield f"\n[error: {error_payload(error)['message']}]\n"
+        finally:
+            if not log.finished:
+                log.cancel()
+
+    # -- routes ------------------------------------------------------------------------------------
+
+    async def page(self, request: Request) -> Response:
+        """The browser page."""
+        return HTMLResponse(PAGE)
+
+    async def list_workflows(self, request: Request) -> Response:
+        """`GET /workflows`."""
+        check_bearer(request, self.api_key)
+        return JSONResponse({"workflows": self.catalog.describe()})
+
+    async def run_workflow(self, request: Request) -> Response:
+        """`POST /workflows/{name}/run`."""
+        check_bearer(request, self.api_key)
+        loaded = self._workflow(request.path_params["name"])
+        inputs = await self._run_request(request, loaded)
+        run_id = uuid.uuid4().hex[:16]
+        accept = request.headers.get("accept", "")
+        headers = {"X-Run-Id": run_id}
+        log = self.registry.start(loaded, inputs, mock=self.mock, run_id=run_id)
+        if MEDIA_TYPE in accept:
+            resumable = request.query_params.get("resumable", "").lower() in ("1", "true", "yes")
+            frames = with_keepalive(self._frames(log, 0, cancel_on_exit=not resumable), self.keepalive)
+            return StreamingResponse(frames, media_type=MEDIA_TYPE, headers={**HEADERS, **headers})
+        if "text/plain" in accept:
+            return StreamingResponse(self._text(log), media_type="text/plain; charset=utf-8", headers=headers)
+        assert log.task is not None
+        await asyncio.shield(log.task)
+        if log.error is not None:
+            payload = error_payload(log.error)
+            return JSONResponse({"error": payload, "run_id": run_id}, status_code=502, headers=headers)
+        assert log.result is not None
+        return JSONResponse(log.result.to_json(), headers=headers)
+
+    async def run_events(self, request: Request) -> Response:
+        """`GET /runs/{run_id}/events`, resuming after `Last-Event-ID`."""
+        check_bearer(request, self.api_key)
+        run_id = request.path_params["run_id"]
+        log = self.registry.get(run_id)
+        if log is None:
+            raise RequestRejected(404, f"no run {run_id!r} is kept by this server")
+        last = request.headers.get("last-event-id") or request.query_params.get("last_event_id") or f"{run_id}:0"
+        last_run, _, seq_text = last.rpartition(":")
+        if last_run != run_id or not seq_text.isdigit():
+            raise RequestRejected(400, f"Last-Event-ID must be '{run_id}:<seq>', got {last!r}")
+        frames = with_keepalive(self._frames(log, int(seq_text), cancel_on_exit=False), self.keepalive)
+        return StreamingResponse(frames, media_type=MEDIA_TYPE, headers=HEADERS)
+
+    async def chat_completions(self, request: Request) -> Response:
+        """`POST /v1/chat/completions`."""
+        check_bearer(request, self.api_key)
+        body = await read_json_body(request, self.max_body)
+        if not isinstance(body, dict) or not isinstance(body.get("model"), str):
+            raise RequestRejected(400, "'model' (the workflow name) is required")
+        loaded = self._workflow(body["model"])
+        try:
+            inputs = resolve_inputs(loaded, openai_api.chat_inputs(loaded, body))
+        except InputError as error:
+            raise RequestRejected(422, str(error)) from None
+        run_id = uuid.uuid4().hex[:16]
+        events = astream(loaded, inputs, mock=self.mock, run_id=run_id)
+        if body.get("stream"):
+            include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+
+            async def chunks() -> AsyncIterator[str]:
+                try:
+                    async for chunk in openai_api.stream_chunks(events, loaded, include_usage):
+                        yield chunk
+                finally:
+                    await events.aclose()
+
+            return StreamingResponse(chunks(), media_type=MEDIA_TYPE, headers=HEADERS)
+        try:
+            return JSONResponse(await openai_api.complete(events, loaded))
+        except StepError as error:
+            return JSONResponse({"error": error_payload(error)}, status_code=502)
+        finally:
+            await events.aclose()
+
+
+def create_app(
+    workflows: str | Path = "workflows",
+    *,
+    mock: bool = False,
+    api_key: str | None = None,
+    max_body: int = DEFAULT_MAX_BODY,
+    keepalive: float = DEFAULT_KEEPALIVE,
+    registry: RunRegistry | None = None,
+) -> Starlette:
+    """Build the Starlette app serving the workflows in a folder.
+
+    :param mock: run every LLM step on the mock provider.
+    :param api_key: require `Authorization: Bearer <api_key>`; by default `PIPELINE_SERVER_API_KEY`.
+    :param max_body: the largest request body accepted, in bytes.
+    :param keepalive: seconds of silence before an SSE keepalive comment.
+    """
+    catalog = WorkflowCatalog.from_folder(workflows, mock=mock)
+    server = PipelineServer(
+        catalog,
+        mock=mock,
+        api_key=api_key if api_key is not None else os.environ.get(API_KEY_ENV) or None,
+        max_body=max_body,
+        keepalive=keepalive,
+        registry=registry or RunRegistry(),
+    )
+
+    async def rejected(request: Request, error: Exception) -> Response:
+        assert isinstance(error, RequestRejected)
+        return _error(error.status, error.message)
+
+    async def failed(request: Request, error: Exception) -> Response:
+        incident = uuid.uuid4().hex[:8]
+        logger.error("request %s %s failed (incident %s)", request.method, request.url.path, incident, exc_info=error)
+        message = str(error) if isinstance(error, PipelineError) else "internal server error"
+        return _error(500, f"{message} (incident {incident})", "internal")
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        yield
+        await server.registry.cancel_all()
+
+    app = Starlette(
+        routes=[
+            Route("/", server.page, methods=["GET"]),
+            Route("/workflows", server.list_workflows, methods=["GET"]),
+            Route("/workflows/{name}/run", server.run_workflow, methods=["POST"]),
+            Route("/runs/{run_id}/events", server.run_events, methods=["GET"]),
+            Route("/v1/chat/completions", server.chat_completions, methods=["POST"]),
+        ],
+        exception_handlers={RequestRejected: rejected, Exception: failed},
+        lifespan=lifespan,
+    )
+    app.state.pipeline = server
+    return app

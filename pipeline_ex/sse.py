@@ -1,0 +1,140 @@
+"""Server-Sent Events framing for pipeline_ex events, and a plain-text rendering of a stream.
+
+Each event is one frame: `event: delta|done`, `id: <run_id>:<seq>` and `data: <the event as JSON>`.
+A run that fails after the response started gets an `event: error` frame (type and message, never a
+traceback), every stream ends with an `event: end` frame, and a `: keepalive` comment goes out whenever
+the stream has been idle for `keepalive` seconds.
+
+The framing is written here by hand (it is a few lines) rather than taken from sse-starlette: its ping
+is periodic rather than idle-based, and these frames are also used away from HTTP (the server's resume
+log, tests). The HTTP side — responses, disconnects, cancellation — is Starlette's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+from pipeline_ex.errors import StepError
+from pipeline_ex.events import Delta, Event
+
+DEFAULT_KEEPALIVE = 15.0
+MEDIA_TYPE = "text/event-stream"
+HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+def _frame(event: str, data: str, event_id: str | None = None) -> str:
+    lines = [f"event: {event}"]
+    if event_id is not None:
+        lines.append(f"id: {event_id}")
+    lines.extend(f"data: {line}" for line in data.splitlines() or [""])
+    return "\n".join(lines) + "\n\n"
+
+
+def event_id(event: Event) -> str:
+    """The SSE id of an event, `<run_id>:<seq>`, which `Last-Event-ID` sends back to resume."""
+    return f"{event.run_id}:{event.seq}"
+
+
+def event_frame(event: Event) -> str:
+    """One SSE frame for an event."""
+    return _frame(event.type, event.model_dump_json(), event_id(event))
+
+
+def error_payload(error: BaseException) -> dict[str, Any]:
+    """What a client is told about a failure: the kind and message, never a traceback."""
+    if isinstance(error, StepError):
+        info = error.done.error
+        return {
+            "type": info.type if info is not None else "error",
+            "message": str(error),
+            "step": error.step,
+            "run_id": error.done.run_id,
+        }
+    return {"type": "internal", "message": "the run failed; see the server log"}
+
+
+def error_frame(error: BaseException) -> str:
+    """The `event: error` frame for a run that failed after the response started."""
+    return _frame("error", json.dumps(error_payload(error)))
+
+
+def end_frame(run_id: str | None = None) -> str:
+    """The last frame of every stream."""
+    return _frame("end", json.dumps({"run_id": run_id}))
+
+
+def gap_frame(first_missing: int, last_missing: int) -> str:
+    """Tells a resuming client that events `first_missing..last_missing` are no longer kept."""
+    return _frame("gap", json.dumps({"from_seq": first_missing, "to_seq": last_missing}))
+
+
+KEEPALIVE_FRAME = ": keepalive\n\n"
+
+
+async def with_keepalive(frames: AsyncIterator[str], keepalive: float = DEFAULT_KEEPALIVE) -> AsyncIterator[str]:
+    """Pass frames through, adding a keepalive comment after each `keepalive` seconds of silence."""
+    iterator = frames.__aiter__()
+    pending: asyncio.Future[str] | None = None
+    try:
+        while True:
+            if pending is None:
+                pending = asyncio.ensure_future(iterator.__anext__())
+            done, _ = await asyncio.wait({pending}, timeout=keepalive)
+            if not done:
+                yield KEEPALIVE_FRAME
+                continue
+            try:
+                frame = pending.result()
+            except StopAsyncIteration:
+                return
+            pending = None
+            yield frame
+    finally:
+        if pending is not None and not pending.done():
+            pending.cancel()
+            await asyncio.gather(pending, return_exceptions=True)
+
+
+async def sse_frames(events: AsyncIterator[Event], *, run_id: str | None = None) -> AsyncIterator[str]:
+    """Frame a run's events as SSE: one frame per event, an error frame on failure, then the end frame."""
+    last_run = run_id
+    try:
+        async for event in events:
+            last_run = event.run_id
+            yield event_frame(event)
+    except asyncio.CancelledError:
+        raise
+    except Exception as error:
+        yield error_frame(error)
+    yield end_frame(last_run)
+
+
+async def text_chunks(events: AsyncIterator[Event]) -> AsyncIterator[str]:
+    """Only the text of the text deltas, for plain-text streaming (`curl -N`); failures end with a line."""
+    try:
+        async for event in events:
+            if isinstance(event, Delta) and event.kind == "text":
+                yield event.content
+    except asyncio.CancelledError:
+        raise
+    except Exception as error:
+        yield f"\n[error: {error_payload(error)['message']}]\n"
+
+
+def parse_frames(text: str) -> list[dict[str, str]]:
+    """Split SSE text into frames (`event`, `id`, `data` fields; comments dropped). Handy for clients."""
+    frames = []
+    for block in text.split("\n\n"):
+        fields: dict[str, str] = {}
+        for line in block.splitlines():
+            if not line or line.startswith(":"):
+                continue
+            name, _, value = line.partition(":")
+            value = value[1:] if value.startswith(" ") else value
+            fields[name] = fields[name] + "\n" + value if name == "data" and name in fields else value
+        if fields:
+            frames.append(fields)
+    return frames

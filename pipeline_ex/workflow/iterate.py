@@ -1,0 +1,227 @@
+"""Generator-based streaming: iterate over a run's events instead of (or as well as) using handlers.
+
+`astream()` returns an async iterator and `stream()` a sync one. The handlers a workflow configures
+still receive every event; the iterator sees the same events in the same order. Breaking out of the
+loop (or calling `aclose()` / `close()`) cancels the run: the provider stream is closed and the step's
+handlers get `Done(finish_reason="cancelled")`. When the run fails, the iterator yields the failing
+step's `Done` and then raises the error.
+
+Events are queued without a bound between the run and the consumer: a handler cannot wait for a slow
+consumer, and a step's text is bounded anyway.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import queue
+import threading
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from pipeline_ex.errors import PipelineError
+from pipeline_ex.events import Event
+from pipeline_ex.workflow.loader import LoadedWorkflow
+from pipeline_ex.workflow.runner import RunResult, arun
+
+_END = object()
+
+
+class EventStream:
+    """The async iterator `astream()` returns. Iterate it once; `aclose()` cancels the run.
+
+    After the iteration ends, `.result` holds the `RunResult` of a run that succeeded.
+    """
+
+    def __init__(
+        self,
+        workflow: str | os.PathLike[str] | LoadedWorkflow,
+        inputs: Mapping[str, Any] | None,
+        *,
+        mock: bool,
+        on_event: Any = None,
+        output_dir: str | os.PathLike[str] | None = None,
+        run_id: str | None = None,
+    ) -> None:
+        self._args = (workflow, inputs)
+        self._run_id = run_id
+        self._mock = mock
+        self._extra = [] if on_event is None else (list(on_event) if isinstance(on_event, list) else [on_event])
+        self._output_dir = output_dir
+        self._queue: asyncio.Queue[Any] = asyncio.Queue()
+        self._task: asyncio.Task[RunResult] | None = None
+        self._started = False
+        self._finished = False
+        self.result: RunResult | None = None
+
+    def __aiter__(self) -> EventStream:
+        if self._started:
+            raise PipelineError("this event stream was already consumed; call astream() again for a new run")
+        self._started = True
+        return self
+
+    def _start(self) -> None:
+        workflow, inputs = self._args
+        self._task = asyncio.ensure_future(
+            arun(
+                workflow,
+                inputs,
+                mock=self._mock,
+                on_event=[*self._extra, self._queue.put_nowait],
+                output_dir=self._output_dir,
+                run_id=self._run_id,
+            )
+        )
+        self._task.add_done_callback(lambda _: self._queue.put_nowait(_END))
+
+    async def __anext__(self) -> Event:
+        if self._finished:
+            raise StopAsyncIteration
+        if self._task is None:
+            if not self._started:
+                self._started = True
+            self._start()
+        item = await self._queue.get()
+        if item is _END:
+            self._finished = True
+            assert self._task is not None
+            self.result = self._task.result()  # raises the run's error, after its Done was yielded
+            raise StopAsyncIteration
+        event: Event = item
+        return event
+
+    @property
+    def run_id_hint(self) -> str:
+        """The run id given to `astream(run_id=...)`, or "" when the run picks its own."""
+        return self._run_id or ""
+
+    def cancel(self) -> None:
+        """Cancel the run but keep iterating: its steps' `Done(cancelled)` events still arrive."""
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+
+    async def aclose(self) -> None:
+        """Stop consuming: cancel the run (if still going) and wait until its steps have closed."""
+        self._finished = True
+        task = self._task
+        if task is not None and not task.done():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        elif task is not None and task.done() and not task.cancelled():
+            task.exception()  # the consumer stopped early; the run's outcome is not theirs to see
+
+    async def __aenter__(self) -> EventStream:
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.aclose()
+
+
+def astream(
+    workflow: str | os.PathLike[str] | LoadedWorkflow,
+    inputs: Mapping[str, Any] | None = None,
+    *,
+    mock: bool = False,
+    on_event: Any = None,
+    output_dir: str | os.PathLike[str] | None = None,
+    run_id: str | None = None,
+) -> EventStream:
+    """Run a workflow and iterate over its events with `async for`.
+
+    The run starts on the first iteration. See the module docstring for cancellation and errors.
+    """
+    return EventStream(workflow, inputs, mock=mock, on_event=on_event, output_dir=output_dir, run_id=run_id)
+
+
+def stream(
+    workflow: str | os.PathLike[str] | LoadedWorkflow,
+    inputs: Mapping[str, Any] | None = None,
+    *,
+    mock: bool = False,
+    on_event: Any = None,
+    output_dir: str | os.PathLike[str] | None = None,
+) -> Iterator[Event]:
+    """Run a workflow on a background event loop and iterate over its events with `for`.
+
+    Leaving the loop early (break, an exception, or `close()`) cancels the run and waits for it.
+    """
+    return _SyncStream(astream(workflow, inputs, mock=mock, on_event=on_event, output_dir=output_dir))
+
+
+class _SyncStream:
+    """A sync iterator over an `EventStream` running on its own thread's event loop."""
+
+    def __init__(self, events: EventStream) -> None:
+        self._events = events
+        self._queue: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._consumed = False
+        self._closed = False
+        self._ready = threading.Event()
+
+    def __iter__(self) -> _SyncStream:
+        if self._consumed:
+            raise PipelineError("this event stream was already consumed; call stream() again for a new run")
+        self._consumed = True
+        return self
+
+    async def _pump(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._ready.set()
+        try:
+            async for event in self._events:
+                self._queue.put(("event", event))
+        except BaseException as error:
+            self._queue.put(("error", error))
+            return
+        self._queue.put(("end", None))
+
+    def _start(self) -> None:
+        self._thread = threading.Thread(
+            target=asyncio.run, args=(self._pump(),), name="pipeline-ex-stream", daemon=True
+        )
+        self._thread.start()
+
+    def __next__(self) -> Event:
+        if self._closed:
+            raise StopIteration
+        if self._thread is None:
+            self._consumed = True
+            self._start()
+        kind, value = self._queue.get()
+        if kind == "event":
+            event: Event = value
+            return event
+        self._closed = True
+        self._join()
+        if kind == "error":
+            raise value
+        raise StopIteration
+
+    def close(self) -> None:
+        """Cancel the run if it is still going, and wait for it to finish."""
+        if self._closed:
+            return
+        self._closed = True
+        thread = self._thread
+        if thread is None:
+            return
+        self._ready.wait()  # the loop starts a moment after the thread
+        loop = self._loop
+        if loop is not None and thread.is_alive():
+            loop.call_soon_threadsafe(lambda: asyncio.ensure_future(self._events.aclose()))
+        self._join()
+
+    def _join(self) -> None:
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join()
+
+    def __enter__(self) -> _SyncStream:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        self.close()
