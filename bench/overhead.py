@@ -1,107 +1,137 @@
-"""Per-chunk overhead of the LLM step over calling a haystack chat generator directly.
+"""Per-chunk overhead of each way to stream a haystack chat generator, measured in one process.
 
-All paths stream the same in-process generator (20,000 chunks, no delay). The floor is the generator's
-own `run(streaming_callback=noop)`; each pipeline_ex path delivers every chunk as a `Delta` to a no-op
-handler. Results are medians of repeated runs, all measured in one process.
+Every path streams the same in-process generator, which emits CHUNKS chunks with no delay. The floor is
+the generator's own `run(streaming_callback=noop)`. Results are medians of repeated runs.
 """
 
 from __future__ import annotations
 
 import asyncio
-import gc
-import statistics
-import time
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Callable
 
-from haystack import component
-from haystack.dataclasses import ChatMessage, StreamingChunk
+from haystack import Pipeline
+from haystack.dataclasses import ChatMessage
 
-from pipeline_ex import llm
-from pipeline_ex.llm.providers import PROVIDERS, BuiltGenerator
+from bench.common import SyncOnlyChatGenerator, median_seconds, register_provider
+from pipeline_ex import astream, llm, stream
 from pipeline_ex.testing.mock_generator import ScriptedChatGenerator
+from pipeline_ex.workflow import parse_workflow
 
 CHUNKS = 20_000
 REPEATS = 7
-
-
-@component
-class SyncOnlyChatGenerator:
-    """The scripted generator without `run_async`: what a legacy, sync-only component looks like."""
-
-    def __init__(self, chunks: list[str]) -> None:
-        self._inner = ScriptedChatGenerator(chunks, usage=None)
-
-    @component.output_types(replies=list[ChatMessage])
-    def run(
-        self,
-        messages: list[ChatMessage],
-        streaming_callback: Callable[[StreamingChunk], None] | None = None,
-        generation_kwargs: dict[str, Any] | None = None,
-    ) -> dict[str, list[ChatMessage]]:
-        """Stream the scripted chunks."""
-        result: dict[str, list[ChatMessage]] = self._inner.run(messages, streaming_callback=streaming_callback)
-        return result
+FLOOR = "floor: generator.run(noop)"
+TARGETS_US = {"invoke (sync)": 1.5, "ainvoke (native async)": 2.0, "ainvoke (hybrid)": 5.0}
 
 
 def _noop(_: object) -> None:
     return None
 
 
-def _median_us_per_chunk(run: Callable[[], object]) -> float:
-    samples = []
-    for _ in range(REPEATS):
-        gc.collect()
-        started = time.perf_counter()
-        run()
-        samples.append((time.perf_counter() - started) / CHUNKS * 1e6)
-    return statistics.median(samples)
-
-
-def measure(chunks: int = CHUNKS) -> dict[str, float]:
-    """Return µs/chunk for the floor and each path, keyed by path name."""
-    words = [f"w{i} " for i in range(chunks)]
-    native = ScriptedChatGenerator(words, usage=None)
-    sync_only = SyncOnlyChatGenerator(words)
-    messages = [ChatMessage.from_user("bench")]
-
-    def provider(generator: Any, name: str) -> Callable[[str | None, Mapping[str, Any]], BuiltGenerator]:
-        return lambda model, options: BuiltGenerator(generator, name, "bench", owned=False)
-
-    PROVIDERS["bench-native"] = provider(native, "bench-native")
-    PROVIDERS["bench-sync-only"] = provider(sync_only, "bench-sync-only")
-    try:
-        results = {
-            "floor: generator.run(noop)": _median_us_per_chunk(lambda: native.run(messages, streaming_callback=_noop)),
-            "invoke (sync)": _median_us_per_chunk(
-                lambda: llm.invoke(prompt="bench", provider="bench-native", on_event="null")
-            ),
-            "floor: await generator.run_async(noop)": _median_us_per_chunk(
-                lambda: asyncio.run(native.run_async(messages, streaming_callback=_anoop))
-            ),
-            "ainvoke (native async)": _median_us_per_chunk(
-                lambda: asyncio.run(llm.ainvoke(prompt="bench", provider="bench-native", on_event="null"))
-            ),
-            "ainvoke (hybrid, sync-only generator)": _median_us_per_chunk(
-                lambda: asyncio.run(llm.ainvoke(prompt="bench", provider="bench-sync-only", on_event="null"))
-            ),
-        }
-    finally:
-        del PROVIDERS["bench-native"], PROVIDERS["bench-sync-only"]
-    return results
-
-
 async def _anoop(_: object) -> None:
     return None
 
 
+def _workflow(provider: str) -> object:
+    text = f"- id: bench\n  provider: {provider}\n  prompt: bench\n  stream_handler: 'null'\n"
+    return parse_workflow(text, f"{provider}.yaml")
+
+
+def paths(chunks: int) -> dict[str, Callable[[], object]]:
+    """Each path to measure, as a function that streams all chunks once."""
+    words = [f"w{i} " for i in range(chunks)]
+    native = ScriptedChatGenerator(words, usage=None)
+    sync_only = SyncOnlyChatGenerator(words)
+    register_provider("bench-native", native)
+    register_provider("bench-sync-only", sync_only)
+    messages = [ChatMessage.from_user("bench")]
+    native_flow = _workflow("bench-native")
+    hybrid_flow = _workflow("bench-sync-only")
+
+    def drain_stream() -> None:
+        for _ in stream(native_flow):
+            pass
+
+    async def drain_astream() -> None:
+        async for _ in astream(native_flow):
+            pass
+
+    result: dict[str, Callable[[], object]] = {
+        FLOOR: lambda: native.run(messages, streaming_callback=_noop),
+        "invoke (sync)": lambda: llm.invoke(prompt="bench", provider="bench-native", on_event="null"),
+        "stream()": drain_stream,
+        "floor: await generator.run_async(noop)": lambda: asyncio.run(native.run_async(messages, _anoop)),
+        "ainvoke (native async)": lambda: asyncio.run(
+            llm.ainvoke(prompt="bench", provider="bench-native", on_event="null")
+        ),
+        "astream()": lambda: asyncio.run(drain_astream()),
+        "ainvoke (hybrid)": lambda: asyncio.run(
+            llm.ainvoke(prompt="bench", provider="bench-sync-only", on_event="null")
+        ),
+        "astream() (hybrid)": lambda: asyncio.run(_drain(astream(hybrid_flow))),
+    }
+    result.update(_peers(native, sync_only, messages))
+    return result
+
+
+async def _drain(events: object) -> None:
+    async for _ in events:  # type: ignore[attr-defined]
+        pass
+
+
+def _peers(native: object, sync_only: object, messages: list[ChatMessage]) -> dict[str, Callable[[], object]]:
+    peers: dict[str, Callable[[], object]] = {}
+
+    def pipeline(generator: object) -> Pipeline:
+        pipe = Pipeline()
+        pipe.add_component("llm", generator)
+        return pipe
+
+    native_pipe = pipeline(ScriptedChatGenerator(native._script(messages)[0], usage=None))  # type: ignore[attr-defined]
+    hybrid_pipe = pipeline(SyncOnlyChatGenerator(native._script(messages)[0]))  # type: ignore[attr-defined]
+    args = {"llm": {"messages": messages}}
+
+    async def pipeline_stream() -> None:
+        async for _ in native_pipe.stream(data=args):
+            pass
+
+    peers["haystack Pipeline.stream"] = lambda: asyncio.run(pipeline_stream())
+    try:
+        from hayhooks import async_streaming_generator, streaming_generator
+    except ImportError:
+        return peers
+
+    def hayhooks_sync() -> None:
+        for _ in streaming_generator(native_pipe, pipeline_run_args=args):
+            pass
+
+    async def hayhooks_async(pipe: Pipeline, allow_sync: bool) -> None:
+        async for _ in async_streaming_generator(
+            pipe, pipeline_run_args=args, allow_sync_streaming_callbacks=allow_sync
+        ):
+            pass
+
+    peers["hayhooks streaming_generator"] = hayhooks_sync
+    peers["hayhooks async_streaming_generator"] = lambda: asyncio.run(hayhooks_async(native_pipe, False))
+    peers["hayhooks async_streaming_generator (hybrid)"] = lambda: asyncio.run(hayhooks_async(hybrid_pipe, True))
+    return peers
+
+
+def measure(chunks: int = CHUNKS, repeats: int = REPEATS, only: set[str] | None = None) -> dict[str, float]:
+    """µs per chunk for each path (`only` limits which ones)."""
+    return {
+        name: median_seconds(run, repeats) / chunks * 1e6
+        for name, run in paths(chunks).items()
+        if only is None or name in only
+    }
+
+
 def main() -> None:
-    """Print the table of µs/chunk and overhead over the sync floor."""
+    """Print µs/chunk and overhead over the floor for every path."""
     results = measure()
-    floor = results["floor: generator.run(noop)"]
-    print(f"{'path':<42} {'µs/chunk':>9} {'overhead µs':>12}")
+    floor = results[FLOOR]
+    print(f"{'path':<48} {'µs/chunk':>9} {'overhead µs':>12}")
     for name, value in results.items():
-        print(f"{name:<42} {value:>9.3f} {value - floor:>12.3f}")
+        print(f"{name:<48} {value:>9.3f} {value - floor:>12.3f}")
 
 
 if __name__ == "__main__":

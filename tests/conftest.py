@@ -75,3 +75,53 @@ def without_anthropic(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.
     folder = tmp_path_factory.mktemp("hide_anthropic")
     (folder / "sitecustomize.py").write_text(f"PREFIXES = {prefixes!r}\n" + _SITECUSTOMIZE)
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(p for p in (str(folder), os.environ.get("PYTHONPATH")) if p))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Anthropic / Ollama / Gemini wire-format servers (tests/provider_servers.py)
+# ---------------------------------------------------------------------------------------------------------
+
+import provider_servers  # noqa: E402  (this section is appended; the module imports only the stdlib)
+
+
+@pytest.fixture
+def anthropic_server(monkeypatch: pytest.MonkeyPatch) -> Iterator[provider_servers.AnthropicServer]:
+    """A loopback Anthropic Messages server; configure it with `anthropic_server.script(...)`.
+
+    `ANTHROPIC_BASE_URL` points the Anthropic SDK at it; `ANTHROPIC_API_KEY` is set to
+    `provider_servers.ANTHROPIC_TEST_KEY`.
+    """
+    server = provider_servers.AnthropicServer().start()
+    monkeypatch.setenv("ANTHROPIC_BASE_URL", server.url)
+    monkeypatch.setenv("ANTHROPIC_API_KEY", provider_servers.ANTHROPIC_TEST_KEY)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def ollama_server() -> Iterator[provider_servers.OllamaServer]:
+    """A loopback Ollama /api/chat server; point the `ollama` provider at it with `api_base_url=server.url`."""
+    server = provider_servers.OllamaServer().start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def gemini_server(monkeypatch: pytest.MonkeyPatch) -> Iterator[provider_servers.GeminiServer]:
+    """A loopback Gemini generateContent server; configure it with `gemini_server.script(...)`.
+
+    `GOOGLE_GEMINI_BASE_URL` points the google-genai SDK at it; `GOOGLE_API_KEY` is set to
+    `provider_servers.GOOGLE_TEST_KEY` and `GEMINI_API_KEY` is removed.
+    """
+    server = provider_servers.GeminiServer().start()
+    monkeypatch.setenv("GOOGLE_GEMINI_BASE_URL", server.url)
+    monkeypatch.setenv("GOOGLE_API_KEY", provider_servers.GOOGLE_TEST_KEY)
+    monkeypatch.delenv("GEMINI_API_KEY", raising=False)
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -16,6 +16,8 @@ the callback. It is a `BaseException`, so it passes through generators that catc
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -25,6 +27,31 @@ from haystack.dataclasses import StreamingChunk
 
 from pipeline_ex.events import Delta, Done, ErrorInfo, FinishReason, Response, Usage, new_delta
 from pipeline_ex.streaming.dispatch import Dispatcher, HandlerFailure
+
+
+def in_daemon_thread(loop: asyncio.AbstractEventLoop, work: Callable[[], Any]) -> asyncio.Future[Any]:
+    """Run `work` on a new daemon thread; the returned future settles on `loop` when it returns.
+
+    Not the loop's default executor: `asyncio.run` waits for executor threads when it finishes, so a
+    sync-only generator stuck in a blocking call would hold up a step that already timed out or was
+    cancelled. A daemon thread is simply left to finish (it stops at its next chunk).
+    """
+    future: asyncio.Future[Any] = loop.create_future()
+
+    def settle(ok: bool, value: Any) -> None:
+        if not future.done():
+            future.set_result(value) if ok else future.set_exception(value)
+
+    def target() -> None:
+        try:
+            outcome = (True, work())
+        except BaseException as error:
+            outcome = (False, error)
+        with contextlib.suppress(RuntimeError):  # the loop is closed: whoever waited has gone
+            loop.call_soon_threadsafe(settle, *outcome)
+
+    threading.Thread(target=target, name="pipeline-ex-hybrid", daemon=True).start()
+    return future
 
 
 class StreamAbort(BaseException):
@@ -60,7 +87,8 @@ class StreamBridge:
         self.parts: list[str] = []
         self.started = time.perf_counter()
         self.first_delta_at: float | None = None
-        self.finish_raw: Any = None
+        self.tail: deque[StreamingChunk] = deque(maxlen=8)
+        """The last chunks: the provider's finish reason and usage arrive at the end of a stream."""
         self.failure: HandlerFailure | None = None
         self.delivered = 0
         """How many deltas were delivered (after the first one, a retry would repeat output)."""
@@ -78,13 +106,10 @@ class StreamBridge:
         """A Delta for this step, with the run's next sequence number."""
         return new_delta(content, self.step, self.run_id, self.next_seq(), kind)
 
-    def note_chunk(self, chunk: StreamingChunk) -> None:
-        """Record the finish reason of a chunk that carries one, and log the raw chunk when debugging."""
-        if self.debug_log is not None:
-            self.debug_log.debug("provider chunk", step=self.step, chunk={**chunk.to_dict(), "component_info": None})
-        raw = chunk.meta.get("finish_reason") or chunk.finish_reason
-        if raw is not None:
-            self.finish_raw = raw
+    def log_chunk(self, chunk: StreamingChunk) -> None:
+        """Log a raw provider chunk (with `PIPELINE_STREAM_DEBUG`)."""
+        assert self.debug_log is not None
+        self.debug_log.debug("provider chunk", step=self.step, chunk={**chunk.to_dict(), "component_info": None})
 
     def record(self, delta: Delta) -> None:
         """Account for a delta that is about to be delivered."""
@@ -168,8 +193,9 @@ class StreamBridge:
         reasoning = chunk.reasoning
         if reasoning is not None and reasoning.reasoning_text:
             self.deliver(self.make_delta(reasoning.reasoning_text, "reasoning"))
-        if chunk.finish_reason is not None or self.debug_log is not None or "finish_reason" in chunk.meta:
-            self.note_chunk(chunk)
+        self.tail.append(chunk)
+        if self.debug_log is not None:
+            self.log_chunk(chunk)
 
     async def on_chunk_async(self, chunk: StreamingChunk) -> None:
         """The async `streaming_callback` for generators with a native `run_async`."""
@@ -184,8 +210,9 @@ class StreamBridge:
         reasoning = chunk.reasoning
         if reasoning is not None and reasoning.reasoning_text:
             await self.adeliver(self.make_delta(reasoning.reasoning_text, "reasoning"))
-        if chunk.finish_reason is not None or self.debug_log is not None or "finish_reason" in chunk.meta:
-            self.note_chunk(chunk)
+        self.tail.append(chunk)
+        if self.debug_log is not None:
+            self.log_chunk(chunk)
 
 
 class HybridPump:
@@ -222,8 +249,9 @@ class HybridPump:
         if reasoning is not None and reasoning.reasoning_text:
             self.pending.append(bridge.make_delta(reasoning.reasoning_text, "reasoning"))
             queued = True
-        if chunk.finish_reason is not None or bridge.debug_log is not None or "finish_reason" in chunk.meta:
-            bridge.note_chunk(chunk)
+        bridge.tail.append(chunk)
+        if bridge.debug_log is not None:
+            bridge.log_chunk(chunk)
         if queued and not self._wake_scheduled:
             self._wake_scheduled = True
             self.loop.call_soon_threadsafe(self._wake.set)
@@ -244,7 +272,7 @@ class HybridPump:
         If this coroutine is cancelled or a handler fails, the worker is told to stop at its next chunk
         and the exception propagates at once.
         """
-        future = self.loop.run_in_executor(None, work)
+        future = in_daemon_thread(self.loop, work)
         future.add_done_callback(lambda _: self._wake.set())
         try:
             while True:

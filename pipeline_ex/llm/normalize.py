@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Iterable, Mapping
+from typing import Any, Protocol
 
 from pipeline_ex.events import FinishReason, Usage
 
@@ -37,6 +37,34 @@ _USAGE_KEYS: tuple[tuple[str, str, str], ...] = (
 )
 
 
+class _Chunk(Protocol):
+    meta: dict[str, Any]
+    finish_reason: Any
+
+
+def raw_finish_reason(last_chunks: Iterable[_Chunk], reply_meta: Mapping[str, Any]) -> str | None:
+    """The provider's own finish reason, as close to the wire as the integration keeps it.
+
+    haystack maps finish reasons it knows and drops the others, so the raw value is looked up first in
+    the metadata the integrations keep on the last chunks: `finish_reason` (OpenAI, llama.cpp),
+    `done_reason` (Ollama), `delta.stop_reason` (Anthropic's message_delta); then haystack's mapped
+    value; then the reply's metadata. None means the stream ended without one.
+    """
+    for chunk in reversed(list(last_chunks)):
+        meta = chunk.meta
+        raw = meta.get("finish_reason") or meta.get("done_reason") or meta.get("stop_reason")
+        if raw is None and isinstance(meta.get("delta"), Mapping):
+            raw = meta["delta"].get("stop_reason")
+        if raw is None:
+            raw = chunk.finish_reason
+        if raw is not None:
+            return str(raw)
+    for key in ("stop_reason", "done_reason", "finish_reason"):  # provider-specific keys first
+        if reply_meta.get(key) is not None:
+            return str(reply_meta[key])
+    return None
+
+
 def map_finish_reason(raw: object) -> FinishReason:
     """Map a provider's finish reason (any case) onto `FinishReason`; unknown values become "other"."""
     if raw is None:
@@ -53,8 +81,9 @@ def _as_count(value: object) -> int | None:
 def normalize_usage(raw: Mapping[str, Any] | None) -> Usage | None:
     """Turn a provider usage mapping into `Usage`, or None when the provider reported no counts.
 
-    Counts that are missing stay None; they are never replaced by zeros. The total is derived from input
-    and output only when the provider gave both and no total.
+    Counts that are missing stay None; they are never replaced by zeros, and usage that is all zeros is
+    treated as not reported (a real request has input tokens). The total is derived from input and output
+    only when the provider gave both and no total.
     """
     if not raw:
         return None
@@ -66,8 +95,8 @@ def normalize_usage(raw: Mapping[str, Any] | None) -> Usage | None:
             break
     else:
         return None
-    if input_tokens is None and output_tokens is None and total_tokens is None:
-        return None
+    if not (input_tokens or output_tokens or total_tokens):
+        return None  # nothing, or only zeros: some integrations fill zeros when the provider sent no usage
     if total_tokens is None and input_tokens is not None and output_tokens is not None:
         total_tokens = input_tokens + output_tokens
     return Usage(input_tokens=input_tokens, output_tokens=output_tokens, total_tokens=total_tokens)

@@ -27,8 +27,8 @@ from pipeline_ex.errors import (
     StreamTruncatedError,
 )
 from pipeline_ex.events import Delta, Done, ErrorInfo, Response
-from pipeline_ex.llm.bridge import HybridPump, StreamAbort, StreamBridge
-from pipeline_ex.llm.normalize import map_finish_reason, normalize_usage
+from pipeline_ex.llm.bridge import HybridPump, StreamAbort, StreamBridge, in_daemon_thread
+from pipeline_ex.llm.normalize import map_finish_reason, normalize_usage, raw_finish_reason
 from pipeline_ex.llm.policy import StepPolicy, StepTimeout, rejects_streaming, retry_delay
 from pipeline_ex.llm.providers import BuiltGenerator, MockOptions, build_generator, check_provider
 from pipeline_ex.llm.supervise import run_with_limits
@@ -148,7 +148,10 @@ class _StepRun:
         if hybrid:
             loop = asyncio.get_running_loop()
             if not self.streaming:
-                return await loop.run_in_executor(None, self._run_generator, None)
+                result_: tuple[Any, dict[str, Any] | None] = await in_daemon_thread(
+                    loop, lambda: self._run_generator(None)
+                )
+                return result_
             pump = HybridPump(self.bridge, loop)
             result: tuple[Any, dict[str, Any] | None] = await pump.run(lambda: self._run_generator(pump.on_chunk))
             return result
@@ -183,12 +186,12 @@ class _StepRun:
         streamed = self.streaming
         if error is None:
             reply_meta = dict(reply.meta) if reply is not None else {}
-            raw_finish = bridge.finish_raw if streamed else reply_meta.get("finish_reason")
+            raw_finish = raw_finish_reason(bridge.tail if streamed else (), reply_meta)
             usage = normalize_usage(reply_meta.get("usage")) or normalize_usage(computed_usage)
             if computed_usage is not None and not reply_meta.get("usage"):
                 meta["usage_source"] = "counted by pipeline_ex"
             model = (reply_meta.get("model") or None) if self.built.model_from_reply else None
-            if streamed and raw_finish is None and reply_meta.get("finish_reason") is None:
+            if streamed and raw_finish is None:
                 done = bridge.build_done(
                     finish_reason="error",
                     usage=usage,
@@ -205,7 +208,6 @@ class _StepRun:
                     step=bridge.step,
                     done=done,
                 )
-            raw_finish = raw_finish if raw_finish is not None else reply_meta.get("finish_reason")
             meta["finish_reason_raw"] = raw_finish
             done = bridge.build_done(
                 finish_reason=map_finish_reason(raw_finish), usage=usage, meta=meta, model=model, streamed=streamed
@@ -288,7 +290,8 @@ class _StepRun:
             )
             self.streaming = False
             return "fallback"
-        out_of_time = self.policy.timeout is not None and time.perf_counter() >= bridge.started + self.policy.timeout
+        deadline = None if self.policy.timeout is None else bridge.started + self.policy.timeout
+        out_of_time = deadline is not None and time.perf_counter() + retry_delay(attempt) >= deadline
         if attempt > self.policy.retries or out_of_time:
             return None
         logger.warning(

@@ -29,6 +29,15 @@ class AnthropicOptions(GenerationOptions):
             raise ValueError("Anthropic's API has no seed; remove it")
         return value
 
+    @field_validator("temperature", "top_p")
+    @classmethod
+    def _not_in_this_sdk(cls, value: float | None) -> float | None:
+        # anthropic 2.x `messages.create` takes neither, and anthropic-haystack drops `extra_body`, so the
+        # value could only fail the request later; say so now.
+        if value is not None:
+            raise ValueError("the installed anthropic SDK's messages.create does not take it; remove it")
+        return value
+
     def key_variables(self) -> tuple[str, ...]:
         """The environment variables the key may come from."""
         return (self.api_key_env,)

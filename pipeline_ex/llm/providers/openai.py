@@ -6,7 +6,14 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from pipeline_ex.llm.providers.base import BuiltGenerator, GenerationOptions, env_secret, is_loopback, parse_options
+from pipeline_ex.llm.providers.base import (
+    BuiltGenerator,
+    GenerationOptions,
+    env_secret,
+    is_loopback,
+    parse_options,
+    shared_ssl_context,
+)
 
 
 class OpenAIOptions(GenerationOptions):
@@ -44,5 +51,6 @@ def build(model: str | None, options: Mapping[str, Any]) -> BuiltGenerator:
         api_base_url=opts.api_base_url,
         organization=opts.organization,
         max_retries=opts.max_retries,
+        http_client_kwargs={"verify": shared_ssl_context()},
     )
     return BuiltGenerator(generator, "openai", model_name, generation_kwargs)
