@@ -22,6 +22,7 @@ from pipeline_ex.workflow import parse_workflow
 CHUNKS = 10_000
 REPEATS = 5
 BASELINE = "haystack OpenAIChatGenerator (noop callback)"
+BASELINE_ASYNC = "haystack OpenAIChatGenerator.run_async (noop callback)"
 
 
 def measure(chunks: int = CHUNKS, repeats: int = REPEATS) -> dict[str, float]:
@@ -55,9 +56,23 @@ def measure(chunks: int = CHUNKS, repeats: int = REPEATS) -> dict[str, float]:
             async for _ in astream(flow):
                 pass
 
+        async def noop(_: object) -> None:
+            return None
+
+        async def run_async() -> None:
+            async_generator = OpenAIChatGenerator(
+                api_key=Secret.from_token("x"),
+                model="bench",
+                api_base_url=server.url,
+                generation_kwargs={"stream_options": {"include_usage": True}},
+            )
+            await async_generator.run_async(messages, streaming_callback=noop)
+            await async_generator.close_async()
+
         runs = {
             "openai client (raw)": raw,
             BASELINE: lambda: generator.run(messages, streaming_callback=lambda chunk: None),
+            BASELINE_ASYNC: lambda: asyncio.run(run_async()),
             "pipeline_ex invoke": lambda: llm.invoke(
                 prompt="bench", provider="openai", model="bench", api_base_url=server.url, on_event="null"
             ),

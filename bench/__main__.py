@@ -1,0 +1,220 @@
+"""Run every benchmark once and write docs/BENCHMARKS.md and its chart from that run.
+
+python -m bench            # everything (several minutes)
+python -m bench --quick    # fewer chunks, runs and concurrent streams: a smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+from pathlib import Path
+from typing import Any
+
+from bench import concurrency, http_e2e, local_model, overhead, startup
+from bench.common import machine
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCS = ROOT / "docs"
+TARGETS = {
+    "sync overhead per Delta": "≤ 1.5 µs",
+    "native async overhead per Delta": "≤ 2 µs",
+    "hybrid overhead per Delta": "≤ 5 µs",
+    "end to end vs haystack's generator": "≤ 1.05×",
+    "10,000 concurrent streams": "loop lag p99 ≤ 50 ms, ≤ 50 KB RSS per run",
+    "pipeline-ex --help": "≤ 200 ms",
+    "local model tokens/s vs raw": "≥ 0.97×",
+}
+
+
+def _chart(results: dict[str, float], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    floor = results[overhead.FLOOR]
+    names = [n for n in results if not n.startswith("floor")]
+    values = [results[n] - floor for n in names]
+    colors = ["#2f6fb0" if not n.startswith(("hayhooks", "haystack")) else "#b0652f" for n in names]
+    figure, axis = plt.subplots(figsize=(9, 4.8))
+    axis.barh(names[::-1], values[::-1], color=colors[::-1])
+    axis.set_xlabel("overhead per chunk over generator.run(noop), µs (lower is better)")
+    axis.set_title("Per-chunk overhead: pipeline_ex (blue) and peers (orange), one run")
+    for y, value in enumerate(values[::-1]):
+        axis.text(value, y, f" {value:.2f}", va="center", fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def run(quick: bool) -> dict[str, Any]:
+    """Run all benchmarks; return their raw results."""
+    chunks, repeats = (2_000, 3) if quick else (overhead.CHUNKS, overhead.REPEATS)
+    return {
+        "machine": machine(),
+        "overhead": overhead.measure(chunks, repeats),
+        "overhead_chunks": chunks,
+        "http": http_e2e.measure(1_000 if quick else http_e2e.CHUNKS, 2 if quick else http_e2e.REPEATS),
+        "concurrency": concurrency.measure((100, 300) if quick else (1_000, 10_000)),
+        "startup": startup.measure(3 if quick else startup.REPEATS),
+        "local": local_model.measure(2 if quick else local_model.REPEATS),
+    }
+
+
+def report(results: dict[str, Any]) -> str:
+    """The markdown report of one run."""
+    over = results["overhead"]
+    floor = over[overhead.FLOOR]
+    sync_over = over["invoke (sync)"] - floor
+    async_over = over["ainvoke (native async)"] - floor
+    hybrid_over = over["ainvoke (hybrid)"] - floor
+    http = results["http"]
+    base = http[http_e2e.BASELINE]
+    base_async = http[http_e2e.BASELINE_ASYNC]
+    big = results["concurrency"][-1]
+    local = results["local"]
+    local_ratio = (
+        local["pipeline_ex (local provider)"]["tokens_per_s"] / local["llama-cpp-python (raw)"]["tokens_per_s"]
+    )
+    help_ms = results["startup"]["pipeline-ex --help"] * 1000
+
+    def ratio(name: str, peer: str) -> str:
+        return f"{(over[peer] - floor) / (over[name] - floor):.1f}×"
+
+    parts = [
+        "# Benchmarks",
+        "",
+        f"Written by `python -m bench` on {datetime.date.today().isoformat()}, from one run: every number below "
+        "comes from the same process run of each benchmark. Times are medians of repeated runs. These machines are "
+        "shared and noisy, so read the ratios rather than the absolute times.",
+        "",
+        "## Machine",
+        "",
+        _table(["", ""], [[k, v] for k, v in results["machine"].items()]),
+        "",
+        "## Headline",
+        "",
+        _table(
+            ["target", "goal", "measured"],
+            [
+                ["sync overhead per Delta", TARGETS["sync overhead per Delta"], f"{sync_over:.2f} µs"],
+                ["native async overhead per Delta", TARGETS["native async overhead per Delta"], f"{async_over:.2f} µs"],
+                ["hybrid overhead per Delta", TARGETS["hybrid overhead per Delta"], f"{hybrid_over:.2f} µs"],
+                [
+                    "end to end vs haystack's generator",
+                    TARGETS["end to end vs haystack's generator"],
+                    f"invoke {http['pipeline_ex invoke'] / base:.2f}× (sync generator), "
+                    f"astream {http['pipeline_ex astream'] / base_async:.2f}× (async generator)",
+                ],
+                [
+                    f"{int(big['runs']):,} concurrent streams",
+                    TARGETS["10,000 concurrent streams"],
+                    f"lag p99 {big['lag_p99_ms']:.0f} ms, {big['rss_per_run_kb']:.1f} KB per run",
+                ],
+                ["pipeline-ex --help", TARGETS["pipeline-ex --help"], f"{help_ms:.0f} ms"],
+                ["local model tokens/s vs raw", TARGETS["local model tokens/s vs raw"], f"{local_ratio:.3f}×"],
+            ],
+        ),
+        "",
+        "Overhead of the peers relative to ours (how many times more overhead per chunk they add):",
+        "",
+        _table(
+            ["comparison", "ratio"],
+            [
+                ["hayhooks streaming_generator vs stream()", ratio("stream()", "hayhooks streaming_generator")],
+                [
+                    "hayhooks async_streaming_generator vs astream()",
+                    ratio("astream()", "hayhooks async_streaming_generator"),
+                ],
+                [
+                    "hayhooks async_streaming_generator (hybrid) vs astream() (hybrid)",
+                    ratio("astream() (hybrid)", "hayhooks async_streaming_generator (hybrid)"),
+                ],
+                ["haystack Pipeline.stream vs astream()", ratio("astream()", "haystack Pipeline.stream")],
+            ],
+        )
+        if "hayhooks streaming_generator" in over
+        else "(hayhooks is not installed: `pip install -e '.[bench]'`)",
+        "",
+        "## 1. Per-chunk overhead",
+        "",
+        f"The same in-process haystack chat generator emits {results['overhead_chunks']:,} chunks with no delay. "
+        "Overhead is the path minus the floor, a direct `generator.run(streaming_callback=noop)`.",
+        "",
+        _table(
+            ["path", "µs per chunk", "overhead µs"],
+            [[name, f"{value:.3f}", f"{value - floor:.3f}"] for name, value in over.items()],
+        ),
+        "",
+        "![per-chunk overhead](overhead.png)",
+        "",
+        "## 2. End to end over HTTP",
+        "",
+        "A loopback OpenAI-format SSE server sends the chunks as fast as it can.",
+        "",
+        _table(
+            ["client", "ms per reply", "vs haystack generator"],
+            [[name, f"{value * 1000:.1f}", f"{value / base:.2f}×"] for name, value in http.items()],
+        ),
+        "",
+        "## 3. Concurrency",
+        "",
+        f"Concurrent `astream` runs on the mock provider, {concurrency.CHUNKS} chunks each, {concurrency.DELAY_MS} ms "
+        "apart; a monitor task measures how late 10 ms sleeps wake up.",
+        "",
+        _table(
+            ["runs", "wall s", "events/s", "loop lag p50 ms", "loop lag p99 ms", "RSS per run KB"],
+            [
+                [
+                    f"{int(row['runs']):,}",
+                    f"{row['seconds']:.2f}",
+                    f"{row['events_per_s']:,.0f}",
+                    f"{row['lag_p50_ms']:.1f}",
+                    f"{row['lag_p99_ms']:.1f}",
+                    f"{row['rss_per_run_kb']:.1f}",
+                ]
+                for row in results["concurrency"]
+            ],
+        ),
+        "",
+        "## 4. Start-up",
+        "",
+        _table(["command", "median ms"], [[k, f"{v * 1000:.1f}"] for k, v in results["startup"].items()]),
+        "",
+        "## 5. Local model",
+        "",
+        "The same prompt and settings through `llm.invoke` on the `local` provider and straight through "
+        "llama-cpp-python; output tokens are counted the same way on both sides.",
+        "",
+        _table(
+            ["path", "TTFT ms", "tokens/s"],
+            [[k, f"{v['ttft_ms']:.1f}", f"{v['tokens_per_s']:.1f}"] for k, v in local.items()],
+        ),
+        "",
+    ]
+    return "\n".join(parts)
+
+
+def main() -> None:
+    """Run the benchmarks and write the report and chart."""
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="a short smoke run")
+    parser.add_argument("--out", type=Path, default=DOCS, help="where BENCHMARKS.md and overhead.png go")
+    args = parser.parse_args()
+    results = run(args.quick)
+    args.out.mkdir(parents=True, exist_ok=True)
+    _chart(results["overhead"], args.out / "overhead.png")
+    text = report(results)
+    (args.out / "BENCHMARKS.md").write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
