@@ -36,6 +36,7 @@ async def _run(count: int) -> dict[str, float]:
         f"- id: s\n  provider: mock\n  prompt: p\n  options: {{delay_ms: {DELAY_MS}}}\n  mock_response: [{words}]\n",
         "concurrency.yaml",
     )
+    await asyncio.gather(*(_one(flow, [0]) for _ in range(10)))  # import haystack and warm up before timing
     lags: list[float] = []
     stop = asyncio.Event()
 

@@ -71,6 +71,18 @@ def _handler_specs(on_event: Any, ctx: Context) -> list[HandlerSpec]:
     return [ref if isinstance(ref, HandlerSpec) else resolve_handler(ref) for ref in refs]
 
 
+_streaming_classes: dict[type, bool] = {}
+
+
+def _can_stream(generator_class: type) -> bool:
+    """Whether a generator class's `run` takes a `streaming_callback` (decided once per class)."""
+    known = _streaming_classes.get(generator_class)
+    if known is None:
+        run = getattr(generator_class, "run")  # noqa: B009 - a class attribute of an arbitrary component
+        known = _streaming_classes[generator_class] = "streaming_callback" in inspect.signature(run).parameters
+    return known
+
+
 def _is_timeout(error: BaseException) -> bool:
     return isinstance(error, TimeoutError) or "Timeout" in type(error).__name__
 
@@ -101,7 +113,7 @@ class _StepRun:
         self.policy = policy
         self.messages = ([ChatMessage.from_system(system)] if system else []) + [ChatMessage.from_user(prompt)]
         self.dispatcher = Dispatcher([spec.bind() for spec in handlers], on_error=policy.on_handler_error)
-        can_stream = "streaming_callback" in inspect.signature(built.generator.run).parameters
+        can_stream = _can_stream(type(built.generator))
         if stream and not can_stream:
             logger.warning(
                 "step %r: model %r (%s) cannot stream; making one call and emitting its reply as one Delta",

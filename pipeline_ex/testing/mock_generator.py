@@ -4,9 +4,10 @@ haystack ships a `MockChatGenerator`, but it cannot pace chunks, fail part-way t
 stream without a finish reason, and those are exactly the faults a streaming framework must be tested
 against. This component adds them and otherwise behaves like any haystack chat generator: it has `run`
 and `run_async`, takes a `streaming_callback`, and returns `{"replies": [ChatMessage]}`.
-"""
 
-from __future__ import annotations
+(No `from __future__ import annotations` here: haystack reads the type hints of `run` each time a
+component is created, and string annotations would be compiled and evaluated every time.)
+"""
 
 import asyncio
 import re

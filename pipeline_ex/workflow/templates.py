@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
-from jinja2 import StrictUndefined, TemplateSyntaxError, nodes
+from jinja2 import StrictUndefined, Template, TemplateSyntaxError, nodes
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 ROOTS = ("inputs", "steps", "vars")
@@ -58,9 +58,14 @@ def references(source: str) -> References:
     return found
 
 
+@lru_cache(maxsize=512)
+def _compiled(source: str) -> Template:
+    return environment().from_string(source)
+
+
 def render(source: str, values: Mapping[str, Any]) -> str:
-    """Render a template with `inputs`, `steps` and `vars`."""
-    return environment().from_string(source).render(values)
+    """Render a template with `inputs`, `steps` and `vars` (each distinct template is compiled once)."""
+    return _compiled(source).render(values)
 
 
 __all__ = ["ROOTS", "References", "TemplateSyntaxError", "environment", "references", "render"]
