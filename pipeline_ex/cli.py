@@ -89,7 +89,15 @@ def _cmd_run(args: argparse.Namespace) -> int:
     except StepError as error:
         _error(f"step {error.step!r} failed: {error}")
         return EXIT_RUN_FAILED
-    except (WorkflowError, InputError, ProviderConfigError, ProviderNotInstalledError) as error:
+    except InputError as error:
+        how = (
+            f"pass it with --input {error.missing}=VALUE"
+            if error.missing
+            else "inputs are given with --input NAME=VALUE"
+        )
+        _error(f"{error}; {how}")
+        return EXIT_USAGE
+    except (WorkflowError, ProviderConfigError, ProviderNotInstalledError) as error:
         print(error if isinstance(error, WorkflowError) else f"error: {error}", file=sys.stderr)
         return EXIT_USAGE
     except PipelineError as error:

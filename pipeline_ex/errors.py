@@ -98,6 +98,10 @@ class ProviderConfigError(PipelineError):
     """A provider name or option is not valid."""
 
 
+class RunCancelled(PipelineError):
+    """A run being followed as an event stream was cancelled (by its server, or `EventStream.cancel()`)."""
+
+
 class StepError(PipelineError):
     """A step ended with an error. Its `Done` event was delivered before this was raised."""
 

@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections.abc import AsyncIterator
 from typing import Any
 
-from pipeline_ex.errors import StepError
+from pipeline_ex.errors import PipelineError, RunCancelled, StepError
 from pipeline_ex.events import Delta, Event
 
+_LINE_BREAK = re.compile(r"\r\n|\r|\n")
 DEFAULT_KEEPALIVE = 15.0
 MEDIA_TYPE = "text/event-stream"
 HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
@@ -29,7 +31,8 @@ def _frame(event: str, data: str, event_id: str | None = None) -> str:
     lines = [f"event: {event}"]
     if event_id is not None:
         lines.append(f"id: {event_id}")
-    lines.extend(f"data: {line}" for line in data.splitlines() or [""])
+    # Only CR and LF end SSE lines; str.splitlines() would also split on U+2028 and others inside JSON.
+    lines.extend(f"data: {line}" for line in _LINE_BREAK.split(data))
     return "\n".join(lines) + "\n\n"
 
 
@@ -53,6 +56,8 @@ def error_payload(error: BaseException) -> dict[str, Any]:
             "step": error.step,
             "run_id": error.done.run_id,
         }
+    if isinstance(error, PipelineError):  # our own messages name no internals
+        return {"type": "cancelled" if isinstance(error, RunCancelled) else "error", "message": str(error)}
     return {"type": "internal", "message": "the run failed; see the server log"}
 
 
@@ -127,9 +132,9 @@ async def text_chunks(events: AsyncIterator[Event]) -> AsyncIterator[str]:
 def parse_frames(text: str) -> list[dict[str, str]]:
     """Split SSE text into frames (`event`, `id`, `data` fields; comments dropped). Handy for clients."""
     frames = []
-    for block in text.split("\n\n"):
+    for block in re.split(r"\r\n\r\n|\r\r|\n\n", text):
         fields: dict[str, str] = {}
-        for line in block.splitlines():
+        for line in _LINE_BREAK.split(block):
             if not line or line.startswith(":"):
                 continue
             name, _, value = line.partition(":")

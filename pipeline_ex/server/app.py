@@ -89,7 +89,7 @@ class PipelineServer:
         body = await read_json_body(request, self.max_body)
         if not isinstance(body, dict) or set(body) - {"inputs"}:
             raise RequestRejected(422, 'the body must be {"inputs": {...}}; nothing else can be set per request')
-        inputs = body.get("inputs") or {}
+        inputs = body.get("inputs", {})
         if not isinstance(inputs, dict) or not all(isinstance(v, str | int | float | bool) for v in inputs.values()):
             raise RequestRejected(422, "'inputs' must map input names to text, numbers or booleans")
         try:

@@ -14,15 +14,11 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from pipeline_ex.errors import PipelineError
+from pipeline_ex.errors import RunCancelled
 from pipeline_ex.events import Event
 from pipeline_ex.workflow.iterate import EventStream, astream
 from pipeline_ex.workflow.loader import LoadedWorkflow
 from pipeline_ex.workflow.runner import RunResult
-
-
-class RunCancelled(PipelineError):
-    """The run was cancelled (its client went away, or the server is shutting down)."""
 
 
 @dataclass(frozen=True)
@@ -76,12 +72,14 @@ class RunLog:
 
     async def follow(self, after_seq: int = 0) -> AsyncIterator[Event | Gap]:
         """Every event with a seq above `after_seq`, as it arrives; then the run's error, if it failed."""
-        if after_seq < self.evicted_through:
-            yield Gap(after_seq + 1, self.evicted_through)
-            after_seq = self.evicted_through
         while True:
+            if after_seq < self.evicted_through:  # fell behind the log: say what was lost
+                yield Gap(after_seq + 1, self.evicted_through)
+                after_seq = self.evicted_through
             start = bisect.bisect_right(self._seqs, after_seq)
             for event in self._events[start:]:
+                if event.seq <= self.evicted_through:
+                    break  # dropped while we were yielding: report the gap on the next pass
                 after_seq = event.seq
                 yield event
             if self.finished and bisect.bisect_right(self._seqs, after_seq) == len(self._seqs):
@@ -115,12 +113,15 @@ class RunRegistry:
             try:
                 async for event in events:
                     log.append(event)
-            except asyncio.CancelledError:
+            except (asyncio.CancelledError, RunCancelled):
                 log.finish(None, RunCancelled(f"run {run_id} was cancelled"))
             except Exception as error:
                 log.finish(None, error)
             else:
-                log.finish(events.result, None)
+                if events.cancelled or events.result is None:
+                    log.finish(None, RunCancelled(f"run {run_id} was cancelled"))
+                else:
+                    log.finish(events.result, None)
             finally:
                 await events.aclose()
 

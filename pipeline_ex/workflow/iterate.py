@@ -13,13 +13,15 @@ consumer, and a step's text is bounded anyway.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import contextvars
 import os
 import queue
 import threading
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from pipeline_ex.errors import PipelineError
+from pipeline_ex.errors import PipelineError, RunCancelled
 from pipeline_ex.events import Event
 from pipeline_ex.workflow.loader import LoadedWorkflow
 from pipeline_ex.workflow.runner import RunResult, arun
@@ -46,13 +48,15 @@ class EventStream:
         self._args = (workflow, inputs)
         self._run_id = run_id
         self._mock = mock
-        self._extra = [] if on_event is None else (list(on_event) if isinstance(on_event, list) else [on_event])
+        self._extra = [] if on_event is None else (list(on_event) if isinstance(on_event, list | tuple) else [on_event])
         self._output_dir = output_dir
         self._queue: asyncio.Queue[Any] = asyncio.Queue()
         self._task: asyncio.Task[RunResult] | None = None
         self._started = False
         self._finished = False
         self.result: RunResult | None = None
+        self.cancelled = False
+        """True once `cancel()` was called; the iteration then ends after the cancelled Done."""
 
     def __aiter__(self) -> EventStream:
         if self._started:
@@ -72,7 +76,8 @@ class EventStream:
                 run_id=self._run_id,
             )
         )
-        self._task.add_done_callback(lambda _: self._queue.put_nowait(_END))
+        queue = self._queue  # not `self`: the running task must not keep this stream alive
+        self._task.add_done_callback(lambda _: queue.put_nowait(_END))
 
     async def __anext__(self) -> Event:
         if self._finished:
@@ -85,6 +90,10 @@ class EventStream:
         if item is _END:
             self._finished = True
             assert self._task is not None
+            if self._task.cancelled():
+                if self.cancelled:  # cancel() was asked for: the cancelled Done was the last event
+                    raise StopAsyncIteration
+                raise RunCancelled("the run was cancelled; its steps' Done events were delivered")
             self.result = self._task.result()  # raises the run's error, after its Done was yielded
             raise StopAsyncIteration
         event: Event = item
@@ -98,6 +107,7 @@ class EventStream:
     def cancel(self) -> None:
         """Cancel the run but keep iterating: its steps' `Done(cancelled)` events still arrive."""
         if self._task is not None and not self._task.done():
+            self.cancelled = True
             self._task.cancel()
 
     async def aclose(self) -> None:
@@ -109,6 +119,13 @@ class EventStream:
             await asyncio.gather(task, return_exceptions=True)
         elif task is not None and task.done() and not task.cancelled():
             task.exception()  # the consumer stopped early; the run's outcome is not theirs to see
+
+    def __del__(self) -> None:
+        # Breaking out of `async for` drops the stream: stop its run too, as the docs promise.
+        task = self._task
+        if task is not None and not task.done():
+            with contextlib.suppress(RuntimeError):  # the loop may already be closed
+                task.cancel()
 
     async def __aenter__(self) -> EventStream:
         return self
@@ -149,7 +166,11 @@ def stream(
 
 
 class _SyncStream:
-    """A sync iterator over an `EventStream` running on its own thread's event loop."""
+    """A sync iterator over an `EventStream` running on its own thread's event loop.
+
+    Iterating returns a generator (not kept on this object) whose cleanup closes the stream, so that
+    leaving a `for` loop early cancels the run right away.
+    """
 
     def __init__(self, events: EventStream) -> None:
         self._events = events
@@ -159,12 +180,38 @@ class _SyncStream:
         self._consumed = False
         self._closed = False
         self._ready = threading.Event()
+        self._iterator: Iterator[Event] | None = None
 
-    def __iter__(self) -> _SyncStream:
+    def __iter__(self) -> Iterator[Event]:
         if self._consumed:
             raise PipelineError("this event stream was already consumed; call stream() again for a new run")
         self._consumed = True
-        return self
+        if self._closed:  # closed before it was ever iterated: nothing was run
+            return iter(())
+        return self._generate()
+
+    def __next__(self) -> Event:
+        if self._iterator is None:
+            if self._closed:
+                raise StopIteration
+            self._iterator = iter(self)
+        return next(self._iterator)
+
+    def _generate(self) -> Iterator[Event]:
+        try:
+            self._start()
+            while True:
+                kind, value = self._queue.get()
+                if kind == "event":
+                    yield value
+                    continue
+                self._closed = True
+                self._join()
+                if kind == "error":
+                    raise value
+                return
+        finally:
+            self.close()
 
     async def _pump(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -178,26 +225,12 @@ class _SyncStream:
         self._queue.put(("end", None))
 
     def _start(self) -> None:
+        # The run sees the caller's context variables (test sessions, ambient handlers), as astream() does.
+        context = contextvars.copy_context()
         self._thread = threading.Thread(
-            target=asyncio.run, args=(self._pump(),), name="pipeline-ex-stream", daemon=True
+            target=context.run, args=(asyncio.run, self._pump()), name="pipeline-ex-stream", daemon=True
         )
         self._thread.start()
-
-    def __next__(self) -> Event:
-        if self._closed:
-            raise StopIteration
-        if self._thread is None:
-            self._consumed = True
-            self._start()
-        kind, value = self._queue.get()
-        if kind == "event":
-            event: Event = value
-            return event
-        self._closed = True
-        self._join()
-        if kind == "error":
-            raise value
-        raise StopIteration
 
     def close(self) -> None:
         """Cancel the run if it is still going, and wait for it to finish."""
@@ -210,7 +243,8 @@ class _SyncStream:
         self._ready.wait()  # the loop starts a moment after the thread
         loop = self._loop
         if loop is not None and thread.is_alive():
-            loop.call_soon_threadsafe(lambda: asyncio.ensure_future(self._events.aclose()))
+            with contextlib.suppress(RuntimeError):  # the loop finished in the meantime
+                loop.call_soon_threadsafe(lambda: asyncio.ensure_future(self._events.aclose()))
         self._join()
 
     def _join(self) -> None:

@@ -380,7 +380,7 @@ def _resolve_step_handlers(step: LLMStep, index: int, defaults: Defaults, checke
 def _provider_options(step: LLMStep, defaults: Defaults, provider: str | None, mock: bool) -> dict[str, Any]:
     options: dict[str, Any] = {}
     custom = step.generator is not None and not mock
-    if not mock:
+    if not mock or provider == "mock":  # a step on the mock provider keeps its own options in mock runs
         if step.generator is None and (step.provider is None or step.provider == defaults.provider):
             options.update(defaults.options or {})
         options.update(step.options or {})

@@ -30,6 +30,11 @@ ProgressCallback = Callable[[int, int, str], None]
 class InputError(PipelineError):
     """The inputs given to a run do not match the workflow's declared inputs."""
 
+    def __init__(self, message: str, *, missing: str | None = None) -> None:
+        self.missing = missing
+        """The name of a required input that was not given, if that is the problem."""
+        super().__init__(message)
+
 
 @dataclass
 class RunResult:
@@ -127,7 +132,7 @@ def resolve_inputs(loaded: LoadedWorkflow, given: Mapping[str, Any] | None) -> d
         else:
             where = loaded.location("inputs", name)
             raise InputError(
-                f"missing input {name!r} (declared at {where.file}:{where.line}); pass it with --input {name}=VALUE"
+                f"missing input {name!r} (declared at {Path(where.file or '').name}:{where.line})", missing=name
             )
     return values
 

@@ -1,0 +1,185 @@
+"""The page at `/` in headless Chromium: pick a workflow, run it, and watch the tokens arrive as they stream."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import os
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import uvicorn
+
+from pipeline_ex.server import create_app
+
+pytestmark = pytest.mark.streaming
+
+CHROMIUM = "/usr/bin/chromium"
+REPO = Path(__file__).resolve().parents[1]
+ARTIFACTS = REPO / "test-artifacts"
+CHUNKS = [f"token{n} " for n in range(30)]  # 30 chunks, 50 ms apart: about 1.5 s
+DELAY_MS = 50
+SEPARATOR_CHUNKS = ["before ", "line\u2028separator ", "after"]
+WORKFLOW_NAMES = ["a_quick", "separator", "slow_story"]
+
+if not os.path.exists(CHROMIUM):
+    pytest.skip(f"Chromium is not installed at {CHROMIUM} (CI installs it)", allow_module_level=True)
+
+sync_api = pytest.importorskip("playwright.sync_api")
+
+
+class ThreadServer:
+    """uvicorn serving an app on 127.0.0.1 (a free port) from a background thread."""
+
+    def __init__(self, app: Any) -> None:
+        self.config = uvicorn.Config(app, host="127.0.0.1", port=0, lifespan="on", log_level="warning")
+        self.server = uvicorn.Server(self.config)
+        self.thread = threading.Thread(target=self._run, name="uvicorn-browser-server", daemon=True)
+        self.url = ""
+
+    def _run(self) -> None:
+        with asyncio.Runner(loop_factory=self.config.get_loop_factory()) as runner:
+            runner.run(self.server.serve())
+
+    def __enter__(self) -> ThreadServer:
+        self.thread.start()
+        deadline = time.monotonic() + 20
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("the test server did not start")
+            time.sleep(0.005)
+        self.url = f"http://127.0.0.1:{self.server.servers[0].sockets[0].getsockname()[1]}"
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=20)
+
+
+def workflow(name: str, step: dict[str, Any], inputs: dict[str, Any]) -> str:
+    return json.dumps(
+        {"workflow": {"name": name, "description": f"The {name} workflow.", "inputs": inputs, "steps": [step]}}
+    )
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[ThreadServer]:
+    folder = tmp_path / "workflows"
+    folder.mkdir()
+    slow_step = {
+        "id": "answer",
+        "provider": "mock",
+        "prompt": "{{ inputs.topic }}",
+        "mock_response": CHUNKS,
+        "options": {"delay_ms": DELAY_MS},
+    }
+    (folder / "slow.yaml").write_text(
+        workflow("slow_story", slow_step, {"topic": {"description": "what the story is about"}})
+    )
+    separator_step = {"id": "answer", "provider": "mock", "prompt": "go", "mock_response": SEPARATOR_CHUNKS}
+    (folder / "separator.yaml").write_text(workflow("separator", separator_step, {}))
+    (folder / "quick.yaml").write_text(
+        workflow("a_quick", {"id": "answer", "provider": "mock", "prompt": "{{ inputs.q }}"}, {"q": {"default": "x"}})
+    )
+    with ThreadServer(create_app(folder, api_key="")) as running:
+        yield running
+
+
+@pytest.fixture
+def page(server: ThreadServer) -> Iterator[Any]:
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+            ],
+        )
+        try:
+            tab = browser.new_page(viewport={"width": 1000, "height": 800})
+            tab.set_default_timeout(15_000)
+            yield tab
+        finally:
+            browser.close()
+
+
+def test_the_page_streams_tokens_into_the_output_before_the_run_ends(server: ThreadServer, page: Any) -> None:
+    page.goto(server.url + "/")
+    page.wait_for_function("document.querySelectorAll('#workflow option').length === 3")
+    assert page.eval_on_selector_all("#workflow option", "os => os.map(o => o.value)") == WORKFLOW_NAMES
+    page.select_option("#workflow", "slow_story")
+    assert page.inner_text("#description") == "The slow_story workflow."
+    assert page.inner_text("label[for=input-topic]") == "topic (required)"
+    assert page.get_attribute("#input-topic", "placeholder") == "what the story is about"
+    page.fill("#input-topic", "a lighthouse")
+
+    page.click("#run")
+    samples: list[tuple[float, int, str, bool]] = []  # (seconds since click, #output length, #summary, disabled)
+    clicked = time.perf_counter()
+    while time.perf_counter() - clicked < 10:
+        length, summary, disabled = page.evaluate(
+            "() => [document.querySelector('#output').textContent.length,"
+            " document.querySelector('#summary').textContent, document.querySelector('#run').disabled]"
+        )
+        samples.append((time.perf_counter() - clicked, length, summary, disabled))
+        if summary:
+            break
+        page.wait_for_timeout(60)
+    streaming = [length for _, length, summary, _ in samples if not summary and length > 0]
+    growth = [b for a, b in itertools.pairwise(streaming) if b > a]
+    print(
+        f"\n[browser] {len(samples)} samples; #output length while #summary was empty: {streaming}; "
+        f"summary after {samples[-1][0]:.2f} s"
+    )
+    assert len(growth) >= 3, f"the output did not grow incrementally before the run ended: {samples}"
+    assert streaming == sorted(streaming)
+    assert all(disabled for _, length, summary, disabled in samples if length and not summary)  # no double run
+    assert streaming[0] < len("".join(CHUNKS)) // 2  # the first text came long before the last
+
+    page.wait_for_function("document.querySelector('#summary').textContent.includes('tokens out')")
+    page.wait_for_function("!document.querySelector('#run').disabled")
+    full_text = "".join(CHUNKS)
+    assert page.inner_text('#output span[data-step="answer"]').strip() == full_text.strip()
+    assert page.inner_text("#output .step") == "answer"
+    summary = page.inner_text("#summary")
+    assert summary.startswith("answer: stop")
+    assert f"{len(CHUNKS)} tokens out" in summary and "2 in" in summary  # the prompt "a lighthouse"
+    assert "TTFT" in summary and " s" in summary
+    assert len(page.query_selector_all("#summary div")) == 1
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    screenshot = ARTIFACTS / "browser-run.png"
+    page.screenshot(path=str(screenshot), full_page=True)
+    assert screenshot.stat().st_size > 1000
+
+
+def test_the_page_shows_a_request_error(server: ThreadServer, page: Any) -> None:
+    page.goto(server.url + "/")
+    page.wait_for_function("document.querySelectorAll('#workflow option').length === 3")
+    page.select_option("#workflow", "slow_story")
+    page.click("#run")  # the required topic is left empty
+    page.wait_for_function("document.querySelector('#summary .error') !== null")
+    assert page.inner_text("#summary .error").startswith("Error: missing input 'topic'")
+    assert page.inner_text("#output") == ""
+
+
+def test_text_with_a_unicode_line_separator_is_shown(server: ThreadServer, page: Any) -> None:
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.goto(server.url + "/")
+    page.wait_for_function("document.querySelectorAll('#workflow option').length === 3")
+    page.select_option("#workflow", "separator")
+    page.click("#run")
+    page.wait_for_function("!document.querySelector('#run').disabled && document.querySelector('#output').textContent")
+    page.wait_for_timeout(300)
+    assert errors == []
+    assert page.inner_text("#summary").startswith("answer: stop")
