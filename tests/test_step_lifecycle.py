@@ -265,3 +265,42 @@ def test_usage_is_normalized_and_never_zero_filled(raw: dict[str, int] | None, e
 )
 def test_finish_reasons_are_mapped(raw: str | None, expected: str) -> None:
     assert map_finish_reason(raw) == expected
+
+
+@component
+class RejectsStreamingGenerator:
+    """Like a provider that refuses to stream for some models: only a plain call works."""
+
+    def __init__(self) -> None:
+        self.calls: list[bool] = []
+
+    @component.output_types(replies=list[ChatMessage])
+    def run(
+        self,
+        messages: list[ChatMessage],
+        streaming_callback: Any = None,
+        generation_kwargs: dict[str, Any] | None = None,
+    ) -> dict[str, list[ChatMessage]]:
+        self.calls.append(streaming_callback is not None)
+        if streaming_callback is not None:
+            raise RuntimeError("Error code: 400 - streaming is not supported for model 'o-mini-batch'")
+        return {"replies": [ChatMessage.from_assistant("whole reply", meta={"finish_reason": "stop"})]}
+
+
+@pytest.mark.live
+@pytest.mark.streaming
+def test_a_model_that_rejects_streaming_falls_back_to_one_call(caplog: pytest.LogCaptureFixture) -> None:
+    generator = RejectsStreamingGenerator()
+    PROVIDERS["rejects"] = lambda model, options: BuiltGenerator(generator, "rejects", "o-mini-batch")
+    recorder = StreamingRecorder()
+    try:
+        with caplog.at_level(logging.WARNING, logger="pipeline_ex"):
+            result = llm.invoke(prompt="p", provider="rejects", step="answer", on_event=recorder)
+    finally:
+        del PROVIDERS["rejects"]
+    recorder.assert_complete()
+    assert generator.calls == [True, False]  # tried to stream, then one plain call
+    assert [d.content for d in recorder.deltas] == ["whole reply"]
+    assert result.done.streamed is False and result.response.finish_reason == "stop"
+    warning = " ".join(r.getMessage() for r in caplog.records)
+    assert "'answer'" in warning and "o-mini-batch" in warning and "rejected streaming" in warning
