@@ -7,16 +7,15 @@ same bridge as live ones.
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from collections import defaultdict, deque
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline_ex.debug import redact
 from pipeline_ex.errors import PipelineError
-from pipeline_ex.events import EVENT_ADAPTER, Delta, Done, Event
+from pipeline_ex.events import Delta, Done, Event
+from pipeline_ex.testing.recorder import read_recording, record_line
 
 
 class CassetteError(PipelineError):
@@ -56,9 +55,8 @@ class Cassette:
         with self._lock:
             if self._started is None:
                 self._started = now
-            record = {"t_ms": round((now - self._started) * 1000, 3), "event": redact(event.model_dump(mode="json"))}
             with open(self.path, "a", encoding="utf-8") as out:
-                out.write(json.dumps(record, ensure_ascii=False) + "\n")
+                out.write(record_line((now - self._started) * 1000, event))
 
     # -- replaying -------------------------------------------------------------------------------
 
@@ -71,28 +69,23 @@ class Cassette:
         pending: dict[tuple[str, str], list[tuple[float, Delta]]] = defaultdict(list)
         steps: dict[str, deque[RecordedStep]] = defaultdict(deque)
         last_offset: dict[tuple[str, str], float] = {}
-        with open(self.path, encoding="utf-8") as source:
-            for number, line in enumerate(source, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                    event = EVENT_ADAPTER.validate_python(record["event"])
-                    offset = float(record["t_ms"])
-                except Exception as error:
-                    raise CassetteError(f"{self.path}:{number}: not a recorded event: {error}") from error
-                key = (event.run_id, event.step)
-                if isinstance(event, Delta):
-                    previous = last_offset.get(key)
-                    pause = 0.0 if previous is None else offset - previous
-                    pending[key].append((pause, event))
-                    last_offset[key] = offset
-                else:
-                    deltas = pending.pop(key, [])
-                    if deltas and event.ttft_ms is not None:
-                        deltas[0] = (event.ttft_ms, deltas[0][1])
-                    steps[event.step].append(RecordedStep(tuple(deltas), event))
-                    last_offset.pop(key, None)
+        try:
+            recording = list(read_recording(self.path))
+        except ValueError as error:
+            raise CassetteError(str(error)) from error
+        for offset, event in recording:
+            key = (event.run_id, event.step)
+            if isinstance(event, Delta):
+                previous = last_offset.get(key)
+                pause = 0.0 if previous is None else offset - previous
+                pending[key].append((pause, event))
+                last_offset[key] = offset
+            else:
+                deltas = pending.pop(key, [])
+                if deltas and event.ttft_ms is not None:
+                    deltas[0] = (event.ttft_ms, deltas[0][1])
+                steps[event.step].append(RecordedStep(tuple(deltas), event))
+                last_offset.pop(key, None)
         return steps
 
     def next_recording(self, step: str) -> RecordedStep:

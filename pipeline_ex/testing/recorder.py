@@ -5,10 +5,36 @@ from __future__ import annotations
 import difflib
 import json
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
+from pipeline_ex.debug import redact
 from pipeline_ex.events import EVENT_ADAPTER, Delta, Done, Event
 from pipeline_ex.streaming.buffer import BufferHandler
+
+
+def record_line(offset_ms: float, event: Event) -> str:
+    """One line of a recording: the event and its time offset in ms (the JSONL both recordings use)."""
+    record = {"t_ms": round(offset_ms, 3), "event": redact(event.model_dump(mode="json"))}
+    return json.dumps(record, ensure_ascii=False) + "\n"
+
+
+def read_recording(path: str | Path) -> Iterator[tuple[float, Event]]:
+    """The (offset in ms, event) pairs of a recording file.
+
+    :raises ValueError: naming the file and line of anything that is not a recorded event.
+    """
+    with open(path, encoding="utf-8") as source:
+        for number, line in enumerate(source, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+                event = EVENT_ADAPTER.validate_python(record["event"])
+                offset = float(record["t_ms"])
+            except Exception as error:
+                raise ValueError(f"{path}:{number}: not a recorded event: {error}") from error
+            yield offset, event
 
 
 class StreamingRecorder(BufferHandler):
@@ -74,24 +100,13 @@ class StreamingRecorder(BufferHandler):
     def save(self, path: str | Path) -> None:
         """Write the recording as JSONL: one event per line, with `t_ms` relative to the first event."""
         with open(path, "w", encoding="utf-8") as out:
-            for offset, event in zip(self.offsets_ms, self.events, strict=True):
-                record = {"t_ms": round(offset, 3), "event": event.model_dump(mode="json")}
-                out.write(json.dumps(record, ensure_ascii=False) + "\n")
+            out.writelines(record_line(o, e) for o, e in zip(self.offsets_ms, self.events, strict=True))
 
     @classmethod
     def load(cls, path: str | Path) -> StreamingRecorder:
         """Read a recording written by `save`."""
         recorder = cls()
-        with open(path, encoding="utf-8") as source:
-            for number, line in enumerate(source, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                    event = EVENT_ADAPTER.validate_python(record["event"])
-                    offset = float(record["t_ms"])
-                except Exception as error:
-                    raise ValueError(f"{path}:{number}: not a recorded event: {error}") from error
-                recorder.events.append(event)
-                recorder.offsets_ms.append(offset)
+        for offset, event in read_recording(path):
+            recorder.events.append(event)
+            recorder.offsets_ms.append(offset)
         return recorder
