@@ -63,9 +63,38 @@ def run(quick: bool) -> dict[str, Any]:
         "overhead_chunks": chunks,
         "http": http_e2e.measure(1_000 if quick else http_e2e.CHUNKS, 2 if quick else http_e2e.REPEATS),
         "concurrency": concurrency.measure((100, 300) if quick else (1_000, 10_000)),
+        "profile": concurrency.profile(100 if quick else 1_000),
         "startup": startup.measure(3 if quick else startup.REPEATS),
         "local": local_model.measure(2 if quick else local_model.REPEATS),
     }
+
+
+def _concurrency_analysis(results: dict[str, Any]) -> str:
+    """Why the 10,000-stream lag target is not met, from this run's numbers and profile."""
+    big = results["concurrency"][-1]
+    demand = big["runs"] * 1000 / concurrency.DELAY_MS  # events per second the streams ask for
+    cpu_needed = demand * big["cpu_us_per_event"] / 1e6
+    rows = [[area, f"{share * 100:.1f} %"] for area, share in results["profile"]]
+    return "\n".join(
+        [
+            f"**The loop-lag target for {int(big['runs']):,} streams is not met, and cannot be on this machine.** "
+            f"{int(big['runs']):,} streams that each emit a chunk every {concurrency.DELAY_MS} ms ask for "
+            f"{demand:,.0f} events per second. This run spent {big['cpu_us_per_event']:.1f} µs of CPU per event, "
+            f"all of it on the one thread that runs the event loop, so keeping up would take {cpu_needed:.1f} "
+            "CPU-seconds every second: the loop saturates, every timer fires late, and the lag grows with the "
+            f"backlog. What it sustains is {big['events_per_s']:,.0f} events/s. The start-up burst adds to the "
+            "lag at every size (all runs are started in the same loop iteration), which is why the p99 once all "
+            "runs are streaming is also shown. The memory target (≤ 50 KB per run) is met.",
+            "",
+            "Where the CPU goes while 1,000 streams run (cProfile, share of the profiled time):",
+            "",
+            _table(["area", "share"], rows),
+            "",
+            "The event loop's own machinery and the provider side (the mock generator and the haystack objects "
+            "it builds for every chunk) take most of it; pipeline_ex's step, bridge, dispatch and iterator are "
+            "a minority, so even a free pipeline_ex would not bring 10,000 streams at 50 events/s within one core.",
+        ]
+    )
 
 
 def report(results: dict[str, Any]) -> str:
@@ -170,19 +199,32 @@ def report(results: dict[str, Any]) -> str:
         "apart; a monitor task measures how late 10 ms sleeps wake up.",
         "",
         _table(
-            ["runs", "wall s", "events/s", "loop lag p50 ms", "loop lag p99 ms", "RSS per run KB"],
+            [
+                "runs",
+                "wall s",
+                "events/s",
+                "CPU µs per event",
+                "loop lag p50 ms",
+                "loop lag p99 ms",
+                "p99 once all are streaming",
+                "RSS per run KB",
+            ],
             [
                 [
                     f"{int(row['runs']):,}",
                     f"{row['seconds']:.2f}",
                     f"{row['events_per_s']:,.0f}",
+                    f"{row['cpu_us_per_event']:.1f}",
                     f"{row['lag_p50_ms']:.1f}",
                     f"{row['lag_p99_ms']:.1f}",
+                    f"{row['steady_lag_p99_ms']:.1f}",
                     f"{row['rss_per_run_kb']:.1f}",
                 ]
                 for row in results["concurrency"]
             ],
         ),
+        "",
+        _concurrency_analysis(results),
         "",
         "## 4. Start-up",
         "",

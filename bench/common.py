@@ -46,16 +46,18 @@ def register_provider(name: str, generator: Any) -> None:
     PROVIDERS[name] = build
 
 
-def median_seconds(run: Callable[[], object], repeats: int) -> float:
-    """The median wall time of `run` over `repeats` calls, after one warm-up call."""
-    run()
-    samples = []
+def interleaved_medians(runs: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+    """Median seconds of each run, timed in rounds (one of each per round) so drift hits all alike."""
+    for run in runs.values():
+        run()  # warm-up
+    samples: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(repeats):
-        gc.collect()
-        started = time.perf_counter()
-        run()
-        samples.append(time.perf_counter() - started)
-    return statistics.median(samples)
+        for name, run in runs.items():
+            gc.collect()
+            started = time.perf_counter()
+            run()
+            samples[name].append(time.perf_counter() - started)
+    return {name: statistics.median(values) for name, values in samples.items()}
 
 
 def machine() -> dict[str, str]:

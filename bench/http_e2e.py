@@ -14,13 +14,13 @@ from haystack.components.generators.chat import OpenAIChatGenerator
 from haystack.dataclasses import ChatMessage
 from haystack.utils import Secret
 
-from bench.common import median_seconds
+from bench.common import interleaved_medians
 from bench.sse_server import FastSSEServer
 from pipeline_ex import astream, llm
 from pipeline_ex.workflow import parse_workflow
 
 CHUNKS = 10_000
-REPEATS = 5
+REPEATS = 9
 BASELINE = "haystack OpenAIChatGenerator (noop callback)"
 BASELINE_ASYNC = "haystack OpenAIChatGenerator.run_async (noop callback)"
 
@@ -78,7 +78,7 @@ def measure(chunks: int = CHUNKS, repeats: int = REPEATS) -> dict[str, float]:
             ),
             "pipeline_ex astream": lambda: asyncio.run(drain()),
         }
-        return {name: median_seconds(run, repeats) for name, run in runs.items()}
+        return interleaved_medians(runs, repeats)
 
 
 def main() -> None:

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from haystack import Pipeline
 from haystack.dataclasses import ChatMessage
 
-from bench.common import SyncOnlyChatGenerator, median_seconds, register_provider
+from bench.common import SyncOnlyChatGenerator, interleaved_medians, register_provider
 from pipeline_ex import astream, llm, stream
 from pipeline_ex.testing.mock_generator import ScriptedChatGenerator
 from pipeline_ex.workflow import parse_workflow
@@ -118,11 +118,8 @@ def _peers(native: object, sync_only: object, messages: list[ChatMessage]) -> di
 
 def measure(chunks: int = CHUNKS, repeats: int = REPEATS, only: set[str] | None = None) -> dict[str, float]:
     """µs per chunk for each path (`only` limits which ones)."""
-    return {
-        name: median_seconds(run, repeats) / chunks * 1e6
-        for name, run in paths(chunks).items()
-        if only is None or name in only
-    }
+    selected = {name: run for name, run in paths(chunks).items() if only is None or name in only}
+    return {name: seconds / chunks * 1e6 for name, seconds in interleaved_medians(selected, repeats).items()}
 
 
 def main() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,6 +40,11 @@ class Context:
     def next_seq(self) -> int:
         """The next event number of this run; strictly increasing across all its steps."""
         return next(self._seq)
+
+    @property
+    def seq_source(self) -> Callable[[], int]:
+        """`next_seq` as a bound C method: the bridge calls it once per event, so it skips a Python frame."""
+        return self._seq.__next__
 
     def test_session(self) -> TestSession:
         """The test mode of this run: a test fixture's session, else `PIPELINE_TEST_MODE` (read once)."""

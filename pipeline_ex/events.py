@@ -91,6 +91,10 @@ EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(Annotated[Event, Field(discrimin
 _DELTA_FIELDS = frozenset(Delta.model_fields)
 _new_object = object.__new__
 _set = object.__setattr__
+# pydantic keeps these in __slots__; their descriptors' __set__ skips the attribute lookup per call.
+_set_fields_set = BaseModel.__dict__["__pydantic_fields_set__"].__set__
+_set_extra = BaseModel.__dict__["__pydantic_extra__"].__set__
+_set_private = BaseModel.__dict__["__pydantic_private__"].__set__
 
 
 def new_delta(content: str, step: str, run_id: str, seq: int, kind: Literal["text", "reasoning"] = "text") -> Delta:
@@ -106,7 +110,7 @@ def new_delta(content: str, step: str, run_id: str, seq: int, kind: Literal["tex
         "__dict__",
         {"type": "delta", "content": content, "step": step, "run_id": run_id, "seq": seq, "index": 0, "kind": kind},
     )
-    _set(delta, "__pydantic_fields_set__", _DELTA_FIELDS)
-    _set(delta, "__pydantic_extra__", None)
-    _set(delta, "__pydantic_private__", None)
+    _set_fields_set(delta, _DELTA_FIELDS)
+    _set_extra(delta, None)
+    _set_private(delta, None)
     return delta

@@ -165,7 +165,12 @@ class StreamBridge:
 
     def deliver(self, delta: Delta) -> None:
         """Deliver one delta to sync handlers; a handler failure stops the stream."""
-        self.record(delta)
+        # `record`, inlined: this runs once per chunk
+        self.delivered += 1
+        if self.first_delta_at is None:
+            self.first_delta_at = time.perf_counter()
+        if delta.kind == "text":
+            self.parts.append(delta.content)
         try:
             self._emit(delta)
         except HandlerFailure as failure:

@@ -125,7 +125,7 @@ class _StepRun:
         self.bridge = StreamBridge(
             step=step,
             run_id=ctx.run_id,
-            next_seq=ctx.next_seq,
+            next_seq=ctx.seq_source,
             provider=built.provider,
             model=built.model,
             dispatcher=self.dispatcher,

@@ -43,6 +43,15 @@ class Dispatcher:
         self.handlers = tuple(handlers)
         self.is_async = any(h.is_async for h in self.handlers)
         self._pairs = tuple((h.name, h.fn) for h in self.handlers)
+        if len(self._pairs) == 1:
+            self.emit = self._emit_one  # type: ignore[method-assign]  # the common case, without the loop
+
+    def _emit_one(self, event: Event) -> None:
+        name, fn = self._pairs[0]
+        try:
+            fn(event)
+        except Exception as error:
+            raise HandlerFailure(name, error) from error
 
     def emit(self, event: Event) -> None:
         """Deliver an event to sync handlers. Only valid when `is_async` is false.
