@@ -101,6 +101,9 @@ async def with_keepalive(frames: AsyncIterator[str], keepalive: float = DEFAULT_
         if pending is not None and not pending.done():
             pending.cancel()
             await asyncio.gather(pending, return_exceptions=True)
+        close = getattr(iterator, "aclose", None)
+        if close is not None:  # close the framed stream now, not when it is garbage collected
+            await close()
 
 
 async def sse_frames(events: AsyncIterator[Event], *, run_id: str | None = None) -> AsyncIterator[str]:

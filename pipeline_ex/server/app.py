@@ -16,6 +16,7 @@ client disconnects, its run is cancelled (the provider stream closes), unless it
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import uuid
@@ -24,10 +25,12 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import anyio
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from pipeline_ex.errors import PipelineError, StepError
 from pipeline_ex.server import openai_api
@@ -51,6 +54,35 @@ from pipeline_ex.workflow.loader import LoadedWorkflow
 from pipeline_ex.workflow.runner import InputError, resolve_inputs
 
 logger = logging.getLogger("pipeline_ex.server")
+
+
+class RunStreamResponse(StreamingResponse):
+    """A `StreamingResponse` that notices a disconnect at once and always closes its body.
+
+    Starlette's own response relies on a failing `send` to notice a client that left when the server
+    speaks ASGI 2.4, so an idle stream would go on until its next chunk, and the abandoned body iterator
+    would only be closed when garbage collected. Here a task watches for `http.disconnect` the whole
+    time, and the body iterator is closed as soon as the response ends, which cancels the run.
+    """
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Stream the body until it ends or the client disconnects; then close the body iterator."""
+        try:
+            async with anyio.create_task_group() as group:
+
+                async def watch_disconnect() -> None:
+                    await self.listen_for_disconnect(receive)
+                    group.cancel_scope.cancel()
+
+                group.start_soon(watch_disconnect)
+                with contextlib.suppress(OSError):  # the client went away while we were sending
+                    await self.stream_response(send)
+                group.cancel_scope.cancel()
+        finally:
+            close = getattr(self.body_iterator, "aclose", None)
+            if close is not None:
+                with anyio.CancelScope(shield=True):
+                    await close()
 
 
 def _error(status: int, message: str, kind: str = "request") -> JSONResponse:
@@ -146,9 +178,9 @@ class PipelineServer:
         if MEDIA_TYPE in accept:
             resumable = request.query_params.get("resumable", "").lower() in ("1", "true", "yes")
             frames = with_keepalive(self._frames(log, 0, cancel_on_exit=not resumable), self.keepalive)
-            return StreamingResponse(frames, media_type=MEDIA_TYPE, headers={**HEADERS, **headers})
+            return RunStreamResponse(frames, media_type=MEDIA_TYPE, headers={**HEADERS, **headers})
         if "text/plain" in accept:
-            return StreamingResponse(self._text(log), media_type="text/plain; charset=utf-8", headers=headers)
+            return RunStreamResponse(self._text(log), media_type="text/plain; charset=utf-8", headers=headers)
         assert log.task is not None
         await asyncio.shield(log.task)
         if log.error is not None:
@@ -169,7 +201,7 @@ class PipelineServer:
         if last_run != run_id or not seq_text.isdigit():
             raise RequestRejected(400, f"Last-Event-ID must be '{run_id}:<seq>', got {last!r}")
         frames = with_keepalive(self._frames(log, int(seq_text), cancel_on_exit=False), self.keepalive)
-        return StreamingResponse(frames, media_type=MEDIA_TYPE, headers=HEADERS)
+        return RunStreamResponse(frames, media_type=MEDIA_TYPE, headers=HEADERS)
 
     async def chat_completions(self, request: Request) -> Response:
         """`POST /v1/chat/completions`."""
@@ -194,7 +226,7 @@ class PipelineServer:
                 finally:
                     await events.aclose()
 
-            return StreamingResponse(chunks(), media_type=MEDIA_TYPE, headers=HEADERS)
+            return RunStreamResponse(chunks(), media_type=MEDIA_TYPE, headers=HEADERS)
         try:
             return JSONResponse(await openai_api.complete(events, loaded))
         except StepError as error:
