@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import difflib
 import importlib
-import inspect
 import json
 import os
 from collections.abc import Callable
@@ -521,11 +520,6 @@ def load_workflow(path: str | os.PathLike[str], *, mock: bool = False) -> Loaded
     except (OSError, UnicodeDecodeError) as error:
         raise WorkflowError([Issue(Location(name), f"cannot read the workflow: {error}")]) from None
     return parse_workflow(text, name, mock=mock)
-
-
-def is_coroutine_function(function: Callable[..., Any]) -> bool:
-    """Whether calling `function` returns an awaitable that the runner must await."""
-    return inspect.iscoroutinefunction(function)
 
 
 __all__ = ["LoadedStep", "LoadedWorkflow", "format_path", "load_workflow", "mock_mode_requested", "parse_workflow"]
