@@ -120,8 +120,11 @@ async def sse_frames(events: AsyncIterator[Event], *, run_id: str | None = None)
     yield end_frame(last_run)
 
 
-async def text_chunks(events: AsyncIterator[Event]) -> AsyncIterator[str]:
-    """Only the text of the text deltas, for plain-text streaming (`curl -N`); failures end with a line."""
+async def text_chunks(events: AsyncIterator[object]) -> AsyncIterator[str]:
+    """Only the text of the text deltas, for plain-text streaming (`curl -N`); failures end with a line.
+
+    Anything in the stream that is not a Delta (a Done, or a server's gap notice) is skipped.
+    """
     try:
         async for event in events:
             if isinstance(event, Delta) and event.kind == "text":

@@ -47,6 +47,7 @@ from pipeline_ex.sse import (
     error_payload,
     event_frame,
     gap_frame,
+    text_chunks,
     with_keepalive,
 )
 from pipeline_ex.workflow.iterate import astream
@@ -144,13 +145,8 @@ class PipelineServer:
 
     async def _text(self, log: RunLog) -> AsyncIterator[str]:
         try:
-            async for item in log.follow(0):
-                if not isinstance(item, Gap) and item.type == "delta" and item.kind == "text":
-                    yield item.content
-        except asyncio.CancelledError:
-            raise
-        except Exception as error:
-            yield f"\n[error: {error_payload(error)['message']}]\n"
+            async for chunk in text_chunks(log.follow(0)):
+                yield chunk
         finally:
             if not log.finished:
                 log.cancel()

@@ -13,7 +13,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-from pipeline_ex.events import Delta, Done, Usage
+from pipeline_ex.events import Delta, Event, Usage
 from pipeline_ex.server.catalog import answer_step
 from pipeline_ex.server.security import RequestRejected
 from pipeline_ex.sse import error_payload
@@ -70,6 +70,24 @@ def _add(total: Usage | None, usage: Usage | None) -> Usage | None:
     )
 
 
+class _Answer:
+    """Follows a run's events for a chat completion: the answer step's text, finish reason and total usage."""
+
+    def __init__(self, loaded: LoadedWorkflow) -> None:
+        self.step = answer_step(loaded)
+        self.usage: Usage | None = None
+        self.finish = "stop"
+
+    def text_of(self, event: Event) -> str | None:
+        """The event's contribution to the answer text, if any (and note what a Done reports)."""
+        if isinstance(event, Delta):
+            return event.content if event.step == self.step and event.kind == "text" else None
+        self.usage = _add(self.usage, event.response.usage)
+        if event.step == self.step:
+            self.finish = _FINISH.get(event.response.finish_reason, "stop")
+        return None
+
+
 def _chunk(completion_id: str, model: str, created: int, delta: dict[str, Any], finish: str | None) -> str:
     payload = {
         "id": completion_id,
@@ -83,26 +101,21 @@ def _chunk(completion_id: str, model: str, created: int, delta: dict[str, Any], 
 
 async def stream_chunks(events: EventStream, loaded: LoadedWorkflow, include_usage: bool) -> AsyncIterator[str]:
     """The SSE body of a streamed chat completion."""
-    answer = answer_step(loaded)
+    answer = _Answer(loaded)
     created = int(time.time())
     completion_id = f"chatcmpl-{events.run_id_hint}"
     model = loaded.name
-    total: Usage | None = None
-    finish = "stop"
     yield _chunk(completion_id, model, created, {"role": "assistant", "content": ""}, None)
     try:
         async for event in events:
-            if isinstance(event, Delta) and event.step == answer and event.kind == "text":
-                yield _chunk(completion_id, model, created, {"content": event.content}, None)
-            elif isinstance(event, Done):
-                total = _add(total, event.response.usage)
-                if event.step == answer:
-                    finish = _FINISH.get(event.response.finish_reason, "stop")
+            text = answer.text_of(event)
+            if text is not None:
+                yield _chunk(completion_id, model, created, {"content": text}, None)
     except Exception as error:
         yield f"data: {json.dumps({'error': error_payload(error)})}\n\n"
         yield "data: [DONE]\n\n"
         return
-    yield _chunk(completion_id, model, created, {}, finish)
+    yield _chunk(completion_id, model, created, {}, answer.finish)
     if include_usage:
         usage_chunk = {
             "id": completion_id,
@@ -110,7 +123,7 @@ async def stream_chunks(events: EventStream, loaded: LoadedWorkflow, include_usa
             "created": created,
             "model": model,
             "choices": [],
-            "usage": _usage_json(total),
+            "usage": _usage_json(answer.usage),
         }
         yield f"data: {json.dumps(usage_chunk)}\n\n"
     yield "data: [DONE]\n\n"
@@ -118,25 +131,18 @@ async def stream_chunks(events: EventStream, loaded: LoadedWorkflow, include_usa
 
 async def complete(events: EventStream, loaded: LoadedWorkflow) -> dict[str, Any]:
     """The body of a non-streamed chat completion (raises the run's error, if any)."""
-    answer = answer_step(loaded)
-    text: list[str] = []
-    total: Usage | None = None
-    finish = "stop"
-    async for event in events:
-        if isinstance(event, Delta) and event.step == answer and event.kind == "text":
-            text.append(event.content)
-        elif isinstance(event, Done):
-            total = _add(total, event.response.usage)
-            if event.step == answer:
-                finish = _FINISH.get(event.response.finish_reason, "stop")
+    answer = _Answer(loaded)
+    text = [piece async for event in events if (piece := answer.text_of(event)) is not None]
     body: dict[str, Any] = {
         "id": f"chatcmpl-{events.run_id_hint}",
         "object": "chat.completion",
         "created": int(time.time()),
         "model": loaded.name,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": "".join(text)}, "finish_reason": finish}],
+        "choices": [
+            {"index": 0, "message": {"role": "assistant", "content": "".join(text)}, "finish_reason": answer.finish}
+        ],
     }
-    usage = _usage_json(total)
+    usage = _usage_json(answer.usage)
     if usage is not None:
         body["usage"] = usage
     return body

@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 from pipeline_ex.deprecation import warn_deprecated
 from pipeline_ex.errors import HandlerResolutionError, Location
 from pipeline_ex.events import Event
+from pipeline_ex.option_errors import describe_option_errors
 from pipeline_ex.streaming.dispatch import BoundHandler
 from pipeline_ex.streaming.legacy import LegacyTupleHandler
 from pipeline_ex.streaming.names import (
@@ -193,14 +194,7 @@ def _validate_options(
         parsed = model.model_validate(dict(options))
     except ValidationError as error:
         known = list(model.model_fields)
-        problems = []
-        for item in error.errors():
-            key = ".".join(str(p) for p in item["loc"]) or "(options)"
-            if item["type"] == "extra_forbidden":
-                close = difflib.get_close_matches(key, known, n=1)
-                problems.append(f"unknown option {key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
-            else:
-                problems.append(f"option {key!r}: {item['msg']}")
+        problems = describe_option_errors(error, known)
         hint = f"{cls.__name__} takes: {', '.join(known) if known else 'no options'}"
         raise HandlerResolutionError(
             reference,

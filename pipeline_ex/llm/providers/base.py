@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 import functools
 import ipaddress
 import os
@@ -16,6 +15,7 @@ from urllib.parse import urlparse
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from pipeline_ex.errors import ProviderConfigError
+from pipeline_ex.option_errors import describe_option_errors
 
 AsyncMode = Literal["native", "hybrid"]
 Builder = Callable[[str | None, Mapping[str, Any]], "BuiltGenerator"]
@@ -85,16 +85,7 @@ def parse_options(options_model: type[ProviderOptions], provider: str, options: 
         return options_model.model_validate(dict(options))
     except ValidationError as error:
         known = sorted(options_model.model_fields)
-        problems = []
-        for item in error.errors():
-            key = ".".join(str(p) for p in item["loc"])
-            if item["type"] == "extra_forbidden":
-                close = difflib.get_close_matches(key, known, n=1)
-                problems.append(f"unknown option {key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
-            elif key:
-                problems.append(f"option {key!r}: {item['msg'].removeprefix('Value error, ')}")
-            else:
-                problems.append(item["msg"].removeprefix("Value error, "))
+        problems = describe_option_errors(error, known)
         raise ProviderConfigError(
             f"provider {provider!r}: " + "; ".join(problems) + f"; options it accepts: {', '.join(known)}"
         ) from None
