@@ -7,6 +7,7 @@ change per event: what to call, whether it is async, and the validated options a
 from __future__ import annotations
 
 import difflib
+import functools
 import importlib
 import importlib.util
 import inspect
@@ -163,6 +164,7 @@ def _lookup_name(reference: str, location: Location | None) -> tuple[str, object
     return None
 
 
+@functools.lru_cache(maxsize=256)
 def _options_model(cls: type) -> type[BaseModel]:
     """A pydantic model of a handler class's constructor parameters, rejecting unknown keys."""
     signature = inspect.signature(cls)
