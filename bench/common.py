@@ -15,7 +15,7 @@ from haystack import component
 from haystack.dataclasses import ChatMessage, StreamingChunk
 
 from pipeline_ex.llm.providers import PROVIDERS, BuiltGenerator
-from pipeline_ex.testing.mock_generator import ScriptedChatGenerator
+from pipeline_ex.modes.mock_generator import ScriptedChatGenerator
 
 
 @component

@@ -14,7 +14,7 @@ from haystack.dataclasses import ChatMessage
 
 from bench.common import SyncOnlyChatGenerator, interleaved_medians, register_provider
 from pipeline_ex import astream, llm, stream
-from pipeline_ex.testing.mock_generator import ScriptedChatGenerator
+from pipeline_ex.modes.mock_generator import ScriptedChatGenerator
 from pipeline_ex.workflow import parse_workflow
 
 CHUNKS = 20_000

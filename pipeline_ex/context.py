@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline_ex.debug import stream_debug_enabled
-from pipeline_ex.testing.modes import TestSession, active_override, session_from_env
+from pipeline_ex.modes.session import TestSession, active_override, session_from_env
 
 
 @dataclass

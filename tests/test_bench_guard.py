@@ -19,7 +19,7 @@ from haystack.dataclasses import ChatMessage
 
 from pipeline_ex import llm
 from pipeline_ex.llm.providers import PROVIDERS, BuiltGenerator
-from pipeline_ex.testing.mock_generator import ScriptedChatGenerator
+from pipeline_ex.modes.mock_generator import ScriptedChatGenerator
 
 CHUNKS = 20_000
 REPEATS = 7

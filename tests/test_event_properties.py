@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from pipeline_ex import Delta, Done, ProviderError, StreamingRecorder, llm
 from pipeline_ex.llm.providers import PROVIDERS, BuiltGenerator
-from pipeline_ex.testing.mock_generator import ScriptedChatGenerator
+from pipeline_ex.modes.mock_generator import ScriptedChatGenerator
 
 pytestmark = [pytest.mark.streaming, pytest.mark.live]
 
@@ -121,7 +121,7 @@ def check_failure(events, chunks, k, error) -> None:
     assert events[-1] is done
     assert error.done is done
     assert done.error is not None and done.error.type == "provider"
-    assert done.error.exception == "pipeline_ex.testing.mock_generator.MockProviderError"
+    assert done.error.exception == "pipeline_ex.modes.mock_generator.MockProviderError"
     assert done.response.finish_reason == "error"
     assert [e.content for e in events[:-1]] == chunks[:k]
     assert done.response.text == error.partial_text == "".join(chunks[:k])

@@ -14,7 +14,7 @@ import pytest
 import pipeline_ex
 from pipeline_ex import Delta, Done, PipelineError, ProviderError, StepError, StreamingRecorder
 from pipeline_ex.events import EVENT_ADAPTER, Event
-from pipeline_ex.testing.modes import LiveCallBlocked
+from pipeline_ex.modes.session import LiveCallBlocked
 
 pytestmark = pytest.mark.streaming
 

@@ -206,8 +206,8 @@ def test_fault_injection_keeps_every_delivered_delta(
 ) -> None:
     """A stream failing after N chunks: one Done with the error and the partial text, nothing lost."""
     from pipeline_ex import ProviderError, run
+    from pipeline_ex.modes.mock_script import MockScript
     from pipeline_ex.testing import StreamingRecorder
-    from pipeline_ex.testing.mock_script import MockScript
 
     assert isinstance(llm_mock, MockScript) and isinstance(stream_recorder, StreamingRecorder)
     chunks = [f"part{i} " for i in range(8)]

@@ -32,10 +32,10 @@ from pipeline_ex.llm.normalize import map_finish_reason, normalize_usage, raw_fi
 from pipeline_ex.llm.policy import StepPolicy, StepTimeout, rejects_streaming, retry_delay
 from pipeline_ex.llm.providers import BuiltGenerator, MockOptions, build_generator, check_provider
 from pipeline_ex.llm.supervise import run_with_limits
+from pipeline_ex.modes.session import LiveCallBlocked
 from pipeline_ex.streaming.ambient import ambient_handlers
 from pipeline_ex.streaming.dispatch import Dispatcher, HandlerFailure
 from pipeline_ex.streaming.resolve import HandlerSpec, resolve_handler
-from pipeline_ex.testing.modes import LiveCallBlocked
 
 logger = logging.getLogger("pipeline_ex")
 
@@ -405,7 +405,7 @@ def _select_generator(
     """Build the step's generator as the run's test mode says: live, mock, record or replay."""
     session = ctx.test_session()
     if session.mode == "replay":
-        from pipeline_ex.testing.cassette_generator import CassetteChatGenerator
+        from pipeline_ex.modes.cassette_generator import CassetteChatGenerator
 
         assert session.cassette is not None
         recording = session.cassette.next_recording(step)

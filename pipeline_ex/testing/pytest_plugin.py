@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 
+from pipeline_ex.modes.cassette import Cassette
+from pipeline_ex.modes.mock_script import MockScript
+from pipeline_ex.modes.session import TestSession, replay_speed_from_env, session_from_env, using_session
 from pipeline_ex.streaming.ambient import deliver_everything_to
-from pipeline_ex.testing.cassette import Cassette
-from pipeline_ex.testing.mock_script import MockScript
-from pipeline_ex.testing.modes import TestSession, replay_speed_from_env, session_from_env, using_session
 from pipeline_ex.testing.recorder import StreamingRecorder
 
 _SESSION_KEY = pytest.StashKey[TestSession]()

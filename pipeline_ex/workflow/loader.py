@@ -29,8 +29,8 @@ from pipeline_ex.errors import (
 )
 from pipeline_ex.llm.policy import STEP_OPTION_NAMES
 from pipeline_ex.llm.providers import check_provider
+from pipeline_ex.modes.session import active_override, mode_from_env
 from pipeline_ex.streaming.resolve import HandlerSpec, ensure_cwd_importable, resolve_handler
-from pipeline_ex.testing.modes import active_override, mode_from_env
 from pipeline_ex.workflow import templates
 from pipeline_ex.workflow.schema import (
     STEP_MODELS,

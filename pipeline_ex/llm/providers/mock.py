@@ -28,7 +28,7 @@ class MockOptions(GenerationOptions):
 
 def build(model: str | None, options: Mapping[str, Any]) -> BuiltGenerator:
     """Build a `ScriptedChatGenerator` for one step run."""
-    from pipeline_ex.testing.mock_generator import ScriptedChatGenerator
+    from pipeline_ex.modes.mock_generator import ScriptedChatGenerator
 
     opts: MockOptions = parse_options(MockOptions, "mock", options)
     generator = ScriptedChatGenerator(

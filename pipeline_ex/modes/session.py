@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Literal
 
 from pipeline_ex.errors import PipelineError
-from pipeline_ex.testing.cassette import Cassette
-from pipeline_ex.testing.mock_script import MockScript
+from pipeline_ex.modes.cassette import Cassette
+from pipeline_ex.modes.mock_script import MockScript
 
 Mode = Literal["live", "mock", "record", "replay"]
 MODES: tuple[Mode, ...] = ("live", "mock", "record", "replay")

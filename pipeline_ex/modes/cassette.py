@@ -15,7 +15,7 @@ from pathlib import Path
 
 from pipeline_ex.errors import PipelineError
 from pipeline_ex.events import Delta, Done, Event
-from pipeline_ex.testing.recorder import read_recording, record_line
+from pipeline_ex.modes.recording import read_recording, record_line
 
 
 class CassetteError(PipelineError):

@@ -15,7 +15,7 @@ from haystack import component
 from haystack.dataclasses import ChatMessage, ComponentInfo, ReasoningContent, StreamingChunk
 
 from pipeline_ex.events import Done
-from pipeline_ex.testing.cassette import RecordedStep, ReplayedProviderError
+from pipeline_ex.modes.cassette import RecordedStep, ReplayedProviderError
 
 
 def _usage_meta(done: Done) -> dict[str, int | None] | None:
