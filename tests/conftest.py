@@ -125,3 +125,27 @@ def gemini_server(monkeypatch: pytest.MonkeyPatch) -> Iterator[provider_servers.
         yield server
     finally:
         server.stop()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Building failure reports with the garbage collector paused
+# ---------------------------------------------------------------------------------------------------------
+
+import gc  # noqa: E402  (this section is appended)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """Pause the garbage collector while pytest builds a report (it parses test sources with `ast.parse`).
+
+    On CPython 3.11.7 a finalizer that runs during `ast.parse` (here: an SDK client's `__del__`, collected
+    by chance at that moment) makes it raise "SystemError: AST constructor recursion depth mismatch"
+    (CPython gh-106905, fixed in 3.11.8), which pytest reports as an INTERNALERROR and ends the session.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()

@@ -56,6 +56,8 @@ class StreamScript:
     :param send_done: close the stream with `data: [DONE]`.
     :param break_after: after this many content chunks, close the connection abruptly: no finish chunk,
         no usage, no `[DONE]` (and, with chunked framing, no terminating chunk).
+    :param error_after: after this many content chunks, send an error event
+        (`data: {"error": {...}}`, which the openai SDK raises as `APIError`) and end the body properly.
     :param delay_s: pause before every chunk after the first, watching for the client hanging up.
     :param framing: how the response body is delimited, see the module docstring.
     """
@@ -67,6 +69,7 @@ class StreamScript:
     usage: dict[str, int] | None = field(default_factory=lambda: dict(DEFAULT_USAGE))
     send_done: bool = True
     break_after: int | None = None
+    error_after: int | None = None
     delay_s: float = 0.0
     framing: Framing = "close"
 
@@ -78,7 +81,8 @@ class StreamScript:
     @property
     def sent_text(self) -> str:
         """The text of the content chunks actually written (all of them unless `break_after` is set)."""
-        pieces = self.pieces if self.break_after is None else self.pieces[: self.break_after]
+        stop = self.break_after if self.break_after is not None else self.error_after
+        pieces = self.pieces if stop is None else self.pieces[:stop]
         return "".join(pieces)
 
 
@@ -210,10 +214,16 @@ class _Handler(BaseHTTPRequestHandler):
         for number, piece in enumerate(script.pieces):
             if script.break_after is not None and number >= script.break_after:
                 break
+            if script.error_after is not None and number >= script.error_after:
+                break
             send(chunk([choice({"content": piece})]))
             record.content_chunks_sent += 1
         if script.break_after is not None:
             self._drop()
+            return
+        if script.error_after is not None:  # the last event of the body: nothing is written after it
+            failure = {"message": f"the test server failed after {script.error_after} chunks", "type": "server_error"}
+            send(json.dumps({"error": failure}), last=True)
             return
         if script.finish_reason is not None:
             send(chunk([choice({}, script.finish_reason)]))

@@ -1,6 +1,7 @@
 """A fault matrix: every fault on every execution path ends the stream the same, correct way.
 
-Faults: a provider error before the first chunk and after 1 and 3 chunks, a stream that stalls
+Faults: a provider error before the first chunk and after 1 and 3 chunks, a connection dropped mid-stream
+(reported as a truncated reply), a stream that stalls
 (`chunk_timeout`), a step that runs too long (`timeout`), a sync and an async handler raising, and
 cancellation (`task.cancel()` on the async paths, `_thread.interrupt_main()` -> KeyboardInterrupt on the
 sync ones). Paths: `invoke` (sync), `ainvoke` on a native async generator, `ainvoke` on a sync-only
@@ -47,6 +48,7 @@ from pipeline_ex import (
     ProviderError,
     StepTimeoutError,
     StreamingRecorder,
+    StreamTruncatedError,
 )
 from pipeline_ex.llm.providers import PROVIDERS, BuiltGenerator
 
@@ -67,6 +69,7 @@ FAULTS = (
     "error_before_first",
     "error_after_1",
     "error_after_3",
+    "dropped_after_1",
     "chunk_timeout",
     "step_timeout",
     "sync_handler_error",
@@ -76,7 +79,11 @@ FAULTS = (
 CELLS = [(fault, path) for fault in FAULTS for path in PATHS]
 CLI_CELLS = [("sigint", "cli")]
 LOG_CELLS = list(PATHS)
-RETRY_CELLS = ["error_before_first_is_retried", "error_after_first_delta_is_not_retried"]
+RETRY_CELLS = [
+    "error_before_first_is_retried",
+    "error_after_first_delta_is_not_retried",
+    "dropped_after_first_delta_is_not_retried",
+]
 
 
 class FaultyProviderError(ConnectionError):
@@ -92,6 +99,8 @@ class Plan:
 
     delay_s: float = DELAY_S
     error_after: int | None = None
+    drop_after: int | None = None
+    """Fail as a connection reset by the server would, at this position."""
     stall_after: int | None = None
     release: threading.Event = field(default_factory=threading.Event)
     """Set once the step delivered its Done (and at teardown), so a stalled worker thread ends with its step."""
@@ -107,6 +116,8 @@ def _before_chunk(plan: Plan, position: int) -> float:
     """Raise the planned failure at `position`; return how long to wait before the chunk."""
     if plan.error_after is not None and position >= plan.error_after:
         raise FaultyProviderError(f"test provider failed after {position} chunks")
+    if plan.drop_after is not None and position >= plan.drop_after:
+        raise ConnectionResetError(104, "Connection reset by peer")
     if plan.stall_after is not None and position == plan.stall_after:
         return 5.0
     return plan.delay_s
@@ -322,15 +333,18 @@ def configure(cell: Cell) -> tuple[dict[str, Any], list[Any]]:
         kwargs.update(provider="openai", api_base_url=cell.server.url, max_retries=0)
         script: dict[str, Any] = {"pieces": CHUNKS, "delay_s": DELAY_S}
         if fault.startswith("error_"):
-            # chunked framing: the dropped connection is an incomplete body, a provider error
-            script.update(break_after=0 if fault == "error_before_first" else int(fault[-1]), framing="chunked")
+            # the server reports a failure in the stream (an error event), which the SDK raises
+            script.update(error_after=0 if fault == "error_before_first" else int(fault[-1]))
+        elif fault.startswith("dropped_"):
+            # chunked framing: the connection closes without the terminating chunk, an incomplete body
+            script.update(break_after=int(fault[-1]), framing="chunked")
         elif fault == "chunk_timeout":
             # no role chunk: the first piece comes at once, then every chunk waits 5 s
             script.update(role_chunk=False, delay_s=5.0)
         cell.server.script(**script)
     elif path == "hybrid":
         kwargs["provider"] = "sync_only"
-    elif fault == "chunk_timeout":
+    elif fault in ("chunk_timeout", "dropped_after_1"):
         kwargs["provider"] = "stalling"
     else:
         kwargs.update(provider="mock", mock_response=list(CHUNKS), delay_ms=DELAY_S * 1000)
@@ -340,6 +354,8 @@ def configure(cell: Cell) -> tuple[dict[str, Any], list[Any]]:
         plan.error_after = failure
         if kwargs["provider"] == "mock":
             kwargs["error_after"] = failure
+    elif fault.startswith("dropped_"):
+        plan.drop_after = int(fault[-1])
     elif fault == "chunk_timeout":
         plan.stall_after = STALL_AFTER
         kwargs["chunk_timeout"] = CHUNK_TIMEOUT
@@ -396,6 +412,7 @@ EXPECTED_ERROR_TYPE = {
     "error_before_first": "provider",
     "error_after_1": "provider",
     "error_after_3": "provider",
+    "dropped_after_1": "truncated",
     "chunk_timeout": "timeout",
     "step_timeout": "timeout",
     "sync_handler_error": "handler",
@@ -409,6 +426,8 @@ def expected_exception(cell: Cell) -> type[BaseException]:
         return KeyboardInterrupt if cell.is_sync else asyncio.CancelledError
     if cell.fault.startswith("error_"):
         return ProviderError
+    if cell.fault.startswith("dropped_"):
+        return StreamTruncatedError
     if cell.fault.endswith("timeout"):
         return StepTimeoutError
     return HandlerError
@@ -416,7 +435,7 @@ def expected_exception(cell: Cell) -> type[BaseException]:
 
 def expected_delta_count(cell: Cell) -> int | None:
     """How many deltas the cell delivers, where that is fixed."""
-    if cell.fault.startswith("error_"):
+    if cell.fault.startswith(("error_", "dropped_")):
         return 0 if cell.fault == "error_before_first" else int(cell.fault[-1])
     if cell.fault == "chunk_timeout":
         return 1 if cell.openai else STALL_AFTER
@@ -480,7 +499,7 @@ def test_fault_cell(fault: str, path: str, plan: Plan, request: pytest.FixtureRe
     if server is not None:
         request_record = server.requests[-1]
         assert len(server.requests) == 1
-        if fault.startswith("error_"):
+        if fault.startswith(("error_", "dropped_")):
             record = server.wait_for_response(timeout=2.0)
             assert record.client_closed_at is None  # the server broke the stream itself
         else:
@@ -601,7 +620,7 @@ def test_on_handler_error_log_completes_and_logs_each_failing_handler_once(
 
 @pytest.mark.parametrize("mode", ["sync", "async"])
 def test_retries_repeat_a_failure_before_the_first_delta(mode: str, openai_server: OpenAISSEServer) -> None:
-    openai_server.script(pieces=CHUNKS[:5], break_after=0, framing="chunked")
+    openai_server.script(pieces=CHUNKS[:5], error_after=0)
     recorder = StreamingRecorder()
     kwargs: dict[str, Any] = {
         "prompt": PROMPT,
@@ -629,7 +648,7 @@ def test_retries_repeat_a_failure_before_the_first_delta(mode: str, openai_serve
 
 @pytest.mark.parametrize("mode", ["sync", "async"])
 def test_retries_do_not_repeat_a_failure_after_the_first_delta(mode: str, openai_server: OpenAISSEServer) -> None:
-    openai_server.script(pieces=CHUNKS[:5], break_after=2, framing="chunked")
+    openai_server.script(pieces=CHUNKS[:5], error_after=2)
     recorder = StreamingRecorder()
     kwargs: dict[str, Any] = {
         "prompt": PROMPT,
@@ -650,6 +669,34 @@ def test_retries_do_not_repeat_a_failure_after_the_first_delta(mode: str, openai
     assert caught.value.done is done
     assert "not retried" in str(caught.value)
     assert done.error is not None and done.error.type == "provider"
+    assert done.response.text == "".join(CHUNKS[:2])
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_a_stream_dropped_after_the_first_delta_is_truncated_and_not_retried(
+    mode: str, openai_server: OpenAISSEServer
+) -> None:
+    openai_server.script(pieces=CHUNKS[:5], break_after=2, framing="chunked")
+    recorder = StreamingRecorder()
+    kwargs: dict[str, Any] = {
+        "prompt": PROMPT,
+        "step": STEP,
+        "provider": "openai",
+        "api_base_url": openai_server.url,
+        "max_retries": 0,
+        "retries": 2,
+        "on_event": recorder,
+    }
+    with pytest.raises(StreamTruncatedError) as caught:
+        if mode == "sync":
+            pipeline_ex.invoke(**kwargs)
+        else:
+            asyncio.run(pipeline_ex.ainvoke(**kwargs))
+    assert len(openai_server.requests) == 1  # a retry would deliver the same deltas twice
+    done = check_every_handler(recorder, [])
+    assert caught.value.done is done
+    assert "not retried" in str(caught.value)
+    assert done.error is not None and done.error.type == "truncated"
     assert done.response.text == "".join(CHUNKS[:2])
 
 
@@ -708,7 +755,7 @@ def test_timeout_bounds_the_step_including_the_retry_backoff() -> None:
 def test_matrix_size(request: pytest.FixtureRequest) -> None:
     """Count the cells and report them in the session's terminal summary."""
     fault_cells = len(CELLS) + len(CLI_CELLS)
-    assert fault_cells == len(FAULTS) * len(PATHS) + 1 == 41
+    assert fault_cells == len(FAULTS) * len(PATHS) + 1 == 46
     retry_cells = 2 * len(RETRY_CELLS)
     total = fault_cells + len(LOG_CELLS) + retry_cells
     line = (

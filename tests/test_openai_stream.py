@@ -26,7 +26,6 @@ from pipeline_ex import (
     Done,
     Event,
     HandlerError,
-    ProviderError,
     StepError,
     StreamingRecorder,
     StreamTruncatedError,
@@ -241,8 +240,9 @@ def test_shared_context_numbers_events_across_steps(mode: Mode, openai_server: O
         # a finish chunk: pipeline_ex reports a truncated stream
         pytest.param("close", StreamTruncatedError, "truncated", id="close-framed"),
         # the body is chunked, so the missing terminating chunk is a transport error: the SDK raises
-        # openai.APIConnectionError mid-stream and pipeline_ex reports a provider error
-        pytest.param("chunked", ProviderError, "provider", id="chunked"),
+        # openai.APIConnectionError mid-stream, from httpx's RemoteProtocolError, and pipeline_ex reports
+        # the cut-off reply as truncated too (the SDK's error stays the cause)
+        pytest.param("chunked", StreamTruncatedError, "truncated", id="chunked"),
     ],
 )
 def test_broken_stream_delivers_error_done_then_raises(
@@ -272,9 +272,10 @@ def test_broken_stream_delivers_error_done_then_raises(
     assert done.response.usage is None
     assert done.response.text == error.partial_text == recorder.text == script.sent_text
     assert len(recorder.deltas) == break_after
-    if expected_error is ProviderError:
+    if framing == "chunked":
         assert isinstance(error.__cause__, openai.APIConnectionError)
         assert done.error.exception == "openai.APIConnectionError"
+        assert "dropped mid-stream" in done.error.message and "RemoteProtocolError" in done.error.message
     assert len(openai_server.requests) == 1
     request = openai_server.wait_for_response(0)
     assert request.completed  # the server played the script (up to its break) to the end

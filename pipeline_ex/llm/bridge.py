@@ -16,7 +16,11 @@ the callback. It is a `BaseException`, so it passes through generators that catc
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
+import os
+import signal
+import sys
 import threading
 import time
 from collections import deque
@@ -26,7 +30,13 @@ from typing import Any, Literal
 from haystack.dataclasses import StreamingChunk
 
 from pipeline_ex.events import Delta, Done, ErrorInfo, FinishReason, Response, Usage, new_delta
+from pipeline_ex.llm.interrupts import InterruptGate
 from pipeline_ex.streaming.dispatch import Dispatcher, HandlerFailure
+
+_live_workers: set[threading.Thread] = set()
+"""Worker threads still running a sync-only generator (some may belong to cancelled steps)."""
+WORKER_EXIT_WAIT_S = 10.0
+"""How long the interpreter waits at exit for workers that were told to stop."""
 
 
 def in_daemon_thread(loop: asyncio.AbstractEventLoop, work: Callable[[], Any]) -> asyncio.Future[Any]:
@@ -34,7 +44,8 @@ def in_daemon_thread(loop: asyncio.AbstractEventLoop, work: Callable[[], Any]) -
 
     Not the loop's default executor: `asyncio.run` waits for executor threads when it finishes, so a
     sync-only generator stuck in a blocking call would hold up a step that already timed out or was
-    cancelled. A daemon thread is simply left to finish (it stops at its next chunk).
+    cancelled. A daemon thread is simply left to finish (it stops at its next chunk); the interpreter
+    waits for it at exit (see `wait_for_workers`).
     """
     future: asyncio.Future[Any] = loop.create_future()
 
@@ -47,11 +58,35 @@ def in_daemon_thread(loop: asyncio.AbstractEventLoop, work: Callable[[], Any]) -
             outcome = (True, work())
         except BaseException as error:
             outcome = (False, error)
+        finally:
+            _live_workers.discard(threading.current_thread())
         with contextlib.suppress(RuntimeError):  # the loop is closed: whoever waited has gone
             loop.call_soon_threadsafe(settle, *outcome)
 
-    threading.Thread(target=target, name="pipeline-ex-hybrid", daemon=True).start()
+    worker = threading.Thread(target=target, name="pipeline-ex-hybrid", daemon=True)
+    _live_workers.add(worker)
+    worker.start()
     return future
+
+
+@atexit.register
+def wait_for_workers(timeout: float = WORKER_EXIT_WAIT_S) -> None:
+    """Wait (at most `timeout` seconds in all) for worker threads to return, before the interpreter exits.
+
+    A cancelled step's worker may still be inside native code, such as llama.cpp loading a model or
+    processing a prompt; it stops at its next chunk. Tearing the interpreter down under it crashes the
+    process, so exit waits for it. Ctrl-C while waiting ends the process at once, without teardown.
+    """
+    deadline = time.monotonic() + timeout
+    try:
+        for worker in list(_live_workers):
+            worker.join(min(1.0, max(0.0, deadline - time.monotonic())))
+        if any(worker.is_alive() for worker in _live_workers):
+            print("pipeline-ex: waiting for a provider call to stop before exiting...", file=sys.stderr, flush=True)
+            for worker in list(_live_workers):
+                worker.join(max(0.0, deadline - time.monotonic()))
+    except KeyboardInterrupt:
+        os._exit(128 + signal.SIGINT)
 
 
 class StreamAbort(BaseException):
@@ -95,6 +130,8 @@ class StreamBridge:
         self.track_chunks = track_chunks
         self.last_chunk_at: float | None = None
         """When the latest chunk arrived; kept only when a `chunk_timeout` needs it."""
+        self.gate: InterruptGate | None = None
+        """Holds Ctrl-C back during a fan-out (sync steps on the main thread)."""
         if debug_log is not None:
             self._emit = self._emit_logged
         else:
@@ -164,7 +201,14 @@ class StreamBridge:
         self.dispatcher.emit(event)
 
     def deliver(self, delta: Delta) -> None:
-        """Deliver one delta to sync handlers; a handler failure stops the stream."""
+        """Deliver one delta to sync handlers; a handler failure stops the stream.
+
+        With an interrupt gate (a sync step on the main thread), Ctrl-C waits until every handler has
+        the delta, so the handlers and the step's text never disagree.
+        """
+        gate = self.gate
+        if gate is not None:
+            gate.holding = True
         # `record`, inlined: this runs once per chunk
         self.delivered += 1
         if self.first_delta_at is None:
@@ -176,6 +220,11 @@ class StreamBridge:
         except HandlerFailure as failure:
             self.failure = failure
             raise StreamAbort from failure
+        finally:
+            if gate is not None:
+                gate.holding = False
+        if gate is not None and gate.pending:
+            gate.release()
 
     async def adeliver(self, delta: Delta) -> None:
         """Deliver one delta to sync and async handlers; a handler failure stops the stream."""

@@ -66,6 +66,39 @@ class StepPolicy:
         return cls(values.get("timeout"), values.get("chunk_timeout"), retries, on_error)
 
 
+_DROPPED_CONNECTION = frozenset(
+    {
+        "RemoteProtocolError",  # httpx / httpcore: "peer closed connection without sending complete message body"
+        "ReadError",  # httpx / httpcore: the socket failed while reading the body
+        "IncompleteRead",  # http.client
+        "ProtocolError",  # urllib3: "Connection broken"
+        "ChunkedEncodingError",  # requests
+        "ClientPayloadError",  # aiohttp: the body ended early
+        "ServerDisconnectedError",  # aiohttp
+        "ConnectionResetError",
+        "ConnectionAbortedError",
+        "BrokenPipeError",
+    }
+)
+
+
+def dropped_connection(error: BaseException) -> BaseException | None:
+    """The transport failure behind `error` if the connection itself broke, else None.
+
+    Provider SDKs wrap these (openai raises `APIConnectionError("Connection error.")` from an httpx
+    `RemoteProtocolError`), so the whole cause chain is searched, by class name to avoid importing every
+    HTTP client. A plain `ConnectionError` raised by a provider's own code is not a dropped connection.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if any(cls.__name__ in _DROPPED_CONNECTION for cls in type(current).__mro__):
+            return current
+        current = current.__cause__ or current.__context__
+    return None
+
+
 def rejects_streaming(error: BaseException) -> bool:
     """Whether a provider error says streaming is not available for this model."""
     return bool(_STREAMING_REJECTED.search(str(error)))

@@ -28,8 +28,9 @@ from pipeline_ex.errors import (
 )
 from pipeline_ex.events import Delta, Done, ErrorInfo, Response
 from pipeline_ex.llm.bridge import HybridPump, StreamAbort, StreamBridge, in_daemon_thread
+from pipeline_ex.llm.interrupts import interrupt_gate
 from pipeline_ex.llm.normalize import map_finish_reason, normalize_usage, raw_finish_reason
-from pipeline_ex.llm.policy import StepPolicy, StepTimeout, rejects_streaming, retry_delay
+from pipeline_ex.llm.policy import StepPolicy, StepTimeout, dropped_connection, rejects_streaming, retry_delay
 from pipeline_ex.llm.providers import BuiltGenerator, MockOptions, build_generator, check_provider
 from pipeline_ex.llm.supervise import run_with_limits
 from pipeline_ex.modes.session import LiveCallBlocked
@@ -246,11 +247,33 @@ class _StepRun:
                 error=ErrorInfo(type="cancelled", message="the step was cancelled", exception=_qualname(error)),
             )
             return done, error
+        not_retried = ""
+        if self.policy.retries and bridge.delivered:
+            not_retried = f" (not retried: {bridge.delivered} deltas were already delivered)"
+        dropped = dropped_connection(error) if isinstance(error, Exception) and bridge.tail else None
+        if dropped is not None:  # the stream had started: a reply cut off mid-body, as a truncation
+            done = bridge.build_done(
+                finish_reason="error",
+                usage=None,
+                meta=meta,
+                streamed=streamed,
+                error=ErrorInfo(
+                    type="truncated",
+                    message=f"the provider connection was dropped mid-stream ({type(dropped).__name__}: "
+                    f"{dropped}); the reply is incomplete",
+                    exception=_qualname(error),
+                ),
+            )
+            truncated = StreamTruncatedError(
+                f"step {bridge.step!r}: the provider connection was dropped mid-stream (truncated reply): "
+                f"{type(error).__name__}: {error}{not_retried}",
+                step=bridge.step,
+                done=done,
+            )
+            truncated.__cause__ = error
+            return done, truncated
         if isinstance(error, Exception):
             kind = "timeout" if _is_timeout(error) else "provider"
-            not_retried = ""
-            if self.policy.retries and bridge.delivered:
-                not_retried = f" (not retried: {bridge.delivered} deltas were already delivered)"
             done = bridge.build_done(
                 finish_reason="error",
                 usage=None,
@@ -317,34 +340,46 @@ class _StepRun:
         return "retry"
 
     def execute(self) -> StepResult:
-        """Run the step synchronously on the calling thread."""
-        reply: Any = None
-        usage: dict[str, Any] | None = None
-        error: BaseException | None = None
-        attempt = 0
-        while True:
-            attempt += 1
-            try:
-                reply, usage = self._run_generator(self.bridge.on_chunk if self.streaming else None)
-                if not self.streaming and (delta := self._unstreamed_delta(reply)) is not None:
-                    self.bridge.deliver(delta)
-                error = None
-            except BaseException as caught:
-                error = caught
-                decision = self._next_attempt(caught, attempt)
-                if decision is not None:
-                    if decision == "retry":
-                        time.sleep(retry_delay(attempt))
-                    continue
-            break
-        try:
-            self.built.close()
-        except Exception:
-            logger.exception("closing the %s generator failed", self.built.provider)
-        done, to_raise = self._conclude(reply, usage, error)
-        if self.bridge.debug_log is not None:
-            self.bridge.debug_log.debug("event", **done.model_dump(mode="json"))
-        return self._finish(done, to_raise, self.dispatcher.emit_done(done))
+        """Run the step synchronously on the calling thread.
+
+        On the main thread, Ctrl-C is held back while an event is being handed to the handlers, and from
+        the moment the generator returns until every handler has the Done (see `interrupts`).
+        """
+        with interrupt_gate() as gate:
+            self.bridge.gate = gate
+            reply: Any = None
+            usage: dict[str, Any] | None = None
+            error: BaseException | None = None
+            attempt = 0
+            while True:
+                attempt += 1
+                try:
+                    reply, usage = self._run_generator(self.bridge.on_chunk if self.streaming else None)
+                    if not self.streaming and (delta := self._unstreamed_delta(reply)) is not None:
+                        self.bridge.deliver(delta)
+                    error = None
+                except BaseException as caught:
+                    error = caught
+                    decision = self._next_attempt(caught, attempt)
+                    if decision is not None:
+                        if decision == "retry":
+                            try:
+                                time.sleep(retry_delay(attempt))
+                            except BaseException as stop:  # interrupted during the pause
+                                error = stop
+                                break
+                        continue
+                break
+            with gate.held() if gate is not None else nullcontext():
+                try:
+                    self.built.close()
+                except Exception:
+                    logger.exception("closing the %s generator failed", self.built.provider)
+                done, to_raise = self._conclude(reply, usage, error)
+                if self.bridge.debug_log is not None:
+                    self.bridge.debug_log.debug("event", **done.model_dump(mode="json"))
+                late = self.dispatcher.emit_done(done)
+        return self._finish(done, to_raise, late)
 
     async def _attempt_async(self) -> tuple[Any, dict[str, Any] | None]:
         if not self.policy.has_limits:
@@ -360,7 +395,12 @@ class _StepRun:
         )
 
     async def aexecute(self) -> StepResult:
-        """Run the step on the running event loop (natively async, or hybrid for sync-only generators)."""
+        """Run the step on the running event loop (natively async, or hybrid for sync-only generators).
+
+        A cancellation may land at any `await`: in the generator, in an async handler, in the pause
+        between retries or while the generator's clients close. Whichever it is, every handler still
+        gets the Done, and the cancellation is raised afterwards.
+        """
         reply: Any = None
         usage: dict[str, Any] | None = None
         error: BaseException | None = None
@@ -377,17 +417,30 @@ class _StepRun:
                 decision = self._next_attempt(caught, attempt)
                 if decision is not None:
                     if decision == "retry":
-                        await asyncio.sleep(retry_delay(attempt))
+                        try:
+                            await asyncio.sleep(retry_delay(attempt))
+                        except BaseException as stop:  # cancelled during the pause
+                            error = stop
+                            break
                     continue
             break
+        late_cancel: BaseException | None = None
         try:
             await self.built.aclose()
         except Exception:
             logger.exception("closing the %s generator failed", self.built.provider)
+        except BaseException as stop:  # cancelled while the clients closed: the Done still goes out
+            if error is None:
+                error = stop
+            elif not isinstance(error, _CANCELLATIONS):
+                late_cancel = stop
         done, to_raise = self._conclude(reply, usage, error)
         if self.bridge.debug_log is not None:
             self.bridge.debug_log.debug("event", **done.model_dump(mode="json"))
-        return self._finish(done, to_raise, await self.dispatcher.aemit_done(done))
+        late = await self.dispatcher.aemit_done(done)
+        if late_cancel is not None:
+            raise late_cancel
+        return self._finish(done, to_raise, late)
 
 
 _MOCK_KEYS = frozenset(MockOptions.model_fields)

@@ -57,20 +57,32 @@ class Dispatcher:
         """Deliver an event to sync handlers. Only valid when `is_async` is false.
 
         If a handler raises, the event still reaches the handlers after it (so every handler saw the
-        same deltas), then the first failure is raised.
+        same deltas), then the first failure is raised. An interruption inside a handler (Ctrl-C) is
+        held the same way and re-raised once every handler has the event.
         """
         failure: HandlerFailure | None = None
+        interrupted: BaseException | None = None
         for name, fn in self._pairs:
             try:
                 fn(event)
             except Exception as error:
                 failure = failure or HandlerFailure(name, error)
+            except BaseException as stop:
+                interrupted = interrupted or stop
+        if interrupted is not None:
+            raise interrupted
         if failure is not None:
             raise failure from failure.error
 
     async def aemit(self, event: Event) -> None:
-        """Deliver an event to every handler, awaiting the async ones; failures as in `emit`."""
+        """Deliver an event to every handler, awaiting the async ones; failures as in `emit`.
+
+        A cancellation that lands while an async handler awaits does not stop the event from reaching
+        the handlers after it: it is re-raised once every handler has the event, so all of them keep
+        the same deltas.
+        """
         failure: HandlerFailure | None = None
+        interrupted: BaseException | None = None
         for handler in self.handlers:
             try:
                 if handler.is_async:
@@ -79,22 +91,39 @@ class Dispatcher:
                     handler.fn(event)
             except Exception as error:
                 failure = failure or HandlerFailure(handler.name, error)
+            except BaseException as stop:
+                interrupted = interrupted or stop
+        if interrupted is not None:
+            raise interrupted
         if failure is not None:
             raise failure from failure.error
 
     def emit_done(self, done: Done) -> HandlerFailure | None:
-        """Deliver the Done to every sync handler even if one fails; return the first failure."""
+        """Deliver the Done to every sync handler even if one fails; return the first failure.
+
+        An interruption inside a handler is re-raised after every handler received the Done.
+        """
         first: HandlerFailure | None = None
+        interrupted: BaseException | None = None
         for name, fn in self._pairs:
             try:
                 fn(done)
             except Exception as error:
                 first = first or HandlerFailure(name, error)
+            except BaseException as stop:
+                interrupted = interrupted or stop
+        if interrupted is not None:
+            raise interrupted
         return first
 
     async def aemit_done(self, done: Done) -> HandlerFailure | None:
-        """Deliver the Done to every handler even if one fails; return the first failure."""
+        """Deliver the Done to every handler even if one fails; return the first failure.
+
+        A cancellation that lands while an async handler receives the Done is re-raised only after
+        every other handler received it too.
+        """
         first: HandlerFailure | None = None
+        interrupted: BaseException | None = None
         for handler in self.handlers:
             try:
                 if handler.is_async:
@@ -103,6 +132,10 @@ class Dispatcher:
                     handler.fn(done)
             except Exception as error:
                 first = first or HandlerFailure(handler.name, error)
+            except BaseException as stop:
+                interrupted = interrupted or stop
+        if interrupted is not None:
+            raise interrupted
         return first
 
 
