@@ -19,10 +19,21 @@ EXIT_OK = 0
 EXIT_RUN_FAILED = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
+EXIT_BROKEN_PIPE = 141
+"""128 + SIGPIPE: the reader of stdout went away (`| head`), as other Unix tools report it."""
+EXIT_TERMINATED = 143
+"""128 + SIGTERM."""
+
+
+def _stderr(text: object) -> None:
+    """Print to stderr with every secret the process holds redacted (errors may quote a provider's key)."""
+    from pipeline_ex.redaction import redact_text
+
+    print(redact_text(str(text)), file=sys.stderr)
 
 
 def _error(message: str) -> None:
-    print(f"error: {message}", file=sys.stderr)
+    _stderr(f"error: {message}")
 
 
 def _show_warning(message: Warning | str, category: type[Warning], *_: Any, **__: Any) -> None:
@@ -59,7 +70,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         _error(str(error))
         return EXIT_USAGE
     except WorkflowError as error:
-        print(error, file=sys.stderr)
+        _stderr(error)
         return EXIT_USAGE
     total = len(loaded.steps)
 
@@ -68,25 +79,53 @@ def _cmd_run(args: argparse.Namespace) -> int:
             print(f"[{index}/{count}] {step_id}", file=sys.stderr, flush=True)
 
     import asyncio
+    import signal
 
     console = resolve_handler("console")
     redirect = contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext()
+    terminated = False
+
+    async def run_until_done_or_terminated() -> Any:
+        # SIGTERM cancels the run as Ctrl-C does (asyncio.run already turns SIGINT into a cancellation),
+        # so every running step delivers its Done(cancelled) before the process exits.
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        assert task is not None
+
+        def on_sigterm() -> None:
+            nonlocal terminated
+            terminated = True
+            task.cancel()
+
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):  # no signals here, or not main
+            loop.add_signal_handler(signal.SIGTERM, on_sigterm)
+        try:
+            return await arun(
+                loaded,
+                inputs,
+                mock=args.mock,
+                output_dir=args.output_dir,
+                _default_handler=console,
+                _progress=progress,
+            )
+        finally:
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                loop.remove_signal_handler(signal.SIGTERM)
+
     try:
         with redirect:
-            result = asyncio.run(
-                arun(
-                    loaded,
-                    inputs,
-                    mock=args.mock,
-                    output_dir=args.output_dir,
-                    _default_handler=console,
-                    _progress=progress,
-                )
-            )
+            result = asyncio.run(run_until_done_or_terminated())
     except KeyboardInterrupt:
         _error("interrupted")
         return EXIT_INTERRUPTED
+    except asyncio.CancelledError:
+        if not terminated:
+            raise
+        _error("terminated")
+        return EXIT_TERMINATED
     except StepError as error:
+        if isinstance(error.__cause__, BrokenPipeError):  # the console handler's reader went away
+            raise error.__cause__ from error
         _error(f"step {error.step!r} failed: {error}")
         return EXIT_RUN_FAILED
     except InputError as error:
@@ -98,7 +137,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         _error(f"{error}; {how}")
         return EXIT_USAGE
     except (WorkflowError, ProviderConfigError, ProviderNotInstalledError) as error:
-        print(error if isinstance(error, WorkflowError) else f"error: {error}", file=sys.stderr)
+        _stderr(error if isinstance(error, WorkflowError) else f"error: {error}")
         return EXIT_USAGE
     except PipelineError as error:
         _error(str(error))
@@ -117,7 +156,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
         try:
             loaded = load_workflow(file, mock=args.mock)
         except WorkflowError as error:
-            print(error, file=sys.stderr)
+            _stderr(error)
             failed += 1
             continue
         print(f"{file}: ok ({len(loaded.steps)} steps)")
@@ -134,7 +173,7 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
         try:
             report = migrate_file(file, write=args.write)
         except WorkflowError as error:
-            print(error, file=sys.stderr)
+            _stderr(error)
             blocked = True
             continue
         for use in report.uses:
@@ -201,7 +240,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pipeline-ex",
         description="Run YAML LLM workflows whose steps stream typed events (Delta, Done) to handlers.",
-        epilog="Exit codes: 0 ok, 1 run failed, 2 usage or validation error, 130 interrupted.",
+        epilog="Exit codes: 0 ok, 1 run failed, 2 usage or validation error, 130 interrupted (Ctrl-C), "
+        "141 output pipe closed, 143 terminated (SIGTERM).",
     )
     parser.add_argument("--version", action="version", version="pipeline-ex 0.1.0")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -289,9 +329,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     warnings.showwarning = _show_warning
     try:
         code: int = args.func(args)
-    except BrokenPipeError:  # output piped into a command that stopped reading (`| head`)
-        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - keeps the interpreter's final flush quiet
-        return EXIT_OK
+    except BrokenPipeError:  # output piped into a command that stopped reading (`| head`): exit quietly
+        # Point stdout at /dev/null, so that the interpreter's final flush does not fail again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
+    except KeyboardInterrupt:  # before or after a run (while loading, say): no step is running
+        _error("interrupted")
+        return EXIT_INTERRUPTED
     return code
 
 

@@ -106,9 +106,11 @@ class StepError(PipelineError):
     """A step ended with an error. Its `Done` event was delivered before this was raised."""
 
     def __init__(self, message: str, *, step: str, done: Done) -> None:
+        from pipeline_ex.redaction import redact_text  # a provider's error text may echo its key
+
         self.step = step
         self.done = done
-        super().__init__(message)
+        super().__init__(redact_text(message))
 
     @property
     def partial_text(self) -> str:

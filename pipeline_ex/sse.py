@@ -20,6 +20,7 @@ from typing import Any
 
 from pipeline_ex.errors import PipelineError, RunCancelled, StepError
 from pipeline_ex.events import Delta, Event
+from pipeline_ex.redaction import redact_text
 
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")
 DEFAULT_KEEPALIVE = 15.0
@@ -52,12 +53,13 @@ def error_payload(error: BaseException) -> dict[str, Any]:
         info = error.done.error
         return {
             "type": info.type if info is not None else "error",
-            "message": str(error),
+            "message": redact_text(str(error)),
             "step": error.step,
             "run_id": error.done.run_id,
         }
     if isinstance(error, PipelineError):  # our own messages name no internals
-        return {"type": "cancelled" if isinstance(error, RunCancelled) else "error", "message": str(error)}
+        kind = "cancelled" if isinstance(error, RunCancelled) else "error"
+        return {"type": kind, "message": redact_text(str(error))}
     return {"type": "internal", "message": "the run failed; see the server log"}
 
 

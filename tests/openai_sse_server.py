@@ -58,6 +58,9 @@ class StreamScript:
         no usage, no `[DONE]` (and, with chunked framing, no terminating chunk).
     :param error_after: after this many content chunks, send an error event
         (`data: {"error": {...}}`, which the openai SDK raises as `APIError`) and end the body properly.
+    :param reject_status: answer every request with this HTTP status and an OpenAI error body whose
+        message quotes the request's bearer token, as some OpenAI-compatible proxies do
+        (`reject_message` with `{key}` replaced).
     :param delay_s: pause before every chunk after the first, watching for the client hanging up.
     :param framing: how the response body is delimited, see the module docstring.
     """
@@ -70,6 +73,8 @@ class StreamScript:
     send_done: bool = True
     break_after: int | None = None
     error_after: int | None = None
+    reject_status: int | None = None
+    reject_message: str = "Incorrect API key provided: {key}. You can find your API key in your account."
     delay_s: float = 0.0
     framing: Framing = "close"
 
@@ -148,6 +153,10 @@ class _Handler(BaseHTTPRequestHandler):
             if self.path != COMPLETIONS_PATH or not isinstance(body, dict):
                 error = {"message": f"no route {self.path}", "type": "invalid_request_error"}
                 self._send_json(404, {"error": error})
+            elif script.reject_status is not None:
+                key = record.headers.get("authorization", "").removeprefix("Bearer ").strip()
+                error = {"message": script.reject_message.format(key=key), "type": "invalid_request_error"}
+                self._send_json(script.reject_status, {"error": error})
             elif body.get("stream"):
                 self._stream(script, record, body)
             else:

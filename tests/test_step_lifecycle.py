@@ -27,9 +27,9 @@ from pipeline_ex import (
     Usage,
     llm,
 )
-from pipeline_ex.debug import redact
 from pipeline_ex.llm.normalize import map_finish_reason, normalize_usage
 from pipeline_ex.llm.providers import PROVIDERS, BuiltGenerator
+from pipeline_ex.redaction import redact
 
 
 @component

@@ -31,21 +31,25 @@ from haystack.dataclasses import StreamingChunk
 
 from pipeline_ex.events import Delta, Done, ErrorInfo, FinishReason, Response, Usage, new_delta
 from pipeline_ex.llm.interrupts import InterruptGate
+from pipeline_ex.redaction import redact_text
 from pipeline_ex.streaming.dispatch import Dispatcher, HandlerFailure
 
-_live_workers: set[threading.Thread] = set()
-"""Worker threads still running a sync-only generator (some may belong to cancelled steps)."""
-WORKER_EXIT_WAIT_S = 10.0
-"""How long the interpreter waits at exit for workers that were told to stop."""
+_native_workers: set[threading.Thread] = set()
+"""Worker threads inside native calls that must not be torn down mid-call (llama.cpp); see `wait_for_workers`."""
 
 
-def in_daemon_thread(loop: asyncio.AbstractEventLoop, work: Callable[[], Any]) -> asyncio.Future[Any]:
+def in_daemon_thread(
+    loop: asyncio.AbstractEventLoop, work: Callable[[], Any], *, finish_before_exit: bool = False
+) -> asyncio.Future[Any]:
     """Run `work` on a new daemon thread; the returned future settles on `loop` when it returns.
 
     Not the loop's default executor: `asyncio.run` waits for executor threads when it finishes, so a
     sync-only generator stuck in a blocking call would hold up a step that already timed out or was
-    cancelled. A daemon thread is simply left to finish (it stops at its next chunk); the interpreter
-    waits for it at exit (see `wait_for_workers`).
+    cancelled. A daemon thread is simply left to finish (it stops at its next chunk).
+
+    :param finish_before_exit: `work` runs native code that frees nothing it uses until it returns
+        (llama.cpp computing with its model): the interpreter waits for it at exit, because tearing the
+        model down under it crashes the process.
     """
     future: asyncio.Future[Any] = loop.create_future()
 
@@ -59,33 +63,41 @@ def in_daemon_thread(loop: asyncio.AbstractEventLoop, work: Callable[[], Any]) -
         except BaseException as error:
             outcome = (False, error)
         finally:
-            _live_workers.discard(threading.current_thread())
+            _native_workers.discard(threading.current_thread())
         with contextlib.suppress(RuntimeError):  # the loop is closed: whoever waited has gone
             loop.call_soon_threadsafe(settle, *outcome)
 
     worker = threading.Thread(target=target, name="pipeline-ex-hybrid", daemon=True)
-    _live_workers.add(worker)
+    if finish_before_exit:
+        _native_workers.add(worker)
     worker.start()
     return future
 
 
 @atexit.register
-def wait_for_workers(timeout: float = WORKER_EXIT_WAIT_S) -> None:
-    """Wait (at most `timeout` seconds in all) for worker threads to return, before the interpreter exits.
+def wait_for_workers() -> None:
+    """Before the interpreter exits, wait for workers still inside native calls that must finish.
 
-    A cancelled step's worker may still be inside native code, such as llama.cpp loading a model or
-    processing a prompt; it stops at its next chunk. Tearing the interpreter down under it crashes the
-    process, so exit waits for it. Ctrl-C while waiting ends the process at once, without teardown.
+    A cancelled step's worker may still be inside llama.cpp, processing the prompt; it stops at the next
+    token. Tearing the interpreter (and the model) down under it would crash the process, so exit waits
+    for it, saying so if that takes a moment. Ctrl-C while waiting ends the process at once, with 130 and
+    without teardown.
     """
-    deadline = time.monotonic() + timeout
     try:
-        for worker in list(_live_workers):
-            worker.join(min(1.0, max(0.0, deadline - time.monotonic())))
-        if any(worker.is_alive() for worker in _live_workers):
-            print("pipeline-ex: waiting for a provider call to stop before exiting...", file=sys.stderr, flush=True)
-            for worker in list(_live_workers):
-                worker.join(max(0.0, deadline - time.monotonic()))
+        for worker in list(_native_workers):
+            worker.join(1.0)
+        if any(worker.is_alive() for worker in _native_workers):
+            print(
+                "pipeline-ex: waiting for the model to finish its current computation "
+                "(press Ctrl-C again to exit at once)...",
+                file=sys.stderr,
+                flush=True,
+            )
+            for worker in list(_native_workers):
+                worker.join()
     except KeyboardInterrupt:
+        sys.stdout.flush()
+        sys.stderr.flush()
         os._exit(128 + signal.SIGINT)
 
 
@@ -171,8 +183,10 @@ class StreamBridge:
         error: ErrorInfo | None = None,
         streamed: bool = True,
     ) -> Done:
-        """The Done event closing this step's stream."""
+        """The Done event closing this step's stream (an error's message is redacted: clients see it)."""
         now = time.perf_counter()
+        if error is not None:
+            error = error.model_copy(update={"message": redact_text(error.message)})
         response = Response(
             text=self.text,
             model=model or self.model,
@@ -277,9 +291,12 @@ class HybridPump:
     per wake-up, so a fast producer costs one wake-up per batch rather than one per chunk.
     """
 
-    def __init__(self, bridge: StreamBridge, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self, bridge: StreamBridge, loop: asyncio.AbstractEventLoop, *, finish_before_exit: bool = False
+    ) -> None:
         self.bridge = bridge
         self.loop = loop
+        self.finish_before_exit = finish_before_exit
         self.pending: deque[Delta] = deque()
         self.produced: list[str] = []
         self.aborted = False
@@ -326,7 +343,7 @@ class HybridPump:
         If this coroutine is cancelled or a handler fails, the worker is told to stop at its next chunk
         and the exception propagates at once.
         """
-        future = in_daemon_thread(self.loop, work)
+        future = in_daemon_thread(self.loop, work, finish_before_exit=self.finish_before_exit)
         future.add_done_callback(lambda _: self._wake.set())
         try:
             while True:

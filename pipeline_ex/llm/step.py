@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import logging
 import time
 from collections.abc import Mapping, Sequence
 from contextlib import nullcontext
@@ -34,11 +33,12 @@ from pipeline_ex.llm.policy import StepPolicy, StepTimeout, dropped_connection, 
 from pipeline_ex.llm.providers import BuiltGenerator, MockOptions, build_generator, check_provider
 from pipeline_ex.llm.supervise import run_with_limits
 from pipeline_ex.modes.session import LiveCallBlocked
+from pipeline_ex.redaction import redacting_logger
 from pipeline_ex.streaming.ambient import ambient_handlers
 from pipeline_ex.streaming.dispatch import Dispatcher, HandlerFailure
 from pipeline_ex.streaming.resolve import HandlerSpec, resolve_handler
 
-logger = logging.getLogger("pipeline_ex")
+logger = redacting_logger("pipeline_ex")
 
 _CANCELLATIONS = (KeyboardInterrupt, asyncio.CancelledError, GeneratorExit, StreamAbort)
 _sync_callback_only: set[type] = set()
@@ -162,10 +162,10 @@ class _StepRun:
             loop = asyncio.get_running_loop()
             if not self.streaming:
                 result_: tuple[Any, dict[str, Any] | None] = await in_daemon_thread(
-                    loop, lambda: self._run_generator(None)
+                    loop, lambda: self._run_generator(None), finish_before_exit=self.built.finish_before_exit
                 )
                 return result_
-            pump = HybridPump(self.bridge, loop)
+            pump = HybridPump(self.bridge, loop, finish_before_exit=self.built.finish_before_exit)
             result: tuple[Any, dict[str, Any] | None] = await pump.run(lambda: self._run_generator(pump.on_chunk))
             return result
         kwargs: dict[str, Any] = {"messages": self.messages, "generation_kwargs": dict(built.generation_kwargs)}

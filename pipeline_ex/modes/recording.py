@@ -10,8 +10,8 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
-from pipeline_ex.debug import redact
 from pipeline_ex.events import EVENT_ADAPTER, Event
+from pipeline_ex.redaction import redact
 
 
 def record_line(offset_ms: float, event: Event) -> str:

@@ -7,6 +7,7 @@ import sys
 from typing import Literal, TextIO
 
 from pipeline_ex.events import Delta, Done, Event
+from pipeline_ex.redaction import redact_text
 
 _DIM = "\x1b[2m"
 _RED = "\x1b[31m"
@@ -75,7 +76,7 @@ def summary_line(done: Done) -> str:
     response = done.response
     parts = [f"[{done.step}] {response.finish_reason}"]
     if done.error is not None:
-        parts[0] += f" ({done.error.type}: {done.error.message})"
+        parts[0] += f" ({done.error.type}: {redact_text(done.error.message)})"
     usage = response.usage
     if usage is not None and usage.output_tokens is not None:
         tokens = f"{usage.output_tokens} tokens"

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from pipeline_ex.events import Done, Event
+from pipeline_ex.redaction import redacting_logger
 
-logger = logging.getLogger("pipeline_ex")
+logger = redacting_logger("pipeline_ex")
 
 
 @dataclass(frozen=True)

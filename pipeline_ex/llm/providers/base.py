@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from pipeline_ex.errors import ProviderConfigError
 from pipeline_ex.option_errors import describe_option_errors
+from pipeline_ex.redaction import register_secret_env
 
 AsyncMode = Literal["native", "hybrid"]
 Builder = Callable[[str | None, Mapping[str, Any]], "BuiltGenerator"]
@@ -42,6 +43,8 @@ class BuiltGenerator:
     count_usage: Callable[[str], dict[str, int] | None] | None = None
     model_from_reply: bool = True
     """Report the model name the provider returns (False when it is only a file path)."""
+    finish_before_exit: bool = False
+    """Its calls run native code that must not be torn down mid-call: the interpreter waits for them."""
 
     def close(self) -> None:
         """Close an owned generator's clients, which drops any open provider connection."""
@@ -126,6 +129,7 @@ def env_secret(provider: str, *variables: str) -> Any:
     """A haystack `Secret` reading the first of `variables` that is set; an error naming them if none is."""
     from haystack.utils import Secret
 
+    register_secret_env(*variables)
     present = [v for v in variables if os.environ.get(v)]
     if not present:
         raise missing_key_error(provider, variables)

@@ -18,6 +18,7 @@ from pydantic import Field, model_validator
 
 from pipeline_ex.errors import ProviderConfigError
 from pipeline_ex.llm.providers.base import BuiltGenerator, ProviderOptions, parse_options
+from pipeline_ex.redaction import register_secret_env
 
 _SECRET_KEY = re.compile(r"(api[_-]?key|token|secret|password)$", re.IGNORECASE)
 
@@ -95,6 +96,7 @@ def import_generator_class(path: str) -> type:
 def build(model: str | None, options: Mapping[str, Any]) -> BuiltGenerator:
     """Build the named generator from its init parameters, as haystack's `from_dict` does."""
     opts: GeneratorOptions = parse_options(GeneratorOptions, "generator", options)
+    register_secret_env(*opts.key_variables())
     missing = [variable for variable in opts.key_variables() if not os.environ.get(variable)]
     if missing:
         raise ProviderConfigError(f"generator {opts.type!r} needs the environment variable(s) {', '.join(missing)}")

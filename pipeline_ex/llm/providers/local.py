@@ -49,4 +49,5 @@ def build(model: str | None, options: Mapping[str, Any]) -> BuiltGenerator:
         lock=loaded.lock,
         count_usage=lambda text: count_local_usage(loaded, text),
         model_from_reply=False,
+        finish_before_exit=True,  # llama.cpp computes on the worker thread with the shared model
     )

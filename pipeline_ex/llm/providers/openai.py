@@ -14,6 +14,7 @@ from pipeline_ex.llm.providers.base import (
     parse_options,
     shared_ssl_context,
 )
+from pipeline_ex.redaction import register_secret_env
 
 
 class OpenAIOptions(GenerationOptions):
@@ -37,6 +38,7 @@ def build(model: str | None, options: Mapping[str, Any]) -> BuiltGenerator:
     from haystack.utils import Secret
 
     opts: OpenAIOptions = parse_options(OpenAIOptions, "openai", options)
+    register_secret_env(opts.api_key_env)  # sent whenever it is set, to loopback servers too
     if not opts.key_variables() and not os.environ.get(opts.api_key_env):
         api_key = Secret.from_token("no-key-needed-for-loopback")  # local servers take any key
     else:
