@@ -53,6 +53,9 @@ class ScriptedChatGenerator:
         is reported as given; None reports no usage at all.
     :param finish_reason: the finish reason of the last chunk; None ends the stream without one, as a
         dropped connection does.
+    :param yield_to_loop: in `run_async`, give the event loop a turn before each chunk even without a
+        delay, as a network stream does; a consumer that stops iterating then stops the run at once,
+        instead of after the whole workflow already ran.
     """
 
     def __init__(
@@ -65,6 +68,7 @@ class ScriptedChatGenerator:
         usage: Literal["words"] | Mapping[str, int] | None = "words",
         finish_reason: HaystackFinishReason | None = "stop",
         streaming_callback: StreamingCallbackT | None = None,
+        yield_to_loop: bool = False,
     ) -> None:
         self.response = response
         self.model = model
@@ -73,6 +77,7 @@ class ScriptedChatGenerator:
         self.usage = usage
         self.finish_reason = finish_reason
         self.streaming_callback = streaming_callback
+        self.yield_to_loop = yield_to_loop
 
     def _script(self, messages: list[ChatMessage]) -> tuple[list[str], dict[str, Any]]:
         prompt = next((m.text for m in reversed(messages) if m.text), "") or ""
@@ -146,7 +151,7 @@ class ScriptedChatGenerator:
         delay = self.delay_ms / 1000
         for position, content in enumerate(chunks):
             self._check_fault(position)
-            if delay:
+            if delay or self.yield_to_loop:
                 await asyncio.sleep(delay)
             if callback is not None:
                 result = callback(self._chunk(content, position, info))

@@ -38,5 +38,6 @@ def build(model: str | None, options: Mapping[str, Any]) -> BuiltGenerator:
         error_after=opts.error_after,
         usage=opts.usage,
         finish_reason=opts.finish_reason,
+        yield_to_loop=True,  # a mock run streams like a network stream, so leaving early stops it
     )
     return BuiltGenerator(generator, "mock", model or "mock")
