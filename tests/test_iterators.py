@@ -446,13 +446,16 @@ def test_mock_mode_keeps_the_options_of_a_mock_provider_step(tmp_path: Path) -> 
         list(pipeline_ex.stream(workflow, mock=True))
 
 
+MULTI_STEP = Path(__file__).resolve().parent.parent / "workflows" / "multi_step.yaml"
+
+
 @pytest.mark.parametrize("how", ["astream", "stream"])
 async def test_leaving_a_mock_run_early_stops_it_before_later_steps_run_or_write_files(
     tmp_path: Path, how: str
 ) -> None:
     """The mock streams like a network would, yielding between chunks, so the consumer's break lands at once."""
     recorder = StreamingRecorder()
-    workflow = Path(__file__).resolve().parent.parent / "workflows" / "multi_step.yaml"
+    workflow = MULTI_STEP
     seen: list[Event] = []
     if how == "astream":
         events = pipeline_ex.astream(workflow, mock=True, on_event=recorder, output_dir=tmp_path)
@@ -475,4 +478,4 @@ async def test_leaving_a_mock_run_early_stops_it_before_later_steps_run_or_write
     assert {e.step for e in recorder.events} == {"draft"}, "the summary step ran after the consumer left"
     assert recorder.done is not None and recorder.done.response.finish_reason == "cancelled"
     assert len(recorder.deltas) < 8  # the draft's mock reply has 8 words; it was stopped part-way
-    assert list(tmp_path.iterdir()) == []  # neither draft.md nor summary.md was written
+    assert await asyncio.to_thread(lambda: list(tmp_path.iterdir())) == []  # no draft.md, no summary.md
