@@ -88,7 +88,39 @@ EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(Annotated[Event, Field(discrimin
 """Validates and parses events from dicts or JSON, dispatching on the `type` field."""
 
 
-_DELTA_FIELDS = frozenset(Delta.model_fields)
+class _SharedFieldsSet(set[str]):
+    """The fields set every fast-path `Delta` shares, so building a Delta allocates no set.
+
+    It is a `set` (pydantic's serializer requires one for `exclude_unset`), but mutating it would change
+    every streamed Delta at once, so its mutators raise. Copies are plain sets: `copy.copy`,
+    `copy.deepcopy`, `model_copy` (which adds the updated names to the copy's set) and pickle each give
+    the copy a fields set of its own, as they do for any pydantic model.
+    """
+
+    __slots__ = ()
+
+    def _refuse(self, *args: object, **kwargs: object) -> None:
+        raise TypeError(
+            "the fields set of a streamed Delta is shared by every streamed Delta; "
+            "copy it first (set(delta.model_fields_set)) or copy the Delta (delta.model_copy())"
+        )
+
+    add = discard = remove = pop = clear = update = _refuse  # type: ignore[assignment]
+    intersection_update = difference_update = symmetric_difference_update = _refuse
+    __ior__ = __iand__ = __isub__ = __ixor__ = _refuse  # type: ignore[assignment]
+
+    def __copy__(self) -> set[str]:
+        return set(self)
+
+    def __deepcopy__(self, memo: dict[int, object]) -> set[str]:
+        return set(self)
+
+    def __reduce__(self) -> tuple[type[set[str]], tuple[list[str]]]:
+        return set, (list(self),)
+
+
+_DELTA_FIELDS_SET = _SharedFieldsSet(("content", "step", "run_id", "seq", "kind"))
+"""What `Delta(content=..., step=..., run_id=..., seq=..., kind=...)` reports as explicitly set."""
 _new_object = object.__new__
 _set = object.__setattr__
 # pydantic keeps these in __slots__; their descriptors' __set__ skips the attribute lookup per call.
@@ -101,8 +133,12 @@ def new_delta(content: str, step: str, run_id: str, seq: int, kind: Literal["tex
     """Build a `Delta` from parts the framework already checked, without re-validating them.
 
     The bridge creates one Delta per streamed chunk; validation (or `model_construct`, which is slower
-    still) would cost more than the rest of the delivery. The result is an ordinary `Delta`, equal to
-    `Delta(content=..., ...)`. Callers must pass a non-empty `content`.
+    still) would cost more than the rest of the delivery. The result behaves as
+    `Delta(content=..., step=..., run_id=..., seq=..., kind=...)` does: equal, same hash, same
+    `model_fields_set`, and the same results from `model_copy`, `model_dump(exclude_unset=...)`,
+    `model_dump_json`, copying and pickling. The one difference: its `model_fields_set` is shared by
+    every streamed Delta and cannot be changed in place (copy it first). Callers must pass a non-empty
+    `content`.
     """
     delta = _new_object(Delta)
     _set(
@@ -110,7 +146,7 @@ def new_delta(content: str, step: str, run_id: str, seq: int, kind: Literal["tex
         "__dict__",
         {"type": "delta", "content": content, "step": step, "run_id": run_id, "seq": seq, "index": 0, "kind": kind},
     )
-    _set_fields_set(delta, _DELTA_FIELDS)
+    _set_fields_set(delta, _DELTA_FIELDS_SET)
     _set_extra(delta, None)
     _set_private(delta, None)
     return delta
