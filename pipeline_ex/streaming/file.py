@@ -1,28 +1,94 @@
-"""`FileHandler` and `JsonlFileHandler`: write a step's stream to a file without losing delivered output."""
+"""`FileHandler` and `JsonlFileHandler`: write a step's stream to a file without losing delivered output.
+
+A step holds an exclusive lock on its file while it writes, so two runs that name the same file cannot
+mix their output: the second one fails with `FileInUseError` (its step then fails with `HandlerError`).
+The lock is `fcntl.flock` on the very descriptor the handler writes through, rather than a lock-file
+library such as `filelock`: it needs no second file, and the kernel drops it when the file is closed or
+the process dies, so a crashed run never leaves the file locked. (Where there is no `fcntl`, on Windows,
+files are not locked.)
+"""
 
 from __future__ import annotations
 
 import io
 import os
+import sys
+import threading
 from collections import OrderedDict
 from pathlib import Path
 from typing import Literal
 
+from pipeline_ex.errors import PipelineError
 from pipeline_ex.events import Delta, Done, Event
 
-_runs_started: OrderedDict[tuple[str, str], None] = OrderedDict()
-"""(run id, file) pairs already truncated, so later steps of the same run append (bounded)."""
+_Stamp = tuple[int, int, int]
+"""A file's (inode, size, modification time in ns), as this run's previous step left it."""
+
+_runs_started: OrderedDict[tuple[str, str], _Stamp | None] = OrderedDict()
+"""(run id, file) pairs this process already wrote, so later steps of the same run append (bounded)."""
+_runs_lock = threading.Lock()
 _RUNS_REMEMBERED = 4096
+_ADVICE = "give each run its own path"
 
 
-def _first_write_of_run(run_id: str, path: Path) -> bool:
+class FileInUseError(PipelineError):
+    """Another run is writing (or wrote, between this run's steps) the file a `FileHandler` was given."""
+
+
+if sys.platform == "win32":  # pragma: no cover - no flock there
+
+    def _lock(fd: int) -> bool:
+        return True
+
+else:
+    import fcntl
+
+    def _lock(fd: int) -> bool:
+        """Take the exclusive lock on an open file without waiting; False when another holds it."""
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        return True
+
+
+def _stamp(fd: int) -> _Stamp:
+    status = os.fstat(fd)
+    return status.st_ino, status.st_size, status.st_mtime_ns
+
+
+def _claim(file: io.FileIO, path: Path, run_id: str, append: bool) -> None:
+    """Lock the open file for this step and truncate it at the run's first write (unless appending).
+
+    :raises FileInUseError: another step holds the lock, or another run wrote the file since this run's
+        previous step wrote it.
+    """
+    if not _lock(file.fileno()):
+        raise FileInUseError(
+            f"{path} is being written by another run (a step locks its file until its Done); {_ADVICE}"
+        )
     key = (run_id, str(path.resolve()))
-    if key in _runs_started:
-        return False
-    _runs_started[key] = None
-    if len(_runs_started) > _RUNS_REMEMBERED:
-        _runs_started.popitem(last=False)
-    return True
+    with _runs_lock:
+        first = key not in _runs_started
+        left = _runs_started.get(key)
+        if first:
+            _runs_started[key] = None
+            if len(_runs_started) > _RUNS_REMEMBERED:
+                _runs_started.popitem(last=False)
+    if first:
+        if not append:
+            os.ftruncate(file.fileno(), 0)
+    elif left is not None and _stamp(file.fileno()) != left:
+        raise FileInUseError(f"{path}: another run wrote it after this run's previous step did; {_ADVICE}")
+
+
+def _release(file: io.FileIO, path: Path, run_id: str) -> None:
+    """Remember how this step left the file (for the run's next step), then close it, which unlocks it."""
+    key = (run_id, str(path.resolve()))
+    with _runs_lock:
+        if key in _runs_started:
+            _runs_started[key] = _stamp(file.fileno())
+    file.close()
 
 
 class FileHandler:
@@ -33,6 +99,12 @@ class FileHandler:
 
     A run's first event truncates the file; later events of the same run, including later steps that
     name the same file (say from `defaults:`), append to it.
+
+    One run per file: a step holds an exclusive, non-blocking `flock` on the file from its first event to
+    its Done. A step of another run (in this process or another one) that reaches the file meanwhile
+    fails with `FileInUseError`, so its step fails with `HandlerError`, every handler still gets its Done,
+    and the file keeps only the first run's output. So does a run whose file another run rewrote between
+    two of its steps. Give each run its own path.
 
     Options:
         path: the file to write; parent directories are created.
@@ -50,22 +122,39 @@ class FileHandler:
         self.append = append
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._file: io.FileIO | None = None
+        self._refused = False
+        """The current step could not have the file: write nothing until its Done."""
 
     def _open(self, run_id: str) -> io.FileIO:
-        truncate = _first_write_of_run(run_id, self.path) and not self.append
-        self._file = io.FileIO(self.path, "wb" if truncate else "ab")  # unbuffered; closed on Done
-        return self._file
+        # Opened for appending, never truncated here: the file may be another run's until it is locked.
+        file = io.FileIO(self.path, "ab")  # unbuffered; closed on Done
+        try:
+            _claim(file, self.path, run_id, self.append)
+        except BaseException:
+            file.close()
+            raise
+        self._file = file
+        return file
 
     def handle_event(self, event: Event) -> None:
-        """Write the event; on Done, fsync and close the file."""
-        file = self._file if self._file is not None and not self._file.closed else self._open(event.run_id)
+        """Write the event; on Done, fsync and close the file (which releases its lock)."""
+        if self._refused:
+            self._refused = not isinstance(event, Done)
+            return
+        file = self._file
+        if file is None or file.closed:
+            try:
+                file = self._open(event.run_id)
+            except FileInUseError:
+                self._refused = not isinstance(event, Done)
+                raise
         if self.format == "jsonl":
             file.write(event.model_dump_json().encode() + b"\n")
         elif isinstance(event, Delta) and event.kind == "text":
             file.write(event.content.encode())
         if isinstance(event, Done):
             os.fsync(file.fileno())
-            file.close()
+            _release(file, self.path, event.run_id)
 
 
 class JsonlFileHandler(FileHandler):
