@@ -11,7 +11,7 @@ import threading
 import time
 from collections import defaultdict, deque
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from pipeline_ex.errors import PipelineError
 from pipeline_ex.events import Delta, Done, Event
@@ -20,6 +20,41 @@ from pipeline_ex.modes.recording import read_recording, record_line
 
 class CassetteError(PipelineError):
     """A cassette is missing, unreadable, or has no recording for the step being replayed."""
+
+
+def cassette_path(folder: str | Path, name: str, *, named_after: str = "the workflow's name") -> Path:
+    """The cassette file for `name` in `folder`: `folder/name.jsonl`, which must stay inside `folder`.
+
+    A name may hold sub-folders (`reports/weekly`), but one that would put the file outside the folder
+    (`..` parts, an absolute path, a symlink inside the folder that points out of it) is rejected rather
+    than rewritten, so two different names never share one cassette.
+
+    :param named_after: where the name comes from, for the error message.
+    :raises CassetteError: naming the problem and a name that would work.
+    """
+    folder = Path(folder)
+    pure = PurePosixPath(name)
+    outside = f"would put the cassette outside the cassette folder {folder}"
+    if not name.strip():
+        problem = "is empty"
+    elif "\x00" in name:
+        problem = "contains a NUL character"
+    elif pure.is_absolute() or ".." in pure.parts:
+        problem = outside
+    elif not pure.parts:
+        problem = "is not a file name"
+    else:
+        path = folder / f"{name}.jsonl"
+        if path.resolve().is_relative_to(folder.resolve()):
+            return path
+        problem = f"{outside} (through a symbolic link)"
+    safe = pure.name.replace("\x00", "")
+    if safe in ("", ".", ".."):
+        safe = "cassette"
+    raise CassetteError(
+        f"cassette name {name!r} ({named_after}) {problem}; "
+        f"name it with a plain file name such as {safe!r} (no '..' parts, no leading '/')"
+    )
 
 
 class ReplayedProviderError(RuntimeError):

@@ -6,7 +6,8 @@
   timing (`PIPELINE_REPLAY_SPEED` scales the pauses; 0 replays instantly).
 
 Cassettes live in `PIPELINE_CASSETTE_DIR` (default `cassettes`), one file per run named after the
-workflow (`invoke` for steps run directly). The pytest plugin sets a session per test instead.
+workflow (`invoke` for steps run directly); a name that would put the file outside that folder is an
+error. The pytest plugin sets a session per test instead.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from pathlib import Path
 from typing import Literal
 
 from pipeline_ex.errors import PipelineError
-from pipeline_ex.modes.cassette import Cassette
+from pipeline_ex.modes.cassette import Cassette, cassette_path
 from pipeline_ex.modes.mock_script import MockScript
 
 Mode = Literal["live", "mock", "record", "replay"]
@@ -77,13 +78,20 @@ def replay_speed_from_env() -> float:
     return speed
 
 
-def session_from_env(run_name: str) -> TestSession:
-    """The session the environment asks for, for a run named `run_name` (its cassette's file name)."""
+def session_from_env(run_name: str, *, named_after: str = "the workflow's name") -> TestSession:
+    """The session the environment asks for, for a run named `run_name` (its cassette's file name).
+
+    :param named_after: where `run_name` comes from, for the error about a name that would put the
+        cassette outside `PIPELINE_CASSETTE_DIR`.
+    :raises TestModeError: for an invalid `PIPELINE_TEST_MODE` or `PIPELINE_REPLAY_SPEED`.
+    :raises CassetteError: for a `run_name` that would leave the cassette folder (see `cassette_path`).
+    """
     mode = mode_from_env()
     session = TestSession(mode=mode, replay_speed=replay_speed_from_env())
     if mode in ("record", "replay"):
         directory = Path(os.environ.get(CASSETTE_DIR_ENV) or DEFAULT_CASSETTE_DIR)
-        session.cassette = Cassette(directory / f"{run_name}.jsonl", record=mode == "record")
+        path = cassette_path(directory, run_name, named_after=named_after)
+        session.cassette = Cassette(path, record=mode == "record")
     return session
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline_ex.modes.cassette import Cassette
+from pipeline_ex.modes.cassette import Cassette, cassette_path
 from pipeline_ex.modes.mock_script import MockScript
 from pipeline_ex.modes.session import TestSession, replay_speed_from_env, session_from_env, using_session
 from pipeline_ex.streaming.ambient import deliver_everything_to
@@ -48,14 +48,14 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def _cassette_path(request: pytest.FixtureRequest, name: str) -> Path:
-    return Path(request.path).parent / "cassettes" / f"{name}.jsonl"
+    return cassette_path(Path(request.path).parent / "cassettes", name, named_after="the cassette marker's name")
 
 
 @pytest.fixture(autouse=True)
 def _pipeline_ex_test_session(request: pytest.FixtureRequest) -> Iterator[TestSession]:
     """The test's session: the live-call guard, and the cassette of `@pytest.mark.cassette` tests."""
     config = request.config
-    session = session_from_env(request.node.name)
+    session = session_from_env(request.node.name, named_after="the test's name")
     session.label = f"test {request.node.nodeid!r}"
     session.live_allowed = bool(config.getoption("--pipeline-live") or request.node.get_closest_marker("live"))
     marker = request.node.get_closest_marker("cassette")
