@@ -454,14 +454,25 @@ def _select_generator(
     model: str | None,
     options: dict[str, Any],
     handlers: list[HandlerSpec],
+    system: str | None = None,
 ) -> BuiltGenerator:
-    """Build the step's generator as the run's test mode says: live, mock, record or replay."""
+    """Build the step's generator as the run's test mode says: live, mock, record or replay.
+
+    Record and replay identify the step's request by its step path, messages, model and options: a
+    recording is saved with its request, and replays only for the same one.
+    """
     session = ctx.test_session()
+    request = None
+    if session.mode in ("record", "replay"):
+        from pipeline_ex.modes.request import StepRequest
+
+        messages = ([("system", system)] if system else []) + [("user", prompt)]
+        request = StepRequest.of(step, provider=provider, model=model, messages=messages, options=options)
     if session.mode == "replay":
         from pipeline_ex.modes.cassette_generator import CassetteChatGenerator
 
-        assert session.cassette is not None
-        recording = session.cassette.next_recording(step)
+        assert session.cassette is not None and request is not None
+        recording = session.cassette.next_recording(request)
         response = recording.done.response
         return BuiltGenerator(CassetteChatGenerator(recording, session.replay_speed), response.provider, response.model)
     if session.mode == "mock" or provider == "mock":
@@ -480,8 +491,8 @@ def _select_generator(
     else:
         built = build_generator(provider, model, options)
     if session.mode == "record":
-        assert session.cassette is not None
-        handlers.append(resolve_handler(session.cassette))
+        assert session.cassette is not None and request is not None
+        handlers.append(resolve_handler(session.cassette.recorder(request)))
     return built
 
 
@@ -506,12 +517,15 @@ def _prepare(
     merged.update(options)
     policy = StepPolicy.take_from(merged)
     handlers = _handler_specs(on_event, ctx)
-    built = _select_generator(ctx, step, prompt, provider_name, model or defaults.get("model"), merged, handlers)
+    system = system if system is not None else defaults.get("system")
+    built = _select_generator(
+        ctx, step, prompt, provider_name, model or defaults.get("model"), merged, handlers, system=system
+    )
     return _StepRun(
         ctx,
         step=step,
         prompt=prompt,
-        system=system if system is not None else defaults.get("system"),
+        system=system,
         built=built,
         handlers=handlers,
         stream=stream,

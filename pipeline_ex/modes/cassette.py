@@ -1,25 +1,31 @@
 """Event cassettes: record a live step's event stream to JSONL, and replay it later.
 
-A cassette is the JSONL a `StreamingRecorder` saves: one event per line with its time offset. Replay
-goes through the normal step machinery (see `cassette_generator`), so replayed events are built by the
-same bridge as live ones.
+A cassette is the JSONL a `StreamingRecorder` saves: one event per line with its time offset. The line
+of each step's Done also holds the request the step answered (its step path, messages, model and
+options; see `StepRequest`), and a replay serves a recording only to the same request: anything else is
+a `CassetteError` that shows what differs. Replay goes through the normal step machinery (see
+`cassette_generator`), so replayed events are built by the same bridge as live ones.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections import defaultdict, deque
+from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from pipeline_ex.errors import PipelineError
 from pipeline_ex.events import Delta, Done, Event
-from pipeline_ex.modes.recording import read_recording, record_line
+from pipeline_ex.modes.recording import read_records, record_line
+from pipeline_ex.modes.request import StepRequest
+
+RERECORD = "re-record it with PIPELINE_TEST_MODE=record (for @pytest.mark.cassette tests: pytest --pipeline-record)"
+"""How to record a cassette again, for error messages."""
 
 
 class CassetteError(PipelineError):
-    """A cassette is missing, unreadable, or has no recording for the step being replayed."""
+    """A cassette is missing, unreadable, misplaced, or has no recording of the request being replayed."""
 
 
 def cassette_path(folder: str | Path, name: str, *, named_after: str = "the workflow's name") -> Path:
@@ -63,10 +69,26 @@ class ReplayedProviderError(RuntimeError):
 
 @dataclass(frozen=True)
 class RecordedStep:
-    """One recorded step run: its deltas with the pause before each, and its Done."""
+    """One recorded step run: its deltas with the pause before each, its Done, and the request it answered.
+
+    `request` is None in cassettes recorded before requests were recorded; those cannot be replayed.
+    """
 
     deltas: tuple[tuple[float, Delta], ...]
     done: Done
+    request: StepRequest | None = None
+
+
+class CassetteRecorder:
+    """The handler that records one step run into a cassette; the step's Done line carries its request."""
+
+    def __init__(self, cassette: Cassette, request: StepRequest) -> None:
+        self.cassette = cassette
+        self.request = request
+
+    def handle_event(self, event: Event) -> None:
+        """Append the event to the cassette (with the request, when it is the Done)."""
+        self.cassette.append(event, self.request if isinstance(event, Done) else None)
 
 
 class Cassette:
@@ -77,38 +99,44 @@ class Cassette:
         self.record = record
         self._lock = threading.Lock()
         self._started: float | None = None
-        self._replay: dict[str, deque[RecordedStep]] | None = None
+        self._replay: dict[str, list[RecordedStep]] | None = None
         if record:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self.path.write_text("", encoding="utf-8")
 
     # -- recording -------------------------------------------------------------------------------
 
-    def handle_event(self, event: Event) -> None:
-        """Append an event (a handler that recording steps deliver to)."""
+    def recorder(self, request: StepRequest) -> CassetteRecorder:
+        """A handler that records one step run, which answers `request`, into this cassette."""
+        return CassetteRecorder(self, request)
+
+    def append(self, event: Event, request: StepRequest | None = None) -> None:
+        """Append one event, and with a Done the request its step answered."""
         now = time.perf_counter()
         with self._lock:
             if self._started is None:
                 self._started = now
+            line = record_line((now - self._started) * 1000, event, request.to_json() if request else None)
             with open(self.path, "a", encoding="utf-8") as out:
-                out.write(record_line((now - self._started) * 1000, event))
+                out.write(line)
 
     # -- replaying -------------------------------------------------------------------------------
 
-    def _load(self) -> dict[str, deque[RecordedStep]]:
+    def _load(self) -> dict[str, list[RecordedStep]]:
         if not self.path.is_file():
             raise CassetteError(
                 f"no cassette at {self.path}; record it first with PIPELINE_TEST_MODE=record "
                 "(or `pytest --pipeline-record` for @pytest.mark.cassette tests)"
             )
         pending: dict[tuple[str, str], list[tuple[float, Delta]]] = defaultdict(list)
-        steps: dict[str, deque[RecordedStep]] = defaultdict(deque)
+        steps: dict[str, list[RecordedStep]] = defaultdict(list)
         last_offset: dict[tuple[str, str], float] = {}
         try:
-            recording = list(read_recording(self.path))
+            records = list(read_records(self.path))
+            requests = [StepRequest.from_json(r) if r is not None else None for _, _, r in records]
         except ValueError as error:
-            raise CassetteError(str(error)) from error
-        for offset, event in recording:
+            raise CassetteError(f"cassette {self.path}: {error}; {RERECORD}") from error
+        for (offset, event, _), request in zip(records, requests, strict=True):
             key = (event.run_id, event.step)
             if isinstance(event, Delta):
                 previous = last_offset.get(key)
@@ -119,20 +147,43 @@ class Cassette:
                 deltas = pending.pop(key, [])
                 if deltas and event.ttft_ms is not None:
                     deltas[0] = (event.ttft_ms, deltas[0][1])
-                steps[event.step].append(RecordedStep(tuple(deltas), event))
+                steps[event.step].append(RecordedStep(tuple(deltas), event, request))
                 last_offset.pop(key, None)
         return steps
 
-    def next_recording(self, step: str) -> RecordedStep:
-        """The next recorded run of `step`, in recording order."""
+    def next_recording(self, request: StepRequest) -> RecordedStep:
+        """The recorded run that answers `request`: the first one left of its step made for the same request.
+
+        Runs of one step with the same request replay in recording order; runs with different requests
+        may replay in any order (as concurrent steps finish in any order).
+
+        :raises CassetteError: no run of the step is left, the step's next run was recorded for another
+            request (the message shows what differs), or the cassette predates recorded requests.
+        """
+        step = request.step
         with self._lock:
             if self._replay is None:
                 self._replay = self._load()
-            queue = self._replay.get(step)
-            if not queue:
+            left = self._replay.get(step)
+            if not left:
                 recorded = ", ".join(sorted(k for k, v in self._replay.items() if v)) or "none left"
                 raise CassetteError(
                     f"cassette {self.path} has no recorded run left for step {step!r} (recorded: {recorded}); "
-                    "record it again"
+                    + RERECORD
                 )
-            return queue.popleft()
+            if any(recording.request is None for recording in left):
+                raise CassetteError(
+                    f"cassette {self.path} was recorded without the request of step {step!r} (by an older "
+                    "pipeline-ex), so a replay cannot check that it answers this one; " + RERECORD
+                )
+            for position, recording in enumerate(left):
+                assert recording.request is not None
+                if request.matches(recording.request):
+                    return left.pop(position)
+            closest = left[0].request
+            assert closest is not None
+            differences = "\n".join(f"  {line}" for line in request.differences(closest))
+            raise CassetteError(
+                f"cassette {self.path} does not match step {step!r}: it was recorded for another request "
+                f"(- recorded, + now)\n{differences}\n{RERECORD}"
+            )

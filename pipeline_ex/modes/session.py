@@ -3,7 +3,8 @@
 - `mock`: every step runs on the mock provider (scripted replies, no provider call).
 - `record`: live calls, and every step's events are saved to a cassette.
 - `replay`: every step is served from its cassette, with its chunk boundaries, finish reason, usage and
-  timing (`PIPELINE_REPLAY_SPEED` scales the pauses; 0 replays instantly).
+  timing (`PIPELINE_REPLAY_SPEED` scales the pauses; 0 replays instantly), but
+  only for the request it recorded (the same messages, model, options and step path).
 
 Cassettes live in `PIPELINE_CASSETTE_DIR` (default `cassettes`), one file per run named after the
 workflow (`invoke` for steps run directly); a name that would put the file outside that folder is an
