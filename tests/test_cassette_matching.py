@@ -3,7 +3,8 @@
 Recordings are made from the real loopback OpenAI server (tests/openai_sse_server.py) with real
 `pipeline-ex run` subprocesses, then replayed with the server stopped: with the same inputs the
 recording plays back; with another topic, model, option or system prompt the run fails (exit 1) with a
-`CassetteError` that names the step, shows what differs and says how to re-record.
+`CassetteError` that names the step, shows what differs and says how to re-record. Under pytest, replay
+is instant unless `PIPELINE_REPLAY_SPEED` is set; outside pytest it keeps the recorded timing.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from typing import Any
 import pytest
 from openai_sse_server import OpenAISSEServer
 
-pytestmark = [pytest.mark.streaming, pytest.mark.live]
+pytestmark = pytest.mark.streaming
+live = pytest.mark.live  # these call the loopback OpenAI server
 pytest_plugins = ["pytester"]
 
 POEM = ("Owls ", "glide ", "at ", "night.")
@@ -83,6 +85,7 @@ def recorded(tmp_path: Path, openai_server: OpenAISSEServer) -> Path:
     return tmp_path
 
 
+@live
 def test_the_cassette_records_each_steps_request_readably(recorded: Path) -> None:
     lines = cassette_lines(recorded)
     assert [line["event"]["type"] for line in lines] == ["delta"] * len(POEM) + ["done"]
@@ -104,6 +107,7 @@ def test_the_cassette_records_each_steps_request_readably(recorded: Path) -> Non
     assert loaded.text == "".join(POEM)
 
 
+@live
 def test_the_same_request_replays_the_recording(recorded: Path) -> None:
     result = pipeline_ex(recorded, "replay", "--input", "topic=owls", "--json", PIPELINE_REPLAY_SPEED="0")
     assert result.returncode == 0, result.stderr
@@ -112,6 +116,7 @@ def test_the_same_request_replays_the_recording(recorded: Path) -> None:
     assert step["model"] == "gpt-test-mini" and step["finish_reason"] == "stop"
 
 
+@live
 def test_another_topic_is_a_clear_error_not_the_owl_poem(recorded: Path) -> None:
     result = pipeline_ex(recorded, "replay", "--input", "topic=cats")
     assert result.returncode == 1
@@ -125,6 +130,7 @@ def test_another_topic_is_a_clear_error_not_the_owl_poem(recorded: Path) -> None
     assert "model:" not in error and "option " not in error and "system prompt" not in error  # only the prompt
 
 
+@live
 @pytest.mark.parametrize(
     ("change", "expected"),
     [
@@ -148,6 +154,7 @@ def test_another_model_option_or_system_prompt_is_a_clear_error(
     assert "Write a short poem about" not in result.stderr  # the prompt itself did not change
 
 
+@live
 def test_the_server_address_is_not_part_of_the_request(recorded: Path) -> None:
     write_workflow(recorded, "http://127.0.0.1:9/v1")  # nothing listens there; the replay never calls it
     result = pipeline_ex(recorded, "replay", "--input", "topic=owls", PIPELINE_REPLAY_SPEED="0")
@@ -155,6 +162,7 @@ def test_the_server_address_is_not_part_of_the_request(recorded: Path) -> None:
     assert result.stdout == "".join(POEM) + "\n"
 
 
+@live
 def test_a_cassette_recorded_without_requests_asks_to_be_recorded_again(recorded: Path) -> None:
     path = recorded / "cassettes" / "poems.jsonl"
     old = [{k: v for k, v in line.items() if k != "request"} for line in cassette_lines(recorded)]
@@ -166,6 +174,7 @@ def test_a_cassette_recorded_without_requests_asks_to_be_recorded_again(recorded
     assert "re-record it with PIPELINE_TEST_MODE=record" in result.stderr
 
 
+@live
 def test_a_renamed_step_is_a_clear_error(recorded: Path) -> None:
     workflow = recorded / "poems.yaml"
     workflow.write_text(workflow.read_text().replace("id: poem", "id: verse"))
@@ -173,6 +182,127 @@ def test_a_renamed_step_is_a_clear_error(recorded: Path) -> None:
     assert result.returncode == 1
     assert "no recorded run left for step 'verse' (recorded: poem)" in result.stderr
     assert "PIPELINE_TEST_MODE=record" in result.stderr
+
+
+# -- replay speed ----------------------------------------------------------------------------------------
+
+TIMED_WORKFLOW = """
+workflow:
+  name: timed
+  steps:
+    - id: slow
+      provider: mock
+      prompt: "count"
+      options: {delay_ms: 60, mock_response: ["a ", "b ", "c ", "d"]}
+"""
+
+
+def test_outside_pytest_replay_keeps_the_recorded_timing_by_default(tmp_path: Path) -> None:
+    (tmp_path / "poems.yaml").write_text(TIMED_WORKFLOW)
+    assert pipeline_ex(tmp_path, "record").returncode == 0
+
+    def replay_ms(**env: str) -> float:
+        result = pipeline_ex(tmp_path, "replay", "--json", **env)
+        assert result.returncode == 0, result.stderr
+        step = json.loads(result.stdout)["steps"]["slow"]
+        assert step["text"] == "a b c d"
+        return float(step["duration_ms"])
+
+    assert replay_ms() >= 4 * 60 * 0.9  # the four recorded pauses, replayed
+    assert replay_ms(PIPELINE_REPLAY_SPEED="0") < 4 * 60 / 2
+
+
+CASSETTE_TEST = """
+import pytest
+from pipeline_ex import llm
+
+URL = "{url}"
+TOPIC = "owls"
+
+
+@pytest.mark.cassette("poem")
+def test_poem(stream_recorder):
+    result = llm.invoke(
+        prompt=f"Write about {{TOPIC}}.", provider="openai", api_base_url=URL, step="poem", temperature=0.2
+    )
+    stream_recorder.assert_complete()
+    first_to_last = stream_recorder.offsets_ms[-2] - stream_recorder.offsets_ms[0]
+    print(f"\\nTEXT={{result.text}}|ELAPSED_MS={{first_to_last:.1f}}")
+"""
+
+
+def outcome(result: pytest.RunResult) -> tuple[str, float]:
+    line = next(line for line in result.stdout.lines if "TEXT=" in line)
+    text, elapsed = line.split("TEXT=", 1)[1].split("|ELAPSED_MS=")
+    return text, float(elapsed)
+
+
+@live
+def test_the_cassette_marker_matches_the_request_and_replays_instantly(
+    pytester: pytest.Pytester, openai_server: OpenAISSEServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("PIPELINE_REPLAY_SPEED", raising=False)
+    openai_server.script(pieces=POEM, delay_s=0.08)
+    pytester.makepyfile(test_poem=CASSETTE_TEST.format(url=openai_server.url))
+    recorded = pytester.runpytest_subprocess("-s", "--pipeline-record")
+    recorded.assert_outcomes(passed=1)
+    text, recorded_ms = outcome(recorded)
+    assert text == "".join(POEM) and recorded_ms >= 3 * 80 * 0.9
+    openai_server.stop()
+
+    instant = pytester.runpytest_subprocess("-s")
+    instant.assert_outcomes(passed=1)
+    instant_text, instant_ms = outcome(instant)
+    assert instant_text == text and instant_ms < recorded_ms / 2
+
+    monkeypatch.setenv("PIPELINE_REPLAY_SPEED", "1")
+    timed = pytester.runpytest_subprocess("-s")
+    timed.assert_outcomes(passed=1)
+    assert outcome(timed)[1] >= recorded_ms * 0.9
+
+    monkeypatch.delenv("PIPELINE_REPLAY_SPEED")
+    (pytester.path / "test_poem.py").write_text(
+        (pytester.path / "test_poem.py").read_text().replace('TOPIC = "owls"', 'TOPIC = "cats"')
+    )
+    changed = pytester.runpytest_subprocess("-s")
+    changed.assert_outcomes(failed=1)
+    changed.stdout.fnmatch_lines(
+        [
+            "*CassetteError: cassette *poem.jsonl does not match step 'poem'*",
+            "*- Write about owls.",
+            "*+ Write about cats.",
+            "*pytest --pipeline-record*",
+        ]
+    )
+
+
+def test_replay_mode_from_the_environment_is_instant_inside_tests(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytester.makepyfile(
+        test_env_mode="""
+        from pipeline_ex import llm
+
+        def test_slow(stream_recorder):
+            llm.invoke(prompt="p", provider="mock", mock_response=["a ", "b ", "c ", "d"], delay_ms=60, step="s")
+            first_to_last = stream_recorder.offsets_ms[-2] - stream_recorder.offsets_ms[0]
+            print(f"ELAPSED_MS={first_to_last:.1f}")
+        """
+    )
+    monkeypatch.delenv("PIPELINE_REPLAY_SPEED", raising=False)
+    monkeypatch.setenv("PIPELINE_CASSETTE_DIR", str(pytester.path / "tapes"))
+    monkeypatch.setenv("PIPELINE_TEST_MODE", "record")
+    pytester.runpytest_subprocess("-s").assert_outcomes(passed=1)
+    assert (pytester.path / "tapes" / "test_slow.jsonl").is_file()
+
+    def elapsed(result: pytest.RunResult) -> float:
+        result.assert_outcomes(passed=1)
+        return float(result.stdout.str().split("ELAPSED_MS=")[1].split()[0])
+
+    monkeypatch.setenv("PIPELINE_TEST_MODE", "replay")
+    assert elapsed(pytester.runpytest_subprocess("-s")) < 3 * 60 / 2
+    monkeypatch.setenv("PIPELINE_REPLAY_SPEED", "1")
+    assert elapsed(pytester.runpytest_subprocess("-s")) >= 3 * 60 * 0.9
 
 
 # -- matching in-process, and the diff ------------------------------------------------------------------

@@ -3,7 +3,7 @@
 - `mock`: every step runs on the mock provider (scripted replies, no provider call).
 - `record`: live calls, and every step's events are saved to a cassette.
 - `replay`: every step is served from its cassette, with its chunk boundaries, finish reason, usage and
-  timing (`PIPELINE_REPLAY_SPEED` scales the pauses; 0 replays instantly), but
+  timing (`PIPELINE_REPLAY_SPEED` scales the pauses; 0 replays instantly, the default under pytest), but
   only for the request it recorded (the same messages, model, options and step path).
 
 Cassettes live in `PIPELINE_CASSETTE_DIR` (default `cassettes`), one file per run named after the
@@ -65,11 +65,15 @@ def mode_from_env() -> Mode:
     return value
 
 
-def replay_speed_from_env() -> float:
-    """The replay speed factor from `PIPELINE_REPLAY_SPEED` (default 1; 0 means no pauses)."""
+def replay_speed_from_env(default: float = 1.0) -> float:
+    """The replay speed factor from `PIPELINE_REPLAY_SPEED` (0 means no pauses).
+
+    :param default: the speed when the variable is not set: 1 (the recorded timing) for runs, 0 in
+        tests (the pytest plugin), which want replays to be instant.
+    """
     raw = os.environ.get(REPLAY_SPEED_ENV, "").strip()
     if not raw:
-        return 1.0
+        return default
     try:
         speed = float(raw)
     except ValueError:

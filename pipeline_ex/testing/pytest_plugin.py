@@ -1,7 +1,9 @@
 """The pytest plugin every project that installs pipeline-ex gets (registered under `pytest11`).
 
 - Markers: `streaming` (select with `pytest -m streaming`), `live` (allows real provider calls) and
-  `cassette("name")` (replays `cassettes/name.jsonl` next to the test file).
+  `cassette("name")` (replays `cassettes/name.jsonl` next to the test file, for the requests it recorded).
+- Replays (the cassette marker, or `PIPELINE_TEST_MODE=replay`) are instant unless
+  `PIPELINE_REPLAY_SPEED` says otherwise.
 - Options: `--pipeline-live` allows real provider calls in every test; `--pipeline-record` records
   `@pytest.mark.cassette` tests from live providers instead of replaying them.
 - Fixtures: `stream_recorder` (a `StreamingRecorder` that receives the events of every run in the
@@ -56,6 +58,7 @@ def _pipeline_ex_test_session(request: pytest.FixtureRequest) -> Iterator[TestSe
     """The test's session: the live-call guard, and the cassette of `@pytest.mark.cassette` tests."""
     config = request.config
     session = session_from_env(request.node.name, named_after="the test's name")
+    session.replay_speed = replay_speed_from_env(default=0.0)  # tests replay instantly unless told otherwise
     session.label = f"test {request.node.nodeid!r}"
     session.live_allowed = bool(config.getoption("--pipeline-live") or request.node.get_closest_marker("live"))
     marker = request.node.get_closest_marker("cassette")
@@ -65,7 +68,6 @@ def _pipeline_ex_test_session(request: pytest.FixtureRequest) -> Iterator[TestSe
         record = bool(config.getoption("--pipeline-record"))
         session.mode = "record" if record else "replay"
         session.cassette = Cassette(_cassette_path(request, marker.args[0]), record=record)
-        session.replay_speed = replay_speed_from_env()
         session.live_allowed = session.live_allowed or record
     request.node.stash[_SESSION_KEY] = session
     with using_session(session):
