@@ -377,3 +377,17 @@ def test_differences_name_each_part_of_the_request() -> None:
         "poem", provider="mock", model="a", messages=[("system", "S"), ("user", "P")], options={"seed": 1, "retries": 2}
     )
     assert same_but_provider.matches(recorded) and same_but_provider.differences(recorded) == []
+
+
+def test_option_values_json_cannot_hold_compare_the_same_in_every_process() -> None:
+    from pipeline_ex.modes.request import StepRequest
+
+    class Client:
+        """An object whose repr holds its address."""
+
+    def request(client: object) -> StepRequest:
+        return StepRequest.of("s", provider="p", model=None, messages=[("user", "u")], options={"client": client})
+
+    assert request(Client()).matches(request(Client()))
+    assert request(Client()).options == {"client": f"<{__name__}.{Client.__qualname__}>"}
+    assert request(("a", "b")).options == {"client": ["a", "b"]}

@@ -13,6 +13,7 @@ import difflib
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any
 
 from pipeline_ex.redaction import redact
@@ -26,9 +27,22 @@ _DIFF_LINES = 12
 _LINE_WIDTH = 120
 
 
+def _stand_in(value: Any) -> Any:
+    """A JSON stand-in for a value JSON cannot hold, the same in every process (never an address)."""
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, set | frozenset):
+        return sorted(value, key=repr)
+    dump = getattr(value, "model_dump", None)  # pydantic models
+    if callable(dump):
+        return dump(mode="json")
+    cls = type(value)
+    return f"<{cls.__module__}.{cls.__qualname__}>"
+
+
 def _json_value(value: Any) -> Any:
-    """`value` as it reads back from JSON (tuples become lists; anything else JSON lacks, its str)."""
-    return json.loads(json.dumps(value, ensure_ascii=False, sort_keys=True, default=str))
+    """`value` as it reads back from JSON: tuples become lists, other values JSON lacks a stand-in."""
+    return json.loads(json.dumps(value, ensure_ascii=False, sort_keys=True, default=_stand_in))
 
 
 @dataclass(frozen=True)
