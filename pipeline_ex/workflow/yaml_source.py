@@ -16,6 +16,10 @@ from pipeline_ex.errors import Issue, Location, WorkflowError
 
 Path = tuple[str | int, ...]
 
+MAX_ALIAS_VALUES = 100_000
+"""How many values YAML aliases may repeat in one file, all aliases together (a generous bound: a
+workflow that shares a few settings repeats tens of values; an alias bomb repeats billions)."""
+
 
 def format_path(path: Path) -> str:
     """Render a key path the way error messages show it: `workflow.steps[0].prompt`."""
@@ -48,9 +52,73 @@ class YamlSource:
             probe = probe[:-1]
 
 
+class _BoundedLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, with a bound on how much its aliases expand.
+
+    The composer shares one node for every alias of an anchor, so composing stays as small as the file;
+    it is building plain data from the nodes that would repeat each aliased value once per alias. PyYAML
+    has no setting for this, so the composer's `compose_node` is extended: at each alias it adds the size
+    of the aliased value (counted once per node, memoised) and stops past `MAX_ALIAS_VALUES`, naming the
+    alias's line. It also refuses an alias inside the value it names, which would nest forever.
+    """
+
+    def __init__(self, text: str, file: str) -> None:
+        super().__init__(text)
+        self.file = file
+        self.alias_values = 0
+        self._sizes: dict[int, int] = {}
+        self._open_anchors: set[str] = set()
+
+    def _size(self, node: yaml.Node) -> int:
+        """How many values `node` stands for once its aliases are expanded (keys included)."""
+        known = self._sizes.get(id(node))
+        if known is not None:
+            return known
+        if isinstance(node, yaml.MappingNode):
+            size = 1 + sum(self._size(key) + self._size(value) for key, value in node.value)
+        elif isinstance(node, yaml.SequenceNode):
+            size = 1 + sum(self._size(item) for item in node.value)
+        else:
+            size = 1
+        self._sizes[id(node)] = size
+        return size
+
+    def _refuse(self, mark: Any, message: str) -> WorkflowError:
+        return WorkflowError([Issue(Location(self.file, mark.line + 1, mark.column + 1), message)])
+
+    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
+        """Compose one node, counting what an alias repeats and keeping track of anchors being composed."""
+        event: Any = self.peek_event()  # type: ignore[no-untyped-call]
+        if isinstance(event, yaml.AliasEvent):
+            if event.anchor in self._open_anchors:
+                raise self._refuse(
+                    event.start_mark,
+                    f"alias *{event.anchor} is inside the value it names, so it would repeat forever; "
+                    "alias a value that is complete before the alias",
+                )
+            node = super().compose_node(parent, index)
+            size = self._size(node) if node is not None else 0
+            self.alias_values += size
+            if self.alias_values > MAX_ALIAS_VALUES:
+                raise self._refuse(
+                    event.start_mark,
+                    f"YAML aliases expand to more than {MAX_ALIAS_VALUES:,} values here (*{event.anchor} repeats "
+                    f"{size:,}); write the repeated values out instead of aliasing aliases",
+                )
+            return node
+        anchor = event.anchor
+        if anchor is None or anchor in self._open_anchors:  # a duplicate anchor: PyYAML reports it
+            return super().compose_node(parent, index)
+        self._open_anchors.add(anchor)
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._open_anchors.discard(anchor)
+
+
 class _Builder:
     def __init__(self, text: str, file: str) -> None:
-        self.loader = yaml.SafeLoader(text)
+        self.loader = _BoundedLoader(text, file)
         self.source = YamlSource(None, file, text)
 
     def _mark(self, node: yaml.Node) -> tuple[int, int]:

@@ -1,0 +1,153 @@
+"""Hostile or broken workflow files: each gives a clear `WorkflowError` at its line, quickly, never a crash.
+
+Files are written into a scratch directory and loaded with `load_workflow`, and the same files go through
+real `pipeline-ex` subprocesses (`validate`, `migrate --check`, `run`). The subprocesses run under a
+timeout and an address-space limit, so a regression (an alias bomb expanding again) fails the test
+instead of taking the machine's memory.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline_ex.errors import WorkflowError
+from pipeline_ex.server.catalog import WorkflowCatalog
+from pipeline_ex.workflow import parse_workflow
+from pipeline_ex.workflow.yaml_source import MAX_ALIAS_VALUES
+
+SCRIPT = Path(sys.executable).with_name("pipeline-ex")
+MEMORY_LIMIT = 2 << 30  # bytes of address space for a child process; a fixed loader needs far less
+TIMEOUT = 60  # seconds; a fixed loader answers in about one
+
+
+def _limit_memory() -> None:
+    resource.setrlimit(resource.RLIMIT_AS, (MEMORY_LIMIT, MEMORY_LIMIT))
+
+
+def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """Run `pipeline-ex ARGS` with a timeout and a memory limit, and capture its output."""
+    command = [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-m", "pipeline_ex"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PIPELINE_")}
+    return subprocess.run(
+        [*command, *args],
+        cwd=cwd,
+        env={**env, "NO_COLOR": "1"},
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        preexec_fn=_limit_memory,
+        check=False,
+    )
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(textwrap.dedent(text).lstrip(), encoding="utf-8")
+    return path
+
+
+def only_issue(error: WorkflowError) -> tuple[int | None, int | None, str | None, str]:
+    assert len(error.issues) == 1, str(error)
+    issue = error.issues[0]
+    return issue.location.line, issue.location.column, issue.location.key, issue.message
+
+
+# ---------------------------------------------------------------------------------------------------------
+# YAML alias bombs
+# ---------------------------------------------------------------------------------------------------------
+
+
+def alias_bomb(levels: int = 9, width: int = 9) -> str:
+    """ "Billion laughs": each level is a list of `width` aliases of the level before it."""
+    lines = ["workflow:", "  name: bomb", "  description:", '    - &l0 ["lol", "lol", "lol", "lol", "lol", "lol"]']
+    for level in range(1, levels):
+        lines.append(f"    - &l{level} [" + ", ".join([f"*l{level - 1}"] * width) + "]")
+    lines.append("  steps: [{id: a, prompt: hi}]")
+    return "\n".join(lines) + "\n"
+
+
+def test_the_bomb_is_small_and_would_expand_to_hundreds_of_millions_of_values() -> None:
+    text = alias_bomb()
+    assert len(text.encode()) < 600
+    sizes: dict[int, int] = {}
+
+    def expanded(node: yaml.Node) -> int:  # composing shares aliased nodes, so this is cheap
+        if id(node) not in sizes:
+            children = node.value if isinstance(node, yaml.SequenceNode) else []
+            if isinstance(node, yaml.MappingNode):
+                children = [part for pair in node.value for part in pair]
+            sizes[id(node)] = 1 + sum(expanded(child) for child in children)
+        return sizes[id(node)]
+
+    assert expanded(yaml.compose(text, Loader=yaml.SafeLoader)) > 200_000_000
+
+
+def _alias_line_past_the_limit(text: str) -> int:
+    """The line of the level whose aliases take the expansion past the limit (the level sizes are known)."""
+    size, total = 7, 0  # level 0: a sequence of six scalars
+    for index, line in enumerate(text.splitlines(), start=1):
+        if line.startswith("    - &l") and not line.startswith("    - &l0"):
+            total += 9 * size  # every alias of this line repeats the level before it
+            size = 1 + 9 * size
+            if total > MAX_ALIAS_VALUES:
+                return index
+    raise AssertionError("the bomb stays under the limit")
+
+
+@pytest.mark.parametrize("levels", [6, 9])
+def test_an_alias_bomb_is_refused_at_the_alias_that_passes_the_limit(levels: int) -> None:
+    text = alias_bomb(levels)
+    with pytest.raises(WorkflowError) as caught:
+        parse_workflow(text, "bomb.yaml", mock=True)
+    line, column, _, message = only_issue(caught.value)
+    assert line == _alias_line_past_the_limit(text)
+    assert column is not None and text.splitlines()[line - 1][column - 1] == "*"
+    assert f"more than {MAX_ALIAS_VALUES:,} values" in message
+    assert "write the repeated values out" in message
+    assert str(caught.value).startswith(f"bomb.yaml:{line}:{column}: ")
+
+
+def test_aliases_below_the_limit_still_load() -> None:
+    text = alias_bomb(levels=4)  # 9**3 * 6 scalars: far below the limit, so the description is checked
+    with pytest.raises(WorkflowError) as caught:
+        parse_workflow(text, "small.yaml", mock=True)
+    (issue,) = caught.value.issues
+    assert issue.location.key == "workflow.description" and "expected a valid string" in issue.message
+    shared = "- {id: a, prompt: &p hello, stop: &s [x, y]}\n- {id: b, prompt: *p, stop: *s}\n"
+    (first, second) = parse_workflow(shared, "shared.yaml", mock=True).steps
+    assert first.spec.stop == second.spec.stop == ["x", "y"]
+
+
+def test_a_recursive_alias_names_its_line() -> None:
+    with pytest.raises(WorkflowError) as caught:
+        parse_workflow("- id: a\n  prompt: hi\n  stop: &s [x, *s]\n", "loop.yaml", mock=True)
+    line, column, _, message = only_issue(caught.value)
+    assert (line, column) == (3, 16)
+    assert "alias *s is inside the value it names" in message
+
+
+@pytest.mark.parametrize("command", [["validate"], ["validate", "--mock"], ["migrate", "--check"]])
+def test_the_cli_refuses_an_alias_bomb_quickly(command: list[str], tmp_path: Path) -> None:
+    write(tmp_path / "bomb.yaml", alias_bomb())
+    result = cli(*command, "bomb.yaml", cwd=tmp_path)  # the timeout and memory limit catch an expansion
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert result.stdout == ""
+    line = _alias_line_past_the_limit(alias_bomb())
+    assert result.stderr.startswith(f"bomb.yaml:{line}:"), result.stderr[-2000:]
+    assert "Traceback" not in result.stderr and "MemoryError" not in result.stderr
+
+
+def test_a_served_folder_reports_the_bomb_and_serves_the_rest(tmp_path: Path) -> None:
+    write(tmp_path / "bomb.yaml", alias_bomb())
+    write(tmp_path / "good.yaml", "workflow:\n  name: good\n  steps: [{id: a, prompt: hi}]\n")
+    catalog = WorkflowCatalog.from_folder(tmp_path, mock=True)
+    assert list(catalog.workflows) == ["good"]
+    (problem,) = catalog.problems.values()
+    assert f"more than {MAX_ALIAS_VALUES:,} values" in problem
