@@ -7,6 +7,7 @@ reported at once with its file, line, column and key path. Nothing here imports 
 from __future__ import annotations
 
 import difflib
+import functools
 import importlib
 import json
 import os
@@ -124,22 +125,23 @@ class _Checker:
         self.source = source
         self.prefix = prefix
         self.issues: list[Issue] = []
+        self._seen: set[Issue] = set()
+        self.handler_failures: dict[tuple[str, str], HandlerResolutionError] = {}
+        """Handler references (with their options) that failed to resolve: each is tried once per file,
+        since a failure lists the installed handlers, which takes milliseconds."""
 
     def at(self, path: Path, *, at_key: bool = False) -> Location:
         return self.source.location(yaml_path(self.prefix, path), at_key=at_key)
 
     def add(self, path: Path, message: str, *, at_key: bool = False) -> None:
         issue = Issue(self.at(path, at_key=at_key), message)
-        if issue not in self.issues:
+        if issue not in self._seen:
+            self._seen.add(issue)
             self.issues.append(issue)
 
     def alias(self, old: Path, new: Path) -> None:
         """Let errors about `new` (a renamed legacy key) point at where `old` is written."""
-        source, old_path = self.source, yaml_path(self.prefix, old)
-        new_path = yaml_path(self.prefix, new)
-        for table in (source.values, source.keys):
-            for path in [p for p in table if p[: len(old_path)] == old_path]:
-                table[(*new_path, *path[len(old_path) :])] = table[path]
+        self.source.rename(yaml_path(self.prefix, old), yaml_path(self.prefix, new))
 
     def warn(self, path: Path, message: str) -> None:
         location = self.at(path, at_key=True)
@@ -209,6 +211,13 @@ def _is_step_path(path: Path) -> bool:
     return len(path) == 2 and path[0] == "steps" and isinstance(path[1], int)
 
 
+@functools.lru_cache(maxsize=1024)
+def _close_key(key: str, known: tuple[str, ...]) -> str | None:
+    """The known key closest to an unknown one (cached: a file tends to repeat its typos)."""
+    close = difflib.get_close_matches(key, known, n=1)
+    return close[0] if close else None
+
+
 def _schema_issues(error: ValidationError, body: Any, checker: _Checker) -> None:
     seen: set[Path] = set()
     for item in error.errors():
@@ -224,8 +233,8 @@ def _schema_issues(error: ValidationError, body: Any, checker: _Checker) -> None
             key = str(last)
             model = _model_at(loc)
             known = list(model.model_fields) if model is not None else []
-            close = difflib.get_close_matches(key, known, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else (f"; allowed: {', '.join(known)}" if known else "")
+            close = _close_key(key, tuple(known))
+            hint = f" (did you mean {close!r}?)" if close else (f"; allowed: {', '.join(known)}" if known else "")
             checker.add(path, f"unknown key {key!r}{hint}", at_key=True)
         elif kind == "missing":
             checker.add(path[:-1], f"missing required key {last!r}")
@@ -290,11 +299,63 @@ def _normalize_legacy(raw: dict[str, Any], path: Path, checker: _Checker) -> Non
         checker.alias((*path, legacy), (*path, current))
 
 
+def _deletions(name: str) -> set[str]:
+    """`name`, and `name` with any one character deleted."""
+    return {name, *(name[:at] + name[at + 1 :] for at in range(len(name)))}
+
+
+class _EarlierNames:
+    """The names defined so far, in order, with "did you mean" lookups that stay cheap for many names.
+
+    difflib compares a name with every candidate, so asking it about each of n steps is quadratic in n.
+    Up to `EXACT` names, difflib is asked about all of them, as everywhere else. Past that, the candidates
+    are the names within one edit (a typo, a missing or extra character, two swapped ones), found in an
+    index of each name with one character deleted, and difflib ranks those. difflib has no index, hence
+    this one.
+    """
+
+    EXACT = 64
+    INDEXED_LENGTH = 64
+    LISTED = 10
+
+    def __init__(self) -> None:
+        self.order: list[str] = []
+        self.known: set[str] = set()
+        self._by_deletion: dict[str, list[str]] = {}
+
+    def add(self, name: str) -> None:
+        if name in self.known:
+            return
+        self.known.add(name)
+        self.order.append(name)
+        if len(name) <= self.INDEXED_LENGTH:
+            for variant in _deletions(name):
+                self._by_deletion.setdefault(variant, []).append(name)
+
+    def close_match(self, name: str) -> str | None:
+        if len(self.order) <= self.EXACT:
+            candidates = sorted(self.order)
+        elif len(name) <= self.INDEXED_LENGTH:
+            candidates = sorted({found for variant in _deletions(name) for found in self._by_deletion.get(variant, ())})
+        else:
+            return None
+        close = difflib.get_close_matches(name, candidates, n=1)
+        return close[0] if close else None
+
+    def listing(self) -> str:
+        """The names, for a message: all of them sorted, or the last few and how many there are."""
+        if not self.order:
+            return ": none (this is the first step)"
+        if len(self.order) <= self.LISTED:
+            return ": " + ", ".join(sorted(self.order))
+        return f" include {', '.join(self.order[-self.LISTED :])} ({len(self.order)} in all)"
+
+
 def _check_templates(workflow: Workflow, checker: _Checker) -> None:
     env_globals = set(templates.environment().globals)
     env_filters = set(templates.environment().filters)
     known_inputs = set(workflow.inputs)
-    earlier_steps: set[str] = set()
+    earlier_steps = _EarlierNames()
     all_steps = {step.id for step in workflow.steps}
     known_vars: set[str] = set()
 
@@ -307,15 +368,12 @@ def _check_templates(workflow: Workflow, checker: _Checker) -> None:
         except (RecursionError, ValueError, MemoryError) as error:
             checker.add(path, f"template cannot be parsed: {type(error).__name__}: {error}"[:300])
             return
-        for name in sorted(found.by_root["steps"] - earlier_steps):
-            later = " (it runs later)" if name in all_steps else ""
-            close = difflib.get_close_matches(name, sorted(earlier_steps), n=1)
-            if later:
-                hint = ""
-            elif close:
-                hint = f"; did you mean {close[0]!r}?"
+        for name in sorted(found.by_root["steps"] - earlier_steps.known):
+            if name in all_steps:
+                later, hint = " (it runs later)", ""
             else:
-                hint = "; earlier steps: " + (", ".join(sorted(earlier_steps)) or "none (this is the first step)")
+                close = earlier_steps.close_match(name)
+                later, hint = "", f"; did you mean {close!r}?" if close else "; earlier steps" + earlier_steps.listing()
             checker.add(path, f"template reads steps.{name}, but no earlier step has id {name!r}{later}{hint}")
         for name in sorted(found.by_root["inputs"] - known_inputs):
             checker.add(path, f"template reads inputs.{name}, but the workflow declares no input {name!r}")
@@ -368,11 +426,16 @@ def _resolve_step_handlers(step: LLMStep, index: int, defaults: Defaults, checke
     specs = []
     for position, ref in enumerate(ref_list):
         ref_path: Path = (*owner, "stream_handler") + ((position,) if isinstance(refs, list) else ())
-        try:
-            specs.append(resolve_handler(ref, options, location=checker.at(ref_path)))
-        except HandlerResolutionError as error:
-            where = options_path if error.about_options else ref_path
-            checker.add(where, _one_line(error.describe()))
+        attempt = (ref, json.dumps(options, sort_keys=True, default=repr))
+        error = checker.handler_failures.get(attempt)
+        if error is None:
+            try:
+                specs.append(resolve_handler(ref, options, location=checker.at(ref_path)))
+                continue
+            except HandlerResolutionError as failure:
+                error = checker.handler_failures[attempt] = failure
+        where = options_path if error.about_options else ref_path
+        checker.add(where, _one_line(error.describe()))
     return specs
 
 

@@ -38,10 +38,23 @@ class YamlSource:
     text: str
     values: dict[Path, tuple[int, int]] = field(default_factory=dict)
     keys: dict[Path, tuple[int, int]] = field(default_factory=dict)
+    renamed: dict[Path, Path] = field(default_factory=dict)
+    """Keys renamed after parsing (a legacy key to its current name): the new key path -> the written one."""
+
+    def rename(self, old: Path, new: Path) -> None:
+        """Let positions of `new` and everything under it be those of `old`, where the file writes it."""
+        self.renamed[tuple(new)] = tuple(old)
+
+    def _as_written(self, path: Path) -> Path:
+        for end in range(len(path), 0, -1) if self.renamed else ():
+            old = self.renamed.get(path[:end])
+            if old is not None:
+                return (*old, *path[end:])
+        return path
 
     def location(self, path: Path, *, at_key: bool = False) -> Location:
         """Where `path` is, falling back to its nearest ancestor that has a position."""
-        probe = tuple(path)
+        probe = self._as_written(tuple(path))
         while True:
             table = self.keys if at_key and probe in self.keys else self.values
             if probe in table:
