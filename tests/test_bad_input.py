@@ -13,6 +13,7 @@ import resource
 import subprocess
 import sys
 import textwrap
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -20,7 +21,7 @@ import yaml
 
 from pipeline_ex.errors import WorkflowError
 from pipeline_ex.server.catalog import WorkflowCatalog
-from pipeline_ex.workflow import parse_workflow
+from pipeline_ex.workflow import load_workflow, parse_workflow
 from pipeline_ex.workflow.yaml_source import MAX_ALIAS_VALUES
 
 SCRIPT = Path(sys.executable).with_name("pipeline-ex")
@@ -151,3 +152,56 @@ def test_a_served_folder_reports_the_bomb_and_serves_the_rest(tmp_path: Path) ->
     assert list(catalog.workflows) == ["good"]
     (problem,) = catalog.problems.values()
     assert f"more than {MAX_ALIAS_VALUES:,} values" in problem
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Files that are not UTF-8
+# ---------------------------------------------------------------------------------------------------------
+
+LATIN_1 = "workflow:\n  name: menu\n  steps:\n    - {id: a, prompt: 'Un café ☕ crème'}\n"
+
+
+def latin_1(text: str) -> bytes:
+    return text.replace("☕ ", "").encode("latin-1")
+
+
+def one_bad_byte(text: str) -> bytes:
+    """UTF-8 (the cup is three bytes), except for one Latin-1 byte in place of the è."""
+    return text.replace("è", "\udce8").encode("utf-8", "surrogateescape")
+
+
+@pytest.mark.parametrize(
+    ("encode", "column", "byte"),
+    [(latin_1, 30, "0xe9"), (one_bad_byte, 36, "0xe8")],
+    ids=["latin-1", "after-multibyte-text"],
+)
+def test_a_file_that_is_not_utf8_names_the_first_bad_byte(
+    encode: Callable[[str], bytes], column: int, byte: str, tmp_path: Path
+) -> None:
+    path = tmp_path / "menu.yaml"
+    path.write_bytes(encode(LATIN_1))
+    with pytest.raises(WorkflowError) as caught:
+        load_workflow(path, mock=True)
+    line, issue_column, _, message = only_issue(caught.value)
+    assert (line, issue_column) == (4, column)  # columns count characters, not bytes
+    assert f"byte {byte}" in message and "not UTF-8" in message and "save the file as UTF-8" in message
+    assert str(caught.value).startswith(f"{path}:4:{column}: ")
+
+
+def test_a_utf16_file_is_recognised(tmp_path: Path) -> None:
+    path = tmp_path / "wide.yaml"
+    path.write_bytes(LATIN_1.encode("utf-16"))
+    with pytest.raises(WorkflowError) as caught:
+        load_workflow(path, mock=True)
+    line, column, _, message = only_issue(caught.value)
+    assert (line, column) == (1, 1)
+    assert "UTF-16" in message and "save the file as UTF-8" in message
+
+
+@pytest.mark.parametrize("command", [["validate", "--mock"], ["migrate", "--check"], ["run", "--mock"]])
+def test_the_cli_names_the_line_of_a_bad_byte(command: list[str], tmp_path: Path) -> None:
+    (tmp_path / "menu.yaml").write_bytes(latin_1(LATIN_1))
+    result = cli(*command, "menu.yaml", cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.startswith("menu.yaml:4:30: "), result.stderr
+    assert "save the file as UTF-8" in result.stderr and "Traceback" not in result.stderr

@@ -44,7 +44,7 @@ from pipeline_ex.workflow.schema import (
     StepLimits,
     Workflow,
 )
-from pipeline_ex.workflow.yaml_source import Path, YamlSource, format_path, load_yaml
+from pipeline_ex.workflow.yaml_source import Path, YamlSource, format_path, load_yaml, read_workflow_text
 
 _INHERITED_KEYS = (*GenerationFields.model_fields, *StepLimits.model_fields)
 """Step settings a step takes from `defaults:` when it does not set them itself."""
@@ -578,11 +578,7 @@ def load_workflow(path: str | os.PathLike[str], *, mock: bool = False) -> Loaded
     :raises WorkflowError: listing every problem found, each with file:line:column and key path.
     """
     name = os.fspath(path)
-    try:
-        text = FilePath(name).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as error:
-        raise WorkflowError([Issue(Location(name), f"cannot read the workflow: {error}")]) from None
-    return parse_workflow(text, name, mock=mock)
+    return parse_workflow(read_workflow_text(name), name, mock=mock)
 
 
 __all__ = ["LoadedStep", "LoadedWorkflow", "format_path", "load_workflow", "mock_mode_requested", "parse_workflow"]

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import yaml
 
-from pipeline_ex.errors import Issue, Location, WorkflowError
+from pipeline_ex.errors import Issue, Location
 from pipeline_ex.streaming.names import LEGACY_ALIASES
-from pipeline_ex.workflow.yaml_source import load_yaml
+from pipeline_ex.workflow.yaml_source import load_yaml, read_workflow_text
 
 LEGACY_KEYS = {"async_stream": "stream", "async_handler": "stream_handler"}
 HANDLER_KEYS = {"stream_handler", "async_handler"}
@@ -187,10 +187,7 @@ def migrate_file(path: str | Path, *, write: bool) -> MigrationReport:
     :raises WorkflowError: when the file is not valid YAML or cannot be read.
     """
     name = str(path)
-    try:
-        text = Path(name).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as error:
-        raise WorkflowError([Issue(Location(name), f"cannot read the workflow: {error}")]) from None
+    text = read_workflow_text(name)
     uses, conflicts = audit(text, name)
     report = MigrationReport(name, uses, conflicts)
     if uses:

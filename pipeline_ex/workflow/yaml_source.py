@@ -7,7 +7,11 @@ handler, template, provider) can point at the exact line.
 
 from __future__ import annotations
 
+import codecs
+import os
+import re
 from dataclasses import dataclass, field
+from pathlib import Path as FilePath
 from typing import Any
 
 import yaml
@@ -212,6 +216,34 @@ def _yaml_issue(error: yaml.YAMLError, file: str, text: str) -> Issue:
     if "indent" in message or "mapping values are not allowed" in message or "expected <block end>" in message:
         message += "; check the indentation of this line and the one above"
     return Issue(Location(file, line, column), message)
+
+
+_LINE_BREAK = re.compile("\r\n|[\n\r\x85\u2028\u2029]")
+"""What YAML counts as a line break (PyYAML's marks count lines the same way)."""
+
+
+def read_workflow_text(path: str | os.PathLike[str]) -> str:
+    """The text of a workflow file, which must be UTF-8 (a UTF-8 byte order mark is allowed).
+
+    :raises WorkflowError: when the file cannot be read, or is not UTF-8: then at the line and column
+        of the first byte that is not.
+    """
+    name = os.fspath(path)
+    try:
+        data = FilePath(name).read_bytes()
+    except OSError as error:
+        raise WorkflowError([Issue(Location(name), f"cannot read the workflow: {error}")]) from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        before = data[: error.start].decode("utf-8")  # valid up to the first bad byte
+        lines = _LINE_BREAK.split(before)
+        if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+            problem = "the file is UTF-16, not UTF-8"
+        else:
+            problem = f"the file is not UTF-8 text (byte 0x{data[error.start]:02x} here: {error.reason})"
+        where = Location(name, len(lines), len(lines[-1]) + 1)
+        raise WorkflowError([Issue(where, f"{problem}; save the file as UTF-8")]) from None
 
 
 def load_yaml(text: str, file: str) -> YamlSource:
