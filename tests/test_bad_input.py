@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline_ex.errors import WorkflowError
+from pipeline_ex.errors import PipelineError, StepError, WorkflowError
 from pipeline_ex.server.catalog import WorkflowCatalog
-from pipeline_ex.workflow import load_workflow, parse_workflow
+from pipeline_ex.workflow import InputError, load_workflow, parse_workflow, run
 from pipeline_ex.workflow.yaml_source import MAX_ALIAS_VALUES
 
 SCRIPT = Path(sys.executable).with_name("pipeline-ex")
@@ -205,3 +205,180 @@ def test_the_cli_names_the_line_of_a_bad_byte(command: list[str], tmp_path: Path
     assert result.returncode == 2
     assert result.stderr.startswith("menu.yaml:4:30: "), result.stderr
     assert "save the file as UTF-8" in result.stderr and "Traceback" not in result.stderr
+
+
+# ---------------------------------------------------------------------------------------------------------
+# output_to_file that names no file
+# ---------------------------------------------------------------------------------------------------------
+
+OUTPUT = """\
+workflow:
+  name: files
+  steps:
+    - id: draft
+      prompt: "Write."
+      mock_response: "some text"
+      output_to_file: {target}
+"""
+
+
+@pytest.mark.parametrize(
+    ("target", "words"),
+    [
+        (".", "names the output directory itself"),
+        ("./", "names the output directory itself"),
+        ("out/", "names a directory"),
+        ("out/.", "names a directory"),
+        ("out\\\\", "names a directory"),
+        ("out/draft\\0.md", "control character"),
+        ("out/\\tdraft.md", "control character"),
+    ],
+)
+def test_an_output_path_that_names_no_file_is_a_load_error(target: str, words: str) -> None:
+    with pytest.raises(WorkflowError) as caught:
+        parse_workflow(OUTPUT.format(target=f'"{target}"'), "files.yaml", mock=True)
+    line, column, key, message = only_issue(caught.value)
+    assert (line, column, key) == (7, 23, "workflow.steps[0].output_to_file")
+    assert words in message
+    assert "give a file name" in message
+
+
+def test_validate_and_run_refuse_an_output_path_of_dot(tmp_path: Path) -> None:
+    write(tmp_path / "dot.yaml", OUTPUT.format(target='"."'))
+    checked = cli("validate", "--mock", "dot.yaml", cwd=tmp_path)
+    assert checked.returncode == 2 and checked.stderr.startswith("dot.yaml:7:23: workflow.steps[0].output_to_file: ")
+    ran = cli("run", "--mock", "dot.yaml", cwd=tmp_path)
+    assert ran.returncode == 2 and "Traceback" not in ran.stderr
+    assert not (tmp_path / "outputs").exists()  # no output folder made into a file
+
+
+def test_an_existing_directory_at_the_output_path_fails_the_run_before_any_step(tmp_path: Path) -> None:
+    write(tmp_path / "files.yaml", OUTPUT.format(target="report"))
+    (tmp_path / "outputs" / "report").mkdir(parents=True)
+    result = cli("run", "--mock", "files.yaml", cwd=tmp_path)
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stderr.startswith("error: step 'draft': output_to_file 'report' is a directory")
+    assert "outputs/report" in result.stderr and "give a file name" in result.stderr
+    assert "some text" not in result.stdout  # the step never ran
+    assert (tmp_path / "outputs" / "report").is_dir()
+
+
+def test_an_output_dir_that_is_a_file_is_a_clean_error(tmp_path: Path) -> None:
+    write(tmp_path / "files.yaml", OUTPUT.format(target="report.md"))
+    (tmp_path / "taken").write_text("not a folder", encoding="utf-8")
+    result = cli("run", "--mock", "files.yaml", "--output-dir", "taken", cwd=tmp_path)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "error: step 'draft': output_to_file 'report.md' cannot be written" in result.stderr
+    assert "taken is a file, not a directory" in result.stderr
+    assert (tmp_path / "taken").read_text(encoding="utf-8") == "not a folder"
+
+
+def test_an_output_file_that_is_another_steps_folder_is_a_load_error() -> None:
+    text = OUTPUT.format(target="notes/a.md") + (
+        '    - id: second\n      prompt: "More."\n      output_to_file: notes\n'
+    )
+    with pytest.raises(WorkflowError) as caught:
+        parse_workflow(text, "files.yaml", mock=True)
+    line, _, key, message = only_issue(caught.value)
+    assert (line, key) == (10, "workflow.steps[1].output_to_file")
+    assert "'notes' is the folder that steps[0] ('draft') writes into" in message
+
+
+def test_a_directory_made_during_the_run_is_a_pipeline_error_naming_the_step(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "makedir.py").write_text("import os\n\ndef make(ctx, path):\n    os.makedirs(path)\n", encoding="utf-8")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    out = tmp_path / "out"
+    text = OUTPUT.format(target="first.md") + (
+        f"    - {{id: mkdir, type: python, callable: makedir.make, args: {{path: '{out / 'notes'}'}}}}\n"
+        '    - id: second\n      prompt: "More."\n      output_to_file: notes\n'
+    )
+    with pytest.raises(PipelineError) as caught:
+        run(parse_workflow(text, "files.yaml", mock=True), output_dir=out)
+    assert not isinstance(caught.value, StepError | WorkflowError)
+    assert str(caught.value).startswith("step 'second': output_to_file 'notes' is a directory")
+    assert "give a file name" in str(caught.value)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Lone surrogates
+# ---------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "column", "key"),
+    [
+        ('- id: a\n  prompt: "hi \\ud800 there"\n', 2, 11, "[0].prompt"),
+        ('- id: a\n  prompt: hi\n  options: {"\\udfff": 1}\n', 3, 13, "[0].options"),
+        ('- id: a\n  prompt: "pair the wrong way round: \\ude00\\ud83d"\n', 2, 11, "[0].prompt"),
+    ],
+    ids=["in-a-value", "in-a-key", "reversed-pair"],
+)
+def test_a_lone_surrogate_in_the_file_is_a_load_error(text: str, line: int, column: int, key: str) -> None:
+    with pytest.raises(WorkflowError) as caught:
+        parse_workflow(text, "wf.yaml", mock=True)
+    issue_line, issue_column, issue_key, message = only_issue(caught.value)
+    assert (issue_line, issue_column, issue_key) == (line, column, key)
+    assert "lone surrogate" in message and "\\u" in message
+    assert "write the character itself" in message
+    str(caught.value).encode("utf-8")  # the message itself is printable text
+
+
+def test_a_surrogate_pair_escape_is_read_as_its_character() -> None:
+    loaded = parse_workflow('- id: a\n  prompt: "smile \\ud83d\\ude00"\n', "wf.yaml", mock=True)
+    assert loaded.steps[0].spec.prompt == "smile \U0001f600"
+
+
+def test_run_refuses_a_file_with_a_lone_surrogate_without_a_traceback(tmp_path: Path) -> None:
+    write(tmp_path / "wf.yaml", '- id: a\n  prompt: "hi \\ud800"\n')
+    result = cli("run", "--mock", "wf.yaml", cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.startswith("wf.yaml:2:11: [0].prompt: ") and "Traceback" not in result.stderr
+
+
+TOPIC = """\
+workflow:
+  name: topic
+  inputs:
+    topic: {default: owls}
+  steps:
+    - {id: a, prompt: "{{ inputs.topic }}"}
+"""
+
+
+def test_a_lone_surrogate_from_the_command_line_is_an_input_error(tmp_path: Path) -> None:
+    write(tmp_path / "topic.yaml", TOPIC)
+    command = [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-m", "pipeline_ex"]
+    result = subprocess.run(
+        [*command, "run", "--mock", "topic.yaml", "--input", b"topic=caf\xe9"],  # not UTF-8
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        check=False,
+    )
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert "error: input 'topic' is not text: character 4 is a lone surrogate (\\udce9)" in result.stderr
+
+
+@pytest.mark.parametrize("value", ["\ud800", "ok \udc00", "x\udbff"], ids=["high", "low", "high-at-the-end"])
+def test_a_lone_surrogate_from_python_is_an_input_error(value: str) -> None:
+    loaded = parse_workflow(TOPIC, "topic.yaml", mock=True)
+    with pytest.raises(InputError, match=r"input 'topic' is not text: character \d+ is a lone surrogate \(\\ud"):
+        run(loaded, {"topic": value})
+
+
+def test_a_lone_surrogate_made_by_a_python_step_is_caught_before_the_prompt_is_sent(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "surrogates.py").write_text("def broken(ctx):\n    return 'x\\ud800'\n", encoding="utf-8")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    text = "- {id: p, type: python, callable: surrogates.broken}\n- {id: a, prompt: '{{ steps.p }}'}\n"
+    with pytest.raises(WorkflowError) as caught:
+        run(parse_workflow(text, "wf.yaml", mock=True))
+    line, _, key, message = only_issue(caught.value)
+    assert (line, key) == (2, "[1].prompt")
+    assert "the rendered prompt has a lone surrogate (\\ud800)" in message

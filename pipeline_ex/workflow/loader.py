@@ -44,7 +44,14 @@ from pipeline_ex.workflow.schema import (
     StepLimits,
     Workflow,
 )
-from pipeline_ex.workflow.yaml_source import Path, YamlSource, format_path, load_yaml, read_workflow_text
+from pipeline_ex.workflow.yaml_source import (
+    Path,
+    YamlSource,
+    escaped,
+    format_path,
+    load_yaml,
+    read_workflow_text,
+)
 
 _INHERITED_KEYS = (*GenerationFields.model_fields, *StepLimits.model_fields)
 """Step settings a step takes from `defaults:` when it does not set them itself."""
@@ -484,6 +491,44 @@ def _stays_inside(relative: str) -> bool:
     return not path.is_absolute() and ".." not in path.parts and relative.strip() != ""
 
 
+def _output_file_problem(relative: str, step_id: str) -> str | None:
+    """What is wrong with an `output_to_file` path, if anything: it must name a file inside the output folder."""
+    if not _stays_inside(relative):
+        return f"{relative!r} must be a relative path inside the output directory"
+    control = next((character for character in relative if ord(character) < 32 or ord(character) == 127), None)
+    if control is not None:
+        return f"{relative!r} has a control character ({escaped(control)}); give a file name without one"
+    parts = relative.replace("\\", "/").split("/")
+    if all(part in ("", ".") for part in parts):
+        return f"{relative!r} names the output directory itself; give a file name, such as '{step_id}.md'"
+    if parts[-1] in ("", "."):
+        folder = PurePosixPath(relative.replace("\\", "/"))
+        return f"{relative!r} names a directory; give a file name, such as '{folder / (step_id + '.md')}'"
+    return None
+
+
+def _check_output_folders(loaded: list[LoadedStep], checker: _Checker) -> None:
+    """One step's output file must not be a folder another step writes into."""
+    folders: dict[tuple[str, ...], int] = {}
+    files: dict[tuple[str, ...], int] = {}
+    for index, item in enumerate(loaded):
+        target = item.spec.output_to_file if isinstance(item.spec, LLMStep) else None
+        if target is None or _output_file_problem(target, item.id) is not None:
+            continue
+        parts = PurePosixPath(target.replace("\\", "/")).parts
+        files.setdefault(parts, index)
+        for end in range(1, len(parts)):
+            folders.setdefault(parts[:end], index)
+    for parts, index in files.items():
+        if parts in folders:
+            other = folders[parts]
+            checker.add(
+                ("steps", index, "output_to_file"),
+                f"{'/'.join(parts)!r} is the folder that steps[{other}] ({loaded[other].id!r}) writes into; "
+                "give this step another file name",
+            )
+
+
 def _load_steps(workflow: Workflow, checker: _Checker, mock: bool, offline: bool) -> list[LoadedStep]:
     defaults = workflow.defaults
     loaded: list[LoadedStep] = []
@@ -523,14 +568,13 @@ def _load_steps(workflow: Workflow, checker: _Checker, mock: bool, offline: bool
                 checker.add(provider_path, _one_line(str(error)))
             if mock:
                 item.provider = "mock"
-            if step.output_to_file is not None and not _stays_inside(step.output_to_file):
-                checker.add(
-                    ("steps", index, "output_to_file"),
-                    f"{step.output_to_file!r} must be a relative path inside the output directory",
-                )
+            problem = None if step.output_to_file is None else _output_file_problem(step.output_to_file, step.id)
+            if problem is not None:
+                checker.add(("steps", index, "output_to_file"), problem)
         elif isinstance(step, PythonStep):
             item.function = _resolve_python(step, index, checker)
         loaded.append(item)
+    _check_output_folders(loaded, checker)
     return loaded
 
 

@@ -20,6 +20,7 @@ from pipeline_ex.streaming.resolve import HandlerSpec
 from pipeline_ex.workflow import templates
 from pipeline_ex.workflow.loader import LoadedStep, LoadedWorkflow, load_workflow, parse_workflow
 from pipeline_ex.workflow.schema import InputSpec, LLMStep, PythonStep, SetStep
+from pipeline_ex.workflow.yaml_source import escaped, lone_surrogate
 
 OUTPUT_DIR_ENV = "PIPELINE_OUTPUT_DIR"
 DEFAULT_OUTPUT_DIR = "outputs"
@@ -92,6 +93,12 @@ def _jsonable(value: Any) -> Any:
 
 
 def _convert(name: str, spec: InputSpec, value: Any) -> Any:
+    at = lone_surrogate(value) if isinstance(value, str) else None
+    if at is not None:
+        raise InputError(
+            f"input {name!r} is not text: character {at + 1} is a lone surrogate ({escaped(value[at])}); "
+            "give valid Unicode text (on a command line, UTF-8)"
+        )
     if not isinstance(value, str) or spec.type == "string":
         return value
     try:
@@ -138,9 +145,28 @@ def resolve_inputs(loaded: LoadedWorkflow, given: Mapping[str, Any] | None) -> d
 
 
 def _output_path(output_dir: Path, relative: str, step_id: str) -> Path:
+    """Where a step's `output_to_file` goes; checked against what is on disk now.
+
+    :raises PipelineError: naming the step and the path, when the path is outside the output directory,
+        is a directory, or has a file where a folder of the path should be.
+    """
     target = (output_dir / relative).resolve()
     if not target.is_relative_to(output_dir.resolve()):
         raise PipelineError(f"step {step_id!r}: output_to_file {relative!r} points outside {output_dir}")
+    shown = output_dir / relative  # as the user gave the folder, so a server's messages hold no absolute path
+    if target.is_dir():
+        raise PipelineError(
+            f"step {step_id!r}: output_to_file {relative!r} is a directory ({shown}); "
+            "give a file name, or move the directory away"
+        )
+    for folder in shown.parents:
+        if folder.exists():
+            if not folder.is_dir():
+                raise PipelineError(
+                    f"step {step_id!r}: output_to_file {relative!r} cannot be written: {folder} is a file, "
+                    "not a directory; choose another output directory or file name"
+                )
+            break
     return target
 
 
@@ -166,11 +192,19 @@ class _Runner:
 
     def _render(self, source: str, item: LoadedStep, key: str) -> str:
         try:
-            return templates.render(source, self._template_values())
+            text = templates.render(source, self._template_values())
         except Exception as error:
             raise WorkflowError(
                 [Issue(self.loaded.location(*item.path, key), f"template failed: {type(error).__name__}: {error}")]
             ) from error
+        at = lone_surrogate(text)
+        if at is not None:
+            message = (
+                f"the rendered {key} has a lone surrogate ({escaped(text[at])}) at character {at + 1}, which is "
+                "not text; it comes from a value the template reads (a python step's result?)"
+            )
+            raise WorkflowError([Issue(self.loaded.location(*item.path, key), message)])
+        return text
 
     async def _llm(self, item: LoadedStep, step: LLMStep) -> None:
         from pipeline_ex.llm.step import ainvoke
@@ -193,7 +227,10 @@ class _Runner:
                 **item.options,
             )
         except StepError as error:
-            self._write_output(step, error.done.response.text)
+            try:
+                self._write_output(step, error.done.response.text)
+            except PipelineError as output_error:
+                error.add_note(str(output_error))  # the step's own failure stays the error raised
             raise
         self.ctx.steps[step.id] = result
         self.result.steps[step.id] = result
@@ -203,8 +240,15 @@ class _Runner:
         if step.output_to_file is None:
             return
         target = _output_path(self.output_dir, step.output_to_file, step.id)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(text, encoding="utf-8")
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(text, encoding="utf-8")
+        except (OSError, UnicodeError) as error:
+            reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
+            raise PipelineError(
+                f"step {step.id!r}: output_to_file {step.output_to_file!r} cannot be written to "
+                f"{self.output_dir / step.output_to_file}: {reason}"
+            ) from error
         self.result.outputs[step.id] = target
 
     async def _python(self, item: LoadedStep, step: PythonStep) -> None:
@@ -221,7 +265,14 @@ class _Runner:
             self.ctx.vars[name] = rendered
         self.result.vars = dict(self.ctx.vars)
 
+    def check_outputs(self) -> None:
+        """Fail before the first step when an `output_to_file` cannot be written as things are on disk."""
+        for item in self.loaded.steps:
+            if isinstance(item.spec, LLMStep) and item.spec.output_to_file is not None:
+                _output_path(self.output_dir, item.spec.output_to_file, item.id)
+
     async def run(self) -> RunResult:
+        self.check_outputs()
         total = len(self.loaded.steps)
         for index, item in enumerate(self.loaded.steps, start=1):
             if self.progress is not None:

@@ -133,6 +133,21 @@ class _BoundedLoader(yaml.SafeLoader):
             self._open_anchors.discard(anchor)
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_LONE_SURROGATE = re.compile("[\ud800-\udbff](?![\udc00-\udfff])|(?<![\ud800-\udbff])[\udc00-\udfff]")
+
+
+def lone_surrogate(text: str) -> int | None:
+    """The index of the first lone surrogate in `text` (half of a UTF-16 pair, which is not text), or None."""
+    found = _LONE_SURROGATE.search(text)
+    return found.start() if found else None
+
+
+def escaped(character: str) -> str:
+    r"""A character as a `\uXXXX` escape, for messages about characters that cannot be printed."""
+    return f"\\u{ord(character):04x}"
+
+
 class _Builder:
     def __init__(self, text: str, file: str) -> None:
         self.loader = _BoundedLoader(text, file)
@@ -141,62 +156,54 @@ class _Builder:
     def _mark(self, node: yaml.Node) -> tuple[int, int]:
         return node.start_mark.line + 1, node.start_mark.column + 1
 
+    def _refuse(self, node: yaml.Node, path: Path, message: str) -> WorkflowError:
+        line, column = self._mark(node)
+        return WorkflowError([Issue(Location(self.source.file, line, column, format_path(path) or None), message)])
+
+    def _text(self, value: str, node: yaml.Node, path: Path) -> str:
+        r"""Text as the file means it, with no lone surrogate.
+
+        Escaped surrogate pairs (`"\ud83d\ude00"`, as JSON writes them) are read as the character they
+        encode; a lone surrogate is an error.
+        """
+        if _SURROGATE.search(value) is None:
+            return value
+        at = lone_surrogate(value)
+        if at is None:
+            return value.encode("utf-16", "surrogatepass").decode("utf-16")
+        raise self._refuse(
+            node,
+            path,
+            f"has a lone surrogate ({escaped(value[at])}), half of a UTF-16 pair, which is not text; "
+            "write the character itself, or escape its code point with \\U (such as \\U0001F600)",
+        )
+
     def build(self, node: yaml.Node, path: Path) -> Any:
         self.source.values[path] = self._mark(node)
         if isinstance(node, yaml.MappingNode):
             result: dict[str, Any] = {}
             for key_node, value_node in node.value:
                 if not isinstance(key_node, yaml.ScalarNode):
-                    line, column = self._mark(key_node)
-                    raise WorkflowError(
-                        [
-                            Issue(
-                                Location(self.source.file, line, column, format_path(path) or None),
-                                "keys must be plain text",
-                            )
-                        ]
-                    )
-                key = str(key_node.value)
+                    raise self._refuse(key_node, path, "keys must be plain text")
+                key = self._text(str(key_node.value), key_node, path)
                 if key == "<<":
-                    line, column = self._mark(key_node)
-                    raise WorkflowError(
-                        [
-                            Issue(
-                                Location(self.source.file, line, column, format_path(path) or None),
-                                "merge keys (<<) are not supported",
-                            )
-                        ]
-                    )
+                    raise self._refuse(key_node, path, "merge keys (<<) are not supported")
                 if key in result:
-                    line, column = self._mark(key_node)
-                    raise WorkflowError(
-                        [
-                            Issue(
-                                Location(self.source.file, line, column, format_path((*path, key))),
-                                f"duplicate key {key!r}",
-                            )
-                        ]
-                    )
+                    raise self._refuse(key_node, (*path, key), f"duplicate key {key!r}")
                 self.source.keys[(*path, key)] = self._mark(key_node)
                 result[key] = self.build(value_node, (*path, key))
             return result
         if isinstance(node, yaml.SequenceNode):
             return [self.build(item, (*path, index)) for index, item in enumerate(node.value)]
         try:
-            return self.loader.construct_object(node, deep=True)
+            value = self.loader.construct_object(node, deep=True)
         except yaml.YAMLError:
             raise
         except (ValueError, TypeError, KeyError, AttributeError, OverflowError):
-            line, column = self._mark(node)
             shown = node.value if len(str(node.value)) <= 40 else str(node.value)[:37] + "..."
-            raise WorkflowError(
-                [
-                    Issue(
-                        Location(self.source.file, line, column, format_path(path) or None),
-                        f"invalid {node.tag.rsplit(':', 1)[-1]} value {shown!r}; quote it to keep it as text",
-                    )
-                ]
-            ) from None
+            tag = node.tag.rsplit(":", 1)[-1]
+            raise self._refuse(node, path, f"invalid {tag} value {shown!r}; quote it to keep it as text") from None
+        return self._text(value, node, path) if isinstance(value, str) else value
 
 
 def _yaml_issue(error: yaml.YAMLError, file: str, text: str) -> Issue:
