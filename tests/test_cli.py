@@ -245,7 +245,7 @@ def test_input_of_the_wrong_type_exits_2(project: Path) -> None:
     )
     bad = cli("run", "typed.yaml", "--mock", "-i", "count=many", cwd=project)
     assert bad.returncode == 2
-    assert "input 'count' must be a integer" in bad.stderr
+    assert "input 'count' must be an integer" in bad.stderr
     good = cli("run", "typed.yaml", "--mock", "-i", "count=41", cwd=project)
     assert good.returncode == 0, good.stderr
     assert "Mock reply to: count 42" in good.stdout

@@ -370,7 +370,7 @@ def test_input_defaults_and_conversions(prompts: dict[str, str]) -> None:
 @pytest.mark.parametrize(
     ("given", "message"),
     [
-        ({"count": "three"}, "input 'count' must be a integer, got 'three'"),
+        ({"count": "three"}, "input 'count' must be an integer, got 'three'"),
         ({"ratio": "half"}, "input 'ratio' must be a number"),
         ({"loud": "maybe"}, "input 'loud' must be a boolean"),
     ],

@@ -526,7 +526,7 @@ def test_unknown_run_and_bad_last_event_id(client: httpx.Client) -> None:
         ("fast", {"inputs": {"prompt": ["a"]}}, "must map input names to text, numbers or booleans"),
         ("fast", {"inputs": ["prompt"]}, "must map input names to text, numbers or booleans"),
         ("needs_topic", {"inputs": {}}, "missing input 'topic'"),
-        ("needs_topic", {"inputs": {"topic": "x", "count": "many"}}, "input 'count' must be a integer"),
+        ("needs_topic", {"inputs": {"topic": "x", "count": "many"}}, "input 'count' must be an integer"),
     ],
 )
 @pytest.mark.parametrize("headers", [SSE, JSON], ids=["sse", "json"])

@@ -33,6 +33,7 @@ from pipeline_ex.llm.providers import check_provider
 from pipeline_ex.modes.session import active_override, mode_from_env
 from pipeline_ex.streaming.resolve import HandlerSpec, ensure_cwd_importable, resolve_handler
 from pipeline_ex.workflow import templates
+from pipeline_ex.workflow.inputs import InputValueError, typed_value
 from pipeline_ex.workflow.schema import (
     STEP_MODELS,
     Defaults,
@@ -358,6 +359,23 @@ class _EarlierNames:
         return f" include {', '.join(self.order[-self.LISTED :])} ({len(self.order)} in all)"
 
 
+def _check_input_defaults(workflow: Workflow, checker: _Checker) -> None:
+    """Each input default must have the input's type; one written as text is read as that type."""
+    for name, spec in workflow.inputs.items():
+        if "default" not in spec.model_fields_set:
+            continue
+        try:
+            spec.default = typed_value(spec.type, spec.default)
+        except InputValueError as problem:
+            if spec.default is None:
+                hint = "; remove 'default' to make the input required, or write \"\" for empty text"
+            elif spec.type == "string":
+                hint = "; quote it to keep it as text, or declare the input's type"
+            else:
+                hint = ""
+            checker.add(("inputs", name, "default"), f"the default {problem}{hint}")
+
+
 def _check_templates(workflow: Workflow, checker: _Checker) -> None:
     env_globals = set(templates.environment().globals)
     env_filters = set(templates.environment().filters)
@@ -604,6 +622,7 @@ def parse_workflow(text: str, file: str = "<workflow>", *, mock: bool = False) -
     except ValidationError as error:
         _schema_issues(error, body, checker)
         raise WorkflowError(sorted(checker.issues, key=_issue_order)) from None
+    _check_input_defaults(workflow, checker)
     _check_templates(workflow, checker)
     steps = _load_steps(workflow, checker, mock, offline)
     if checker.issues:

@@ -18,8 +18,9 @@ from pipeline_ex.context import Context
 from pipeline_ex.errors import Issue, PipelineError, StepError, WorkflowError
 from pipeline_ex.streaming.resolve import HandlerSpec
 from pipeline_ex.workflow import templates
+from pipeline_ex.workflow.inputs import InputValueError, typed_value
 from pipeline_ex.workflow.loader import LoadedStep, LoadedWorkflow, load_workflow, parse_workflow
-from pipeline_ex.workflow.schema import InputSpec, LLMStep, PythonStep, SetStep
+from pipeline_ex.workflow.schema import LLMStep, PythonStep, SetStep
 from pipeline_ex.workflow.yaml_source import escaped, lone_surrogate
 
 OUTPUT_DIR_ENV = "PIPELINE_OUTPUT_DIR"
@@ -92,34 +93,13 @@ def _jsonable(value: Any) -> Any:
     return repr(value)
 
 
-def _convert(name: str, spec: InputSpec, value: Any) -> Any:
-    at = lone_surrogate(value) if isinstance(value, str) else None
-    if at is not None:
-        raise InputError(
-            f"input {name!r} is not text: character {at + 1} is a lone surrogate ({escaped(value[at])}); "
-            "give valid Unicode text (on a command line, UTF-8)"
-        )
-    if not isinstance(value, str) or spec.type == "string":
-        return value
-    try:
-        if spec.type == "integer":
-            return int(value)
-        if spec.type == "number":
-            return float(value)
-        lowered = value.strip().lower()
-        if lowered in ("true", "yes", "1", "on"):
-            return True
-        if lowered in ("false", "no", "0", "off"):
-            return False
-        raise ValueError(value)
-    except ValueError:
-        raise InputError(f"input {name!r} must be a {spec.type}, got {value!r}") from None
-
-
 def resolve_inputs(loaded: LoadedWorkflow, given: Mapping[str, Any] | None) -> dict[str, Any]:
     """Check `given` against the declared inputs and fill in defaults.
 
-    :raises InputError: for an undeclared input (with "did you mean") or a missing required one.
+    Text is read as the declared type; other values must already have it (see `pipeline_ex.workflow.inputs`).
+
+    :raises InputError: for an undeclared input (with "did you mean"), a missing required one, or a value
+        that does not have the declared type, naming the input and the line that declares it.
     """
     declared = loaded.workflow.inputs
     given = dict(given or {})
@@ -133,15 +113,21 @@ def resolve_inputs(loaded: LoadedWorkflow, given: Mapping[str, Any] | None) -> d
     values: dict[str, Any] = {}
     for name, spec in declared.items():
         if name in given:
-            values[name] = _convert(name, spec, given[name])
+            try:
+                values[name] = typed_value(spec.type, given[name])
+            except InputValueError as problem:
+                raise InputError(f"input {name!r} {problem} (declared at {_declared_at(loaded, name)})") from None
         elif "default" in spec.model_fields_set:
             values[name] = spec.default
         else:
-            where = loaded.location("inputs", name)
-            raise InputError(
-                f"missing input {name!r} (declared at {Path(where.file or '').name}:{where.line})", missing=name
-            )
+            raise InputError(f"missing input {name!r} (declared at {_declared_at(loaded, name)})", missing=name)
     return values
+
+
+def _declared_at(loaded: LoadedWorkflow, name: str) -> str:
+    """`file.yaml:LINE` of an input's declaration: the file's name only, so no server path is shown."""
+    where = loaded.location("inputs", name, at_key=True)
+    return f"{Path(where.file or '').name}:{where.line}"
 
 
 def _output_path(output_dir: Path, relative: str, step_id: str) -> Path:

@@ -24,7 +24,8 @@ class InputSpec(_Strict):
     default: Any = None
     description: str | None = None
     type: Literal["string", "integer", "number", "boolean"] = "string"
-    """How a value given on the command line (`--input k=v`) is converted."""
+    """The type every value of the input has, the default included: text (`--input k=v`, a form field) is
+    read as this type, and other values must already have it (`true` is not an integer)."""
 
 
 class GenerationFields(_Strict):
