@@ -16,8 +16,10 @@ import textwrap
 from collections.abc import Callable
 from pathlib import Path
 
+import httpx
 import pytest
 import yaml
+from loopback_server import LoopbackServer
 
 from pipeline_ex.errors import PipelineError, StepError, WorkflowError
 from pipeline_ex.server.catalog import WorkflowCatalog
@@ -382,3 +384,85 @@ def test_a_lone_surrogate_made_by_a_python_step_is_caught_before_the_prompt_is_s
     line, _, key, message = only_issue(caught.value)
     assert (line, key) == (2, "[1].prompt")
     assert "the rendered prompt has a lone surrogate (\\ud800)" in message
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Values that are not JSON values (YAML dates, .nan, .inf, !!binary)
+# ---------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "words"),
+    [
+        ("2024-01-01", "2024-01-01 is read as a date; quote it to keep it as text"),
+        ("2024-01-01 10:30:00", "2024-01-01 10:30:00 is read as a date; quote it to keep it as text"),
+        (".nan", ".nan is not a finite number"),
+        (".inf", ".inf is not a finite number"),
+        ("-.Inf", "-.Inf is not a finite number"),
+        ("!!binary aGk=", "binary data (!!binary) is not a workflow value"),
+    ],
+)
+@pytest.mark.parametrize(
+    ("template", "line", "column", "key"),
+    [
+        (
+            "workflow:\n  name: v\n  inputs:\n    when: {{default: {value}}}\n  steps: [{{id: a, prompt: hi}}]\n",
+            4,
+            21,
+            "workflow.inputs.when.default",
+        ),
+        ("- id: a\n  prompt: {value}\n", 2, 11, "[0].prompt"),
+        ("- id: a\n  prompt: hi\n  options: {{seed_date: {value}}}\n", 3, 24, "[0].options.seed_date"),
+    ],
+    ids=["input-default", "prompt", "option"],
+)
+def test_a_value_json_cannot_hold_is_a_load_error(
+    value: str, words: str, template: str, line: int, column: int, key: str
+) -> None:
+    with pytest.raises(WorkflowError) as caught:
+        parse_workflow(template.format(value=value), "values.yaml", mock=True)
+    issue_line, issue_column, issue_key, message = only_issue(caught.value)
+    assert (issue_line, issue_column, issue_key) == (line, column, key)
+    assert words in message
+    assert "workflow values are JSON values" in message
+
+
+def test_quoted_dates_and_numbers_stay_text() -> None:
+    text = '- {id: a, prompt: "2024-01-01", stop: [".nan", "2024-01-01 10:30:00"]}\n'
+    (step,) = parse_workflow(text, "values.yaml", mock=True).steps
+    assert (step.spec.prompt, step.spec.stop) == ("2024-01-01", [".nan", "2024-01-01 10:30:00"])
+
+
+SERVED_BAD_DEFAULTS = {
+    "date": "2024-01-01",
+    "nan": ".nan",
+    "inf": ".inf",
+    "binary": "!!binary aGk=",
+}
+
+
+@pytest.mark.parametrize("value", SERVED_BAD_DEFAULTS.values(), ids=SERVED_BAD_DEFAULTS.keys())
+def test_one_bad_workflow_does_not_break_the_catalog(
+    value: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    folder = tmp_path / "workflows"
+    folder.mkdir()
+    write(
+        folder / "bad.yaml",
+        f"workflow:\n  name: bad\n  inputs:\n    when: {{default: {value}}}\n  steps:\n"
+        "    - {id: a, prompt: 'on {{ inputs.when }}'}\n",
+    )
+    write(folder / "good.yaml", TOPIC)
+    with caplog.at_level("WARNING", logger="pipeline_ex.server"), LoopbackServer(folder) as server:
+        response = httpx.get(f"{server.url}/workflows", timeout=20)
+        problems = server.app.state.pipeline.catalog.problems
+    assert response.status_code == 200, response.text
+    listing = response.json()["workflows"]
+    assert [workflow["name"] for workflow in listing] == ["topic"]
+    assert listing[0]["inputs"]["topic"]["default"] == "owls"
+    (problem,) = problems.values()
+    assert problem.startswith(f"{folder / 'bad.yaml'}:4:21: workflow.inputs.when.default: ")
+    assert "workflow values are JSON values" in problem
+    assert any(
+        "not serving" in record.getMessage() and "bad.yaml:4:21" in record.getMessage() for record in caplog.records
+    )

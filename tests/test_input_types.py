@@ -9,25 +9,21 @@ file and line that declare it.
 
 from __future__ import annotations
 
-import asyncio
 import math
 import os
 import subprocess
 import sys
 import textwrap
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-import uvicorn
+from loopback_server import LoopbackServer
 
 from pipeline_ex import run
 from pipeline_ex.errors import WorkflowError
-from pipeline_ex.server import create_app
 from pipeline_ex.workflow import InputError, LoadedWorkflow, parse_workflow
 
 TYPED = """\
@@ -183,36 +179,12 @@ def test_the_command_line_converts_text_and_refuses_what_is_not_the_type(pair: s
 # ---------------------------------------------------------------------------------------------------------
 
 
-class Server:
-    """`create_app` served by uvicorn on a free loopback port, from a background thread."""
-
-    def __init__(self, folder: Path) -> None:
-        config = uvicorn.Config(
-            create_app(folder, mock=True, api_key=""), host="127.0.0.1", port=0, log_level="warning"
-        )
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=lambda: asyncio.run(self.server.serve()), daemon=True)
-
-    def __enter__(self) -> str:
-        self.thread.start()
-        deadline = time.monotonic() + 20
-        while not self.server.started:
-            assert self.thread.is_alive() and time.monotonic() < deadline, "the server did not start"
-            time.sleep(0.01)
-        port = self.server.servers[0].sockets[0].getsockname()[1]
-        return f"http://127.0.0.1:{port}"
-
-    def __exit__(self, *_: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=20)
-
-
 @pytest.fixture
 def served(tmp_path: Path) -> Iterator[httpx.Client]:
     folder = tmp_path / "workflows"
     folder.mkdir()
     (folder / "typed.yaml").write_text(textwrap.dedent(TYPED), encoding="utf-8")
-    with Server(folder) as url, httpx.Client(base_url=url, timeout=20) as client:
+    with LoopbackServer(folder) as server, httpx.Client(base_url=server.url, timeout=20) as client:
         yield client
 
 

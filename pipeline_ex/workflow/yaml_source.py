@@ -8,6 +8,8 @@ handler, template, provider) can point at the exact line.
 from __future__ import annotations
 
 import codecs
+import datetime
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -148,6 +150,21 @@ def escaped(character: str) -> str:
     return f"\\u{ord(character):04x}"
 
 
+def _not_json(value: Any, node: yaml.Node) -> str | None:
+    """Why a scalar PyYAML built is not a JSON value, if it is not one (a date, `.nan`, `.inf`, `!!binary`).
+
+    Workflows are read with YAML 1.1's types, but everything in them must survive JSON (the server lists
+    input defaults, providers get options as JSON): these are refused where they are written.
+    """
+    if isinstance(value, datetime.date):
+        return f"{node.value} is read as a date; quote it to keep it as text"
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"{node.value} is not a finite number; quote it to keep it as text"
+    if isinstance(value, bytes):
+        return "binary data (!!binary) is not a workflow value; write the text itself"
+    return None
+
+
 class _Builder:
     def __init__(self, text: str, file: str) -> None:
         self.loader = _BoundedLoader(text, file)
@@ -203,7 +220,16 @@ class _Builder:
             shown = node.value if len(str(node.value)) <= 40 else str(node.value)[:37] + "..."
             tag = node.tag.rsplit(":", 1)[-1]
             raise self._refuse(node, path, f"invalid {tag} value {shown!r}; quote it to keep it as text") from None
-        return self._text(value, node, path) if isinstance(value, str) else value
+        if isinstance(value, str):
+            return self._text(value, node, path)
+        problem = _not_json(value, node)
+        if problem is not None:
+            raise self._refuse(
+                node,
+                path,
+                f"{problem}; workflow values are JSON values (text, numbers, true/false, null, lists and mappings)",
+            )
+        return value
 
 
 def _yaml_issue(error: yaml.YAMLError, file: str, text: str) -> Issue:
