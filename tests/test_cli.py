@@ -497,7 +497,7 @@ def test_schema_prints_json_schema(project: Path) -> None:
     assert result.returncode == 0, result.stderr
     schema = json.loads(result.stdout)
     assert schema["$schema"].startswith("https://json-schema.org/")
-    assert "workflow" in schema["properties"]
+    assert "workflow" in schema["$defs"]["WorkflowFile"]["properties"]
     assert "LLMStep" in schema["$defs"]
 
 

@@ -1,14 +1,14 @@
 """The workflow file format, as pydantic models. `pipeline-ex schema` prints it as JSON Schema.
 
-A workflow is a mapping under `workflow:` (or a bare list of steps, like the migration guide's
-snippets). Unknown keys are errors everywhere.
+A workflow is a mapping under `workflow:`, the same mapping without it, or a bare list of steps (like
+the migration guide's snippets). Unknown keys are errors everywhere.
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, TypeAdapter
 
 STEP_ID_PATTERN = r"^[A-Za-z_][A-Za-z0-9_\-]*$"
 HandlerRef = Annotated[str, Field(min_length=1)]
@@ -145,9 +145,20 @@ class WorkflowFile(_Strict):
     workflow: Workflow
 
 
+SCHEMA_ID = "urn:pipeline-ex:workflow"
+"""The `$id` of the published schema (a name, not a download address: `pipeline-ex schema` prints it)."""
+
+WorkflowDocument = WorkflowFile | Workflow | Annotated[list[Step], Field(min_length=1)]
+"""What a workflow file may hold: `workflow:` and the workflow, the workflow itself, or a bare list of steps."""
+
+
 def json_schema() -> dict[str, Any]:
-    """The JSON Schema of a workflow file (mapping form), for editors and yaml-language-server."""
-    schema = WorkflowFile.model_json_schema()
-    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
-    schema["title"] = "pipeline_ex workflow"
-    return schema
+    """The JSON Schema of a workflow file in any of its three shapes, for editors and yaml-language-server."""
+    schema = TypeAdapter(WorkflowDocument).json_schema()
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": SCHEMA_ID,
+        "title": "pipeline_ex workflow",
+        "description": "A workflow under `workflow:`, the workflow mapping itself, or a bare list of steps.",
+        **schema,
+    }
