@@ -1296,3 +1296,22 @@ def test_concurrent_sse_streams_and_event_loop_lag(workflows_dir: Path, tmp_path
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+async def test_a_follower_that_lags_while_told_about_a_gap_is_told_about_the_next_one_too() -> None:
+    log = RunLog("r", capacity=3)
+    for seq in (1, 2, 3):
+        log.append(Delta(content="x", step="s", run_id="r", seq=seq))
+    follower = log.follow(0)
+    seen: list[Any] = [await follower.__anext__()]
+    for seq in (4, 5):  # 1..2 are evicted: the next item is a gap
+        log.append(Delta(content="x", step="s", run_id="r", seq=seq))
+    seen.append(await follower.__anext__())
+    assert isinstance(seen[-1], Gap)
+    for seq in range(6, 10):  # the follower is still holding the gap: 3..6 are evicted as well
+        log.append(Delta(content="x", step="s", run_id="r", seq=seq))
+    log.finish(None, None)
+    seen += [item async for item in follower]
+    got = [e.seq for e in seen if not isinstance(e, Gap)]
+    got += [seq for g in seen if isinstance(g, Gap) for seq in range(g.first_seq, g.last_seq + 1)]
+    assert sorted(got) == list(range(1, 10)), seen

@@ -74,8 +74,10 @@ class RunLog:
         """Every event with a seq above `after_seq`, as it arrives; then the run's error, if it failed."""
         while True:
             if after_seq < self.evicted_through:  # fell behind the log: say what was lost
-                yield Gap(after_seq + 1, self.evicted_through)
-                after_seq = self.evicted_through
+                through = self.evicted_through  # more may be dropped while the gap is being sent
+                yield Gap(after_seq + 1, through)
+                after_seq = through
+                continue  # look again: the follower may have fallen further behind meanwhile
             start = bisect.bisect_right(self._seqs, after_seq)
             for event in self._events[start:]:
                 if event.seq <= self.evicted_through:
