@@ -218,10 +218,20 @@ def _cmd_handlers(_: argparse.Namespace) -> int:
 
 def _cmd_serve(args: argparse.Namespace) -> int:
     from pipeline_ex.errors import ExtraNotInstalledError
-    from pipeline_ex.server import serve
+    from pipeline_ex.server import is_loopback, serve
 
+    if not is_loopback(args.host) and not os.environ.get("PIPELINE_SERVER_API_KEY"):
+        print(
+            f"warning: serving on {args.host}, beyond this machine, with no API key: anyone who can reach it can "
+            "run the workflows (and spend their provider credit). Set PIPELINE_SERVER_API_KEY to require a "
+            "bearer token, or bind to 127.0.0.1.",
+            file=sys.stderr,
+        )
+    allowed_hosts = None
+    if args.allowed_hosts is not None:
+        allowed_hosts = [name.strip() for name in args.allowed_hosts.split(",") if name.strip()]
     try:
-        serve(args.workflows, host=args.host, port=args.port, mock=args.mock)
+        serve(args.workflows, host=args.host, port=args.port, mock=args.mock, allowed_hosts=allowed_hosts)
     except ExtraNotInstalledError as error:
         _error(str(error))
         return EXIT_USAGE
@@ -300,13 +310,21 @@ def build_parser() -> argparse.ArgumentParser:
         "serve",
         help="serve the workflows of a folder over HTTP (SSE, plain text, JSON, OpenAI-compatible)",
         description="Serve workflows with Starlette on uvicorn: GET /workflows, POST /workflows/NAME/run, "
-        "GET /runs/ID/events, POST /v1/chat/completions, and a page at /. Requests carry inputs only. "
+        "GET /runs/ID/events, POST /v1/chat/completions, and a page at /. "
+        "Requests carry inputs only; runs start only from application/json bodies, requests from other "
+        "sites are refused, and only loopback Host values are accepted unless --allowed-hosts adds more. "
         "Set PIPELINE_SERVER_API_KEY to require a bearer token.",
     )
     serve.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1, loopback only)")
     serve.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     serve.add_argument("--workflows", default="workflows", metavar="DIR", help="folder of workflow files")
     serve.add_argument("--mock", action="store_true", help="run every LLM step on the mock provider")
+    serve.add_argument(
+        "--allowed-hosts",
+        metavar="NAMES",
+        help="comma-separated Host names accepted besides localhost, 127.0.0.1 and [::1] ('*.example.com' "
+        "patterns, or '*' for any; default $PIPELINE_SERVER_ALLOWED_HOSTS)",
+    )
     serve.set_defaults(func=_cmd_serve)
 
     schema = commands.add_parser(

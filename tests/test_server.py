@@ -39,6 +39,7 @@ pytestmark = pytest.mark.streaming
 SSE = {"Accept": "text/event-stream"}
 TEXT = {"Accept": "text/plain"}
 JSON = {"Accept": "application/json"}
+JSON_BODY = {"Content-Type": "application/json"}  # runs start only from JSON bodies
 
 FAST_CHUNKS = ["Hello", ", ", "world", "!"]
 SLOW_CHUNKS = [f"s{n} " for n in range(30)]  # 30 chunks, 30 ms apart
@@ -479,7 +480,7 @@ def test_typed_inputs_are_converted_and_defaults_filled(client: httpx.Client) ->
 
 
 def test_an_empty_body_runs_with_the_defaults(client: httpx.Client) -> None:
-    response = client.post("/workflows/fast/run")
+    response = client.post("/workflows/fast/run", headers=JSON_BODY)
     assert response.status_code == 200 and response.json()["steps"]["answer"]["text"] == "Hello, world!"
 
 
@@ -552,7 +553,7 @@ def test_missing_input_message_does_not_reveal_server_paths(client: httpx.Client
 def test_invalid_json_is_400(client: httpx.Client) -> None:
     response = client.post("/workflows/fast/run", content=b'{"inputs": {', headers={"Content-Type": "application/json"})
     assert assert_clean_error(response, 400)["error"]["message"] == "the request body is not valid JSON"
-    response = client.post("/workflows/fast/run", content=b"\xff\xfe\x00", headers=SSE)
+    response = client.post("/workflows/fast/run", content=b"\xff\xfe\x00", headers={**SSE, **JSON_BODY})
     assert_clean_error(response, 400)
 
 
@@ -565,29 +566,29 @@ def padded_body(size: int) -> bytes:
 
 
 def test_a_body_of_exactly_max_body_is_accepted(client: httpx.Client) -> None:
-    response = client.post("/workflows/fast/run", content=padded_body(MAX_BODY))
+    response = client.post("/workflows/fast/run", content=padded_body(MAX_BODY), headers=JSON_BODY)
     assert response.status_code == 200
 
 
 def test_a_body_over_max_body_is_413_with_content_length(client: httpx.Client) -> None:
     body = padded_body(MAX_BODY + 1)
-    response = client.post("/workflows/fast/run", content=body, headers=SSE)
+    response = client.post("/workflows/fast/run", content=body, headers={**SSE, **JSON_BODY})
     assert response.request.headers["content-length"] == str(MAX_BODY + 1)
     payload = assert_clean_error(response, 413)
     assert payload["error"]["message"] == f"request body larger than {MAX_BODY} bytes"
-    huge = client.post("/v1/chat/completions", content=padded_body(MAX_BODY * 3))
+    huge = client.post("/v1/chat/completions", content=padded_body(MAX_BODY * 3), headers=JSON_BODY)
     assert_clean_error(huge, 413)
 
 
 def test_a_body_over_max_body_is_413_when_chunked(client: httpx.Client) -> None:
     body = padded_body(MAX_BODY + 600)
     chunks = [body[i : i + 500] for i in range(0, len(body), 500)]
-    response = client.post("/workflows/fast/run", content=iter(chunks), headers=SSE)
+    response = client.post("/workflows/fast/run", content=iter(chunks), headers={**SSE, **JSON_BODY})
     assert response.request.headers["transfer-encoding"] == "chunked"
     assert "content-length" not in response.request.headers
     assert_clean_error(response, 413)
     small = padded_body(1000)
-    ok = client.post("/workflows/fast/run", content=iter([small[:400], small[400:]]))
+    ok = client.post("/workflows/fast/run", content=iter([small[:400], small[400:]]), headers=JSON_BODY)
     assert ok.status_code == 200 and ok.request.headers["transfer-encoding"] == "chunked"
 
 
@@ -1133,11 +1134,13 @@ def test_the_cli_server_checks_the_key_from_the_environment(cli_server: CliServe
 def test_the_cli_server_limits_bodies_to_64_kib(cli_server: CliServer) -> None:
     limit = 64 * 1024
     with httpx.Client(base_url=cli_server.url, timeout=20, headers=CLI_AUTH) as http:
-        assert http.post("/workflows/fast/run", content=padded_body(limit)).status_code == 200
+        assert http.post("/workflows/fast/run", content=padded_body(limit), headers=JSON_BODY).status_code == 200
         over = padded_body(limit + 1)
-        payload = assert_clean_error(http.post("/workflows/fast/run", content=over), 413)
+        payload = assert_clean_error(http.post("/workflows/fast/run", content=over, headers=JSON_BODY), 413)
         assert payload["error"]["message"] == f"request body larger than {limit} bytes"
-        chunked = http.post("/workflows/fast/run", content=iter([over[: limit // 2], over[limit // 2 :]]))
+        chunked = http.post(
+            "/workflows/fast/run", content=iter([over[: limit // 2], over[limit // 2 :]]), headers=JSON_BODY
+        )
         assert chunked.request.headers["transfer-encoding"] == "chunked"
         assert_clean_error(chunked, 413)
 

@@ -5,6 +5,9 @@ Needs the `server` extra (Starlette and uvicorn).
 
 from __future__ import annotations
 
+import ipaddress
+import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -23,15 +26,53 @@ def create_app(workflows: str | Path = "workflows", **options: object) -> Starle
     return build(workflows, **options)  # type: ignore[arg-type]
 
 
+def is_loopback(host: str) -> bool:
+    """Whether binding to `host` keeps the server on this machine (localhost or a loopback address)."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def bind_hosts(host: str) -> list[str]:
+    """`Host` values to accept for a server bound to `host`: a concrete non-loopback address names itself."""
+    if is_loopback(host):
+        return []
+    try:
+        address = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return [host]  # a host name the user chose to bind to
+    if address.is_unspecified:
+        return []  # 0.0.0.0 or ::: which names to accept is --allowed-hosts' business
+    return [f"[{address}]" if address.version == 6 else str(address)]
+
+
 def serve(
-    workflows: str | Path = "workflows", *, host: str = "127.0.0.1", port: int = 8000, mock: bool = False
+    workflows: str | Path = "workflows",
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    mock: bool = False,
+    allowed_hosts: Sequence[str] | None = None,
 ) -> None:
-    """Serve the workflows of a folder with uvicorn until interrupted. Binds to loopback by default."""
+    """Serve the workflows of a folder with uvicorn until interrupted. Binds to loopback by default.
+
+    `allowed_hosts` adds `Host` values to the loopback ones (a concrete address given as `host` is added by
+    itself; by default they come from `PIPELINE_SERVER_ALLOWED_HOSTS`).
+    """
     try:
         import uvicorn
     except ModuleNotFoundError as error:
         raise ExtraNotInstalledError("pipeline-ex serve", "server", "uvicorn") from error
-    uvicorn.run(create_app(workflows, mock=mock), host=host, port=port, log_level="info")
+    if allowed_hosts is None:
+        from pipeline_ex.server.app import split_hosts
+        from pipeline_ex.server.security import ALLOWED_HOSTS_ENV
+
+        allowed_hosts = split_hosts(os.environ.get(ALLOWED_HOSTS_ENV, ""))
+    hosts = [*allowed_hosts, *bind_hosts(host)]
+    uvicorn.run(create_app(workflows, mock=mock, allowed_hosts=hosts), host=host, port=port, log_level="info")
 
 
-__all__ = ["create_app", "serve"]
+__all__ = ["create_app", "is_loopback", "serve"]

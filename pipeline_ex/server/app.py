@@ -11,6 +11,9 @@
 Requests carry inputs only: they can never choose handlers, providers or models. When a streaming
 client disconnects, its run is cancelled (the provider stream closes), unless it asked for
 `?resumable=true`, in which case the run goes on and can be followed again through `/runs/...`.
+
+Guards (see `security`): loopback `Host` values only unless widened, no requests from other sites, and
+JSON bodies only for runs.
 """
 
 from __future__ import annotations
@@ -20,13 +23,14 @@ import contextlib
 import logging
 import os
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import anyio
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
@@ -37,7 +41,15 @@ from pipeline_ex.server import openai_api
 from pipeline_ex.server.catalog import WorkflowCatalog
 from pipeline_ex.server.page import PAGE
 from pipeline_ex.server.runs import Gap, RunLog, RunRegistry
-from pipeline_ex.server.security import API_KEY_ENV, DEFAULT_MAX_BODY, RequestRejected, check_bearer, read_json_body
+from pipeline_ex.server.security import (
+    ALLOWED_HOSTS_ENV,
+    API_KEY_ENV,
+    DEFAULT_MAX_BODY,
+    BrowserGuard,
+    RequestRejected,
+    check_bearer,
+    read_json_body,
+)
 from pipeline_ex.sse import (
     DEFAULT_KEEPALIVE,
     HEADERS,
@@ -55,6 +67,8 @@ from pipeline_ex.workflow.loader import LoadedWorkflow
 from pipeline_ex.workflow.runner import InputError, resolve_inputs
 
 logger = logging.getLogger("pipeline_ex.server")
+
+PAGE_HEADERS = {"X-Frame-Options": "DENY", "Content-Security-Policy": "frame-ancestors 'none'"}
 
 
 class RunStreamResponse(StreamingResponse):
@@ -87,6 +101,7 @@ class RunStreamResponse(StreamingResponse):
 
 
 def _error(status: int, message: str, kind: str = "request") -> JSONResponse:
+    """The server's JSON error response: `{"error": {"type", "message"}}`."""
     return JSONResponse({"error": {"type": kind, "message": message}}, status_code=status)
 
 
@@ -154,8 +169,8 @@ class PipelineServer:
     # -- routes ------------------------------------------------------------------------------------
 
     async def page(self, request: Request) -> Response:
-        """The browser page."""
-        return HTMLResponse(PAGE)
+        """The browser page (which may not be framed by another site)."""
+        return HTMLResponse(PAGE, headers=PAGE_HEADERS)
 
     async def list_workflows(self, request: Request) -> Response:
         """`GET /workflows`."""
@@ -239,6 +254,7 @@ def create_app(
     max_body: int = DEFAULT_MAX_BODY,
     keepalive: float = DEFAULT_KEEPALIVE,
     registry: RunRegistry | None = None,
+    allowed_hosts: Sequence[str] | None = None,
 ) -> Starlette:
     """Build the Starlette app serving the workflows in a folder.
 
@@ -246,6 +262,8 @@ def create_app(
     :param api_key: require `Authorization: Bearer <api_key>`; by default `PIPELINE_SERVER_API_KEY`.
     :param max_body: the largest request body accepted, in bytes.
     :param keepalive: seconds of silence before an SSE keepalive comment.
+    :param allowed_hosts: `Host` names accepted besides localhost, 127.0.0.1 and [::1] (`*.domain`
+        patterns, or `*` for any); by default from `PIPELINE_SERVER_ALLOWED_HOSTS` (comma-separated).
     """
     catalog = WorkflowCatalog.from_folder(workflows, mock=mock)
     server = PipelineServer(
@@ -256,6 +274,7 @@ def create_app(
         keepalive=keepalive,
         registry=registry or RunRegistry(),
     )
+    hosts = list(allowed_hosts) if allowed_hosts is not None else split_hosts(os.environ.get(ALLOWED_HOSTS_ENV, ""))
 
     async def rejected(request: Request, error: Exception) -> Response:
         assert isinstance(error, RequestRejected)
@@ -280,8 +299,14 @@ def create_app(
             Route("/runs/{run_id}/events", server.run_events, methods=["GET"]),
             Route("/v1/chat/completions", server.chat_completions, methods=["POST"]),
         ],
+        middleware=[Middleware(BrowserGuard, allowed_hosts=hosts, refuse=_error)],
         exception_handlers={RequestRejected: rejected, Exception: failed},
         lifespan=lifespan,
     )
     app.state.pipeline = server
     return app
+
+
+def split_hosts(text: str) -> list[str]:
+    """Host names from a comma-separated list (as `--allowed-hosts` and the environment give them)."""
+    return [name.strip() for name in text.split(",") if name.strip()]

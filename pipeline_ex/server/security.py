@@ -1,15 +1,35 @@
-"""Request guards: an optional bearer token, checked in constant time, and a limit on body size."""
+"""Request guards: the browser guard, an optional bearer token, and JSON bodies only (limited in size).
+
+The browser guard checks Host, Origin and Sec-Fetch-Site; the bearer token is compared in constant time.
+
+Why each exists:
+- A web page the user visits can send a cross-origin "simple request" (a `text/plain` or form body needs
+  no CORS preflight) to a server on localhost. So runs start only from `application/json` bodies, and a
+  request whose `Origin` (or `Sec-Fetch-Site`) says it came from another site is refused with 403.
+- DNS rebinding points a foreign name at 127.0.0.1, which makes the attacker's page "same-origin" with the
+  server. Only loopback `Host` values are accepted unless more are allowed; the check is Starlette's own
+  `TrustedHostMiddleware`, with its refusal answered in the server's JSON error shape.
+"""
 
 from __future__ import annotations
 
 import hmac
 import json
+from collections.abc import Callable, Sequence
 from typing import Any
+from urllib.parse import urlsplit
 
+from starlette.datastructures import Headers
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 API_KEY_ENV = "PIPELINE_SERVER_API_KEY"
+ALLOWED_HOSTS_ENV = "PIPELINE_SERVER_ALLOWED_HOSTS"
 DEFAULT_MAX_BODY = 64 * 1024
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]")
+_DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
 
 
 class RequestRejected(Exception):
@@ -19,6 +39,85 @@ class RequestRejected(Exception):
         self.status = status
         self.message = message
         super().__init__(message)
+
+
+Refuse = Callable[[int, str], Response]
+
+
+class BrowserGuard:
+    """ASGI middleware: refuse foreign `Host` values (DNS rebinding) and requests from other sites.
+
+    :param allowed_hosts: host names (or `*.domain` patterns, or `*`) accepted besides the loopback ones.
+    :param refuse: builds the error response (the server's JSON error shape).
+    """
+
+    def __init__(self, app: ASGIApp, *, allowed_hosts: Sequence[str], refuse: Refuse) -> None:
+        self.app = app
+        self.refuse = refuse
+        self.allowed_hosts = [*LOOPBACK_HOSTS, *allowed_hosts]
+        self._hosts = TrustedHostMiddleware(_accept, allowed_hosts=self.allowed_hosts, www_redirect=False)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Check the request, then pass it on (or answer with the refusal)."""
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        await self._hosts(scope, receive, _discard)
+        if not scope.pop("pipeline_ex.host_accepted", False):
+            host = Headers(scope=scope).get("host", "")
+            message = (
+                f"the Host header {host!r} is not one this server answers to (DNS rebinding protection); "
+                "start the server with --allowed-hosts NAME[,NAME...] (or PIPELINE_SERVER_ALLOWED_HOSTS) to add it"
+            )
+            await self.refuse(400, message)(scope, receive, send)
+            return
+        problem = foreign_request(scope)
+        if problem is not None:
+            await self.refuse(403, problem)(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
+async def _accept(scope: Scope, receive: Receive, send: Send) -> None:
+    scope["pipeline_ex.host_accepted"] = True
+
+
+async def _discard(message: Message) -> None:
+    return None
+
+
+def foreign_request(scope: Scope) -> str | None:
+    """Why a request comes from another site (its `Origin` or `Sec-Fetch-Site`), or None.
+
+    The page at `GET /` may be opened from anywhere (a link); everything else must come from the server's
+    own origin, from a non-browser client (no `Origin`), or from the user typing the address.
+    """
+    if scope["method"] == "GET" and scope["path"] == "/":
+        return None
+    headers = Headers(scope=scope)
+    origin = headers.get("origin")
+    if origin is not None and not _same_origin(origin, headers.get("host", "")):
+        return (
+            f"requests from another origin ({origin!r}) are refused; "
+            "call the API from its own page or from a non-browser client"
+        )
+    site = headers.get("sec-fetch-site")
+    if site in ("cross-site", "same-site"):
+        return f"requests from another site (Sec-Fetch-Site: {site}) are refused, wherever their origin"
+    return None
+
+
+def _same_origin(origin: str, host: str) -> bool:
+    if origin == "null":
+        return False
+    try:
+        parts = urlsplit(origin)
+        origin_port = parts.port or _DEFAULT_PORTS.get(parts.scheme)
+        served = urlsplit(f"{parts.scheme}://{host}")
+        host_port = served.port or _DEFAULT_PORTS.get(parts.scheme)
+    except ValueError:
+        return False
+    return bool(parts.hostname) and parts.hostname == served.hostname and origin_port == host_port
 
 
 def check_bearer(request: Request, api_key: str | None) -> None:
@@ -31,8 +130,18 @@ def check_bearer(request: Request, api_key: str | None) -> None:
         raise RequestRejected(401, "missing or wrong bearer token")
 
 
+def check_json_content_type(request: Request) -> None:
+    """Runs start only from `application/json` bodies (a charset parameter is fine); else 415."""
+    declared = request.headers.get("content-type")
+    media_type = (declared or "").partition(";")[0].strip().lower()
+    if media_type != "application/json":
+        got = f"got {declared!r}" if declared else "none was given"
+        raise RequestRejected(415, f"the request body must be sent as Content-Type: application/json ({got})")
+
+
 async def read_json_body(request: Request, limit: int) -> Any:
     """Read a JSON body of at most `limit` bytes (checked while reading, not only by Content-Length)."""
+    check_json_content_type(request)
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise RequestRejected(413, f"request body larger than {limit} bytes")

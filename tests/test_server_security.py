@@ -1,0 +1,189 @@
+"""`pipeline-ex serve` against requests an attacker's web page (or DNS rebinding) can make, over real HTTP.
+
+A page the user visits can send "simple" cross-origin requests (`text/plain` or form bodies, no
+preflight) to a server on localhost, and a rebinding domain can make the browser talk to 127.0.0.1 under a
+foreign `Host`. Every such request must be refused before a run starts; the registry says whether one did.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import pytest
+from server_kit import JSON_TYPE, SSE, TEXT, ThreadServer, TimedRegistry, assert_error
+from test_server import CliServer, cli_executable
+
+RUN_BODY = json.dumps({"inputs": {"prompt": "hi"}})
+CHAT_BODY = json.dumps({"model": "fast", "messages": [{"role": "user", "content": "hi"}]})
+ENDPOINTS = [("/workflows/fast/run", RUN_BODY), ("/v1/chat/completions", CHAT_BODY)]
+
+
+@pytest.fixture
+def guarded(start_server: Callable[..., ThreadServer]) -> tuple[ThreadServer, TimedRegistry]:
+    registry = TimedRegistry()
+    return start_server(registry=registry), registry
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Content-Type: only application/json starts a run
+# ---------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("path", "body"), ENDPOINTS, ids=["run", "chat"])
+@pytest.mark.parametrize(
+    "content_type",
+    [None, "text/plain", "text/plain;charset=UTF-8", "application/x-www-form-urlencoded", "multipart/form-data; b=x"],
+)
+def test_a_run_needs_a_json_content_type(
+    guarded: tuple[ThreadServer, TimedRegistry], path: str, body: str, content_type: str | None
+) -> None:
+    server, registry = guarded
+    headers = {} if content_type is None else {"Content-Type": content_type}
+    with httpx.Client(base_url=server.url, timeout=10) as http:
+        response = http.post(path, content=body.encode(), headers=headers)
+        assert "content-type" not in response.request.headers or content_type is not None
+    payload = assert_error(response, 415)
+    assert "application/json" in payload["error"]["message"]
+    assert registry.logs == {}
+
+
+@pytest.mark.parametrize("content_type", ["application/json; charset=utf-8", "Application/JSON", "application/json"])
+def test_json_content_types_run(guarded: tuple[ThreadServer, TimedRegistry], content_type: str) -> None:
+    server, _ = guarded
+    with httpx.Client(base_url=server.url, timeout=10) as http:
+        run = http.post("/workflows/fast/run", content=RUN_BODY.encode(), headers={"Content-Type": content_type})
+        chat = http.post("/v1/chat/completions", content=CHAT_BODY.encode(), headers={"Content-Type": content_type})
+    assert run.status_code == 200 and run.json()["steps"]["answer"]["text"] == "Hello, world!"
+    assert chat.status_code == 200 and chat.json()["choices"][0]["message"]["content"] == "Hello, world!"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Origin and Sec-Fetch-Site: only the server's own origin
+# ---------------------------------------------------------------------------------------------------------
+
+
+def foreign_origins(port: int) -> list[str]:
+    return ["http://evil.example", "null", f"http://127.0.0.1:{port + 1}", f"http://localhost.evil.example:{port}"]
+
+
+@pytest.mark.parametrize(("path", "body"), ENDPOINTS, ids=["run", "chat"])
+def test_a_foreign_origin_is_refused(guarded: tuple[ThreadServer, TimedRegistry], path: str, body: str) -> None:
+    server, registry = guarded
+    with httpx.Client(base_url=server.url, timeout=10) as http:
+        for origin in foreign_origins(server.port):
+            for accept in (SSE, TEXT, {}):
+                response = http.post(path, content=body, headers={**JSON_TYPE, **accept, "Origin": origin})
+                assert "origin" in assert_error(response, 403)["error"]["message"].lower(), origin
+            for get in ("/workflows", "/v1/models", "/runs/0123/events"):
+                assert_error(http.get(get, headers={"Origin": origin}), 403)
+    assert registry.logs == {}
+
+
+@pytest.mark.parametrize("site", ["cross-site", "same-site"])
+def test_a_cross_site_fetch_is_refused_even_without_origin(
+    guarded: tuple[ThreadServer, TimedRegistry], site: str
+) -> None:
+    server, registry = guarded
+    with httpx.Client(base_url=server.url, timeout=10) as http:
+        response = http.post("/workflows/fast/run", content=RUN_BODY, headers={**JSON_TYPE, "Sec-Fetch-Site": site})
+        assert_error(response, 403)
+        assert_error(http.get("/workflows", headers={"Sec-Fetch-Site": site}), 403)
+    assert registry.logs == {}
+
+
+def test_the_server_s_own_origin_and_same_origin_fetches_are_accepted(
+    guarded: tuple[ThreadServer, TimedRegistry],
+) -> None:
+    server, registry = guarded
+    own = [server.url, f"http://localhost:{server.port}"]
+    with httpx.Client(base_url=server.url, timeout=10) as http:
+        for origin in own:
+            host = origin.removeprefix("http://")
+            headers = {**JSON_TYPE, "Origin": origin, "Host": host, "Sec-Fetch-Site": "same-origin"}
+            assert http.post("/workflows/fast/run", content=RUN_BODY, headers=headers).status_code == 200
+        assert http.get("/workflows", headers={"Sec-Fetch-Site": "none"}).status_code == 200
+    assert len(registry.logs) == 2
+
+
+def test_the_page_cannot_be_framed(guarded: tuple[ThreadServer, TimedRegistry]) -> None:
+    server, _ = guarded
+    response = httpx.get(server.url + "/", timeout=10)
+    assert response.status_code == 200
+    assert response.headers["x-frame-options"] == "DENY"
+    assert "frame-ancestors 'none'" in response.headers["content-security-policy"]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Host: loopback names only, unless widened (DNS rebinding)
+# ---------------------------------------------------------------------------------------------------------
+
+
+REBINDING_HOSTS = ["evil.example", "evil.example:{port}", "127.0.0.1.evil.example", "localhost.evil.example:{port}"]
+
+
+@pytest.mark.parametrize("host", REBINDING_HOSTS)
+def test_a_foreign_host_is_refused(guarded: tuple[ThreadServer, TimedRegistry], host: str) -> None:
+    server, registry = guarded
+    host = host.format(port=server.port)
+    with httpx.Client(base_url=server.url, timeout=10) as http:
+        for method, path, body in [("GET", "/", None), ("GET", "/workflows", None), *(("POST", *e) for e in ENDPOINTS)]:
+            response = http.request(method, path, content=body, headers={**JSON_TYPE, "Host": host})
+            payload = assert_error(response, 400)
+            assert "--allowed-hosts" in payload["error"]["message"], payload
+    assert registry.logs == {}
+
+
+@pytest.mark.parametrize("host", ["localhost", "localhost:{port}", "127.0.0.1:{port}", "[::1]:{port}", "LOCALHOST:9"])
+def test_loopback_hosts_are_accepted(guarded: tuple[ThreadServer, TimedRegistry], host: str) -> None:
+    server, _ = guarded
+    response = httpx.get(server.url + "/workflows", headers={"Host": host.format(port=server.port)}, timeout=10)
+    assert response.status_code == 200
+
+
+def test_allowed_hosts_widen_the_host_check(start_server: Callable[..., ThreadServer]) -> None:
+    server = start_server(allowed_hosts=["api.example.internal", "*.lan.example"])
+    with httpx.Client(base_url=server.url, timeout=10) as http:
+        for host in ("api.example.internal", "box.lan.example:8000", "localhost"):
+            assert http.get("/workflows", headers={"Host": host}).status_code == 200, host
+        assert_error(http.get("/workflows", headers={"Host": "evil.example"}), 400)
+
+
+def test_the_allowed_hosts_flag_and_environment_variable(kit_workflows: Path, tmp_path: Path) -> None:
+    flag = CliServer(
+        ["--workflows", str(kit_workflows), "--mock", "--allowed-hosts", "a.example,b.example"], tmp_path / "a"
+    )
+    env = CliServer(
+        ["--workflows", str(kit_workflows), "--mock"],
+        tmp_path / "b",
+        env={"PIPELINE_SERVER_ALLOWED_HOSTS": "c.example"},
+    )
+    for running, good in ((flag, ["a.example", "b.example"]), (env, ["c.example"])):
+        running.start()
+        try:
+            for host in good:
+                assert httpx.get(running.url + "/workflows", headers={"Host": host}, timeout=10).status_code == 200
+            assert_error(httpx.get(running.url + "/workflows", headers={"Host": "evil.example"}, timeout=10), 400)
+        finally:
+            running.stop()
+
+
+def bind_attempt(args: list[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """`pipeline-ex serve` on an address of TEST-NET-1 that this machine does not have: the bind fails."""
+    import os
+
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("PIPELINE_")} | (env or {})
+    command = [cli_executable(), "serve", "--workflows", "workflows", "--mock", "--port", "8999", *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=60, env=environment)
+
+
+def test_serve_warns_when_bound_beyond_loopback_without_an_api_key() -> None:
+    result = bind_attempt(["--host", "192.0.2.1"])
+    assert result.returncode != 0  # 192.0.2.1 is not an address of this machine
+    assert "warning:" in result.stderr and "192.0.2.1" in result.stderr
+    assert "PIPELINE_SERVER_API_KEY" in result.stderr, result.stderr
+    with_key = bind_attempt(["--host", "192.0.2.1"], env={"PIPELINE_SERVER_API_KEY": "k"})
+    assert "PIPELINE_SERVER_API_KEY" not in with_key.stderr, with_key.stderr
