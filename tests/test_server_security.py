@@ -3,6 +3,7 @@
 A page the user visits can send "simple" cross-origin requests (`text/plain` or form bodies, no
 preflight) to a server on localhost, and a rebinding domain can make the browser talk to 127.0.0.1 under a
 foreign `Host`. Every such request must be refused before a run starts; the registry says whether one did.
+Also: malformed input never gets a 5xx, and error bodies never carry the server's absolute paths.
 """
 
 from __future__ import annotations
@@ -11,9 +12,12 @@ import json
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from server_kit import JSON_TYPE, SSE, TEXT, ThreadServer, TimedRegistry, assert_error
 from test_server import CliServer, cli_executable
 
@@ -187,3 +191,171 @@ def test_serve_warns_when_bound_beyond_loopback_without_an_api_key() -> None:
     assert "PIPELINE_SERVER_API_KEY" in result.stderr, result.stderr
     with_key = bind_attempt(["--host", "192.0.2.1"], env={"PIPELINE_SERVER_API_KEY": "k"})
     assert "PIPELINE_SERVER_API_KEY" not in with_key.stderr, with_key.stderr
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Malformed input: 4xx with a clear message, never 5xx
+# ---------------------------------------------------------------------------------------------------------
+
+
+def nested(depth: int) -> str:
+    return "[" * depth + "]" * depth
+
+
+@pytest.mark.parametrize(("path", "body"), ENDPOINTS, ids=["run", "chat"])
+def test_deeply_nested_json_is_400(start_server: Callable[..., ThreadServer], path: str, body: str) -> None:
+    server = start_server(max_body=1 << 20)
+    with httpx.Client(base_url=server.url, timeout=10) as http:
+        for payload in (
+            nested(100_000),
+            f'{{"inputs": {{"prompt": {nested(5000)}}}}}',
+            body[:-1] + f', "x": {nested(5000)}}}',
+        ):
+            payload_error = assert_error(http.post(path, content=payload, headers=JSON_TYPE), 400)
+            assert "deep" in payload_error["error"]["message"], payload_error
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        '{"inputs": {"prompt": NaN}}',
+        '{"inputs": {"prompt": Infinity}}',
+        '{"inputs": {"prompt": 1e999}}',
+        '{"inputs": {"prompt": "\\ud800"}}',
+        '{"inputs": {"prompt": "' + "9" * 5000 + '"}}',
+        '{"inputs": {"prompt": ' + "9" * 5000 + "}}",
+    ],
+    ids=["nan", "infinity", "overflow", "lone-surrogate", "long-string", "huge-int"],
+)
+def test_odd_json_values_never_500(guarded: tuple[ThreadServer, TimedRegistry], body: str) -> None:
+    server, _ = guarded
+    with httpx.Client(base_url=server.url, timeout=10) as http:
+        for accept in ({}, SSE, TEXT):
+            response = http.post("/workflows/echo/run", content=body, headers={**JSON_TYPE, **accept})
+            assert response.status_code < 500, response.text
+            if response.status_code >= 400:
+                assert_error(response, response.status_code)
+            else:
+                assert "error" not in response.text.split("\n")[0]
+
+
+@pytest.mark.parametrize(
+    "seq", ["\u00b2", "\u0661\u0662", "9" * 5000, "-1", "1.5", " 3", "", "\uff13"], ids=lambda s: repr(s[:8])
+)
+def test_a_malformed_last_event_id_is_400(guarded: tuple[ThreadServer, TimedRegistry], seq: str) -> None:
+    server, _ = guarded
+    with httpx.Client(base_url=server.url, timeout=10) as http:
+        run_id = http.post("/workflows/fast/run", json={}).headers["x-run-id"]
+        last = f"{run_id}:{seq}"
+        as_query = http.get(f"/runs/{run_id}/events", params={"last_event_id": last})
+        assert "Last-Event-ID" in assert_error(as_query, 400)["error"]["message"]
+        if last.isascii():
+            assert_error(http.get(f"/runs/{run_id}/events", headers={"Last-Event-ID": last}), 400)
+        else:  # header values travel as bytes: send the UTF-8 the way a browser would
+            assert_error(http.get(f"/runs/{run_id}/events", headers=[(b"Last-Event-ID", last.encode())]), 400)
+
+
+def test_unknown_routes_and_methods_get_the_json_error_shape(guarded: tuple[ThreadServer, TimedRegistry]) -> None:
+    server, _ = guarded
+    with httpx.Client(base_url=server.url, timeout=10) as http:
+        assert "/nowhere" in assert_error(http.get("/nowhere"), 404)["error"]["message"]
+        assert_error(http.get("/workflows/fast/run"), 405)
+        assert_error(http.delete("/v1/chat/completions"), 405)
+
+
+BAD_CHATS: list[tuple[str, dict[str, Any]]] = [
+    ("content", {"messages": [{"role": "user", "content": [{"text": 5}]}]}),
+    ("content", {"messages": [{"role": "user", "content": [{"type": "text", "text": None}]}]}),
+    ("content", {"messages": [{"role": "user", "content": 5}]}),
+    ("content", {"messages": [{"role": "user", "content": [1, 2]}]}),
+    ("stream_options", {"stream": True, "stream_options": "yes"}),
+    ("stream_options", {"stream": True, "stream_options": {"include_usage": "yes"}}),
+    ("stream", {"stream": "false"}),
+    ("stream", {"stream": 1}),
+    ("messages", {"messages": ["hi"]}),
+    ("messages", {"messages": [["user", "hi"]]}),
+    ("messages", {"messages": {"role": "user", "content": "hi"}}),
+    ("role", {"messages": [{"role": 5, "content": "hi"}]}),
+    ("model", {"model": ["fast"]}),
+]
+
+
+@pytest.mark.parametrize(("field", "change"), BAD_CHATS, ids=[f"{f}-{i}" for i, (f, _) in enumerate(BAD_CHATS)])
+def test_malformed_chat_completion_fields_are_400(
+    guarded: tuple[ThreadServer, TimedRegistry], field: str, change: dict[str, Any]
+) -> None:
+    server, registry = guarded
+    body = {**json.loads(CHAT_BODY), **change}
+    response = httpx.post(server.url + "/v1/chat/completions", json=body, timeout=10)
+    payload = assert_error(response, 400)
+    assert f"'{field}'" in payload["error"]["message"], payload
+    assert registry.logs == {}
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
+    max_leaves=20,
+)
+CHAT_MESSAGES = st.lists(
+    st.fixed_dictionaries(
+        {"role": st.sampled_from(["user", "system", "assistant"]) | JSON_VALUES},
+        optional={"content": JSON_VALUES | st.lists(st.dictionaries(st.sampled_from(["type", "text"]), JSON_VALUES))},
+    ),
+    max_size=3,
+)
+KEYS = st.sampled_from(["inputs", "prompt", "model", "messages", "role", "content", "stream", "stream_options"])
+RUN_BODIES = (
+    JSON_VALUES
+    | st.dictionaries(KEYS, JSON_VALUES, max_size=5)
+    | st.fixed_dictionaries({"inputs": st.dictionaries(st.sampled_from(["prompt", "x"]), JSON_VALUES, max_size=2)})
+)
+CHAT_BODIES = st.fixed_dictionaries(
+    {
+        "model": st.sampled_from(["fast", "echo", "two_steps"]),
+        "messages": st.just([{"role": "user", "content": "hi"}]) | CHAT_MESSAGES,
+    },
+    optional={
+        "stream": st.booleans() | JSON_VALUES,
+        "stream_options": JSON_VALUES | st.fixed_dictionaries({"include_usage": JSON_VALUES}),
+    },
+)
+REQUESTS = st.tuples(st.sampled_from(["/workflows/echo/run", "/workflows/two_steps/run"]), RUN_BODIES) | st.tuples(
+    st.just("/v1/chat/completions"), CHAT_BODIES
+)
+HEADER_TEXT = st.text(st.characters(min_codepoint=32, max_codepoint=126), max_size=30).map(str.strip)
+
+
+@pytest.fixture(scope="module")
+def fuzz_server(kit_workflows: Path) -> Any:
+    from pipeline_ex.server import create_app
+
+    running = ThreadServer(create_app(kit_workflows, api_key="", mock=True)).start()
+    client = httpx.Client(base_url=running.url, timeout=20)
+    yield client
+    client.close()
+    running.stop()
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    request=REQUESTS,
+    accept=st.sampled_from(["", "text/event-stream", "text/plain", "application/json", "*/*"]),
+    content_type=st.sampled_from(
+        ["application/json", "application/json; charset=utf-8", "text/plain", ""] + 4 * ["application/json"]
+    ),
+    last_event_id=HEADER_TEXT,
+)
+def test_junk_requests_never_get_a_5xx(
+    fuzz_server: httpx.Client, request: tuple[str, Any], accept: str, content_type: str, last_event_id: str
+) -> None:
+    path, body = request
+    headers = {"Accept": accept, "Content-Type": content_type}
+    response = fuzz_server.post(path, content=json.dumps(body), headers={k: v for k, v in headers.items() if v})
+    assert response.status_code < 500, (response.status_code, response.text)
+    events = fuzz_server.get("/runs/nope/events", headers={"Last-Event-ID": last_event_id})
+    assert events.status_code < 500, events.text
+    run_id = response.headers.get("x-run-id")
+    if run_id:
+        followed = fuzz_server.get(f"/runs/{run_id}/events", headers={"Last-Event-ID": f"{run_id}:{last_event_id}"})
+        assert followed.status_code < 500, followed.text

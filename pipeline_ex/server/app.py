@@ -30,6 +30,7 @@ from typing import Any
 
 import anyio
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
@@ -48,6 +49,7 @@ from pipeline_ex.server.security import (
     BrowserGuard,
     RequestRejected,
     check_bearer,
+    parse_last_event_id,
     read_json_body,
 )
 from pipeline_ex.sse import (
@@ -208,27 +210,23 @@ class PipelineServer:
         if log is None:
             raise RequestRejected(404, f"no run {run_id!r} is kept by this server")
         last = request.headers.get("last-event-id") or request.query_params.get("last_event_id") or f"{run_id}:0"
-        last_run, _, seq_text = last.rpartition(":")
-        if last_run != run_id or not seq_text.isdigit():
-            raise RequestRejected(400, f"Last-Event-ID must be '{run_id}:<seq>', got {last!r}")
-        frames = with_keepalive(self._frames(log, int(seq_text), cancel_on_exit=False), self.keepalive)
+        after_seq = parse_last_event_id(last, run_id)
+        frames = with_keepalive(self._frames(log, after_seq, cancel_on_exit=False), self.keepalive)
         return RunStreamResponse(frames, media_type=MEDIA_TYPE, headers=HEADERS)
 
     async def chat_completions(self, request: Request) -> Response:
         """`POST /v1/chat/completions`."""
         check_bearer(request, self.api_key)
-        body = await read_json_body(request, self.max_body)
-        if not isinstance(body, dict) or not isinstance(body.get("model"), str):
-            raise RequestRejected(400, "'model' (the workflow name) is required")
-        loaded = self._workflow(body["model"])
+        chat = openai_api.parse_chat_request(await read_json_body(request, self.max_body))
+        loaded = self._workflow(chat.model)
         try:
-            inputs = resolve_inputs(loaded, openai_api.chat_inputs(loaded, body))
+            inputs = resolve_inputs(loaded, openai_api.chat_inputs(loaded, chat))
         except InputError as error:
             raise RequestRejected(422, str(error)) from None
         run_id = uuid.uuid4().hex[:16]
         events = astream(loaded, inputs, mock=self.mock, run_id=run_id)
-        if body.get("stream"):
-            include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        if chat.stream:
+            include_usage = chat.include_usage
 
             async def chunks() -> AsyncIterator[str]:
                 try:
@@ -280,6 +278,10 @@ def create_app(
         assert isinstance(error, RequestRejected)
         return _error(error.status, error.message)
 
+    async def http_error(request: Request, error: Exception) -> Response:
+        assert isinstance(error, HTTPException)  # Starlette's own: no such route, method not allowed
+        return _error(error.status_code, f"{error.detail}: {request.method} {request.url.path}")
+
     async def failed(request: Request, error: Exception) -> Response:
         incident = uuid.uuid4().hex[:8]
         logger.error("request %s %s failed (incident %s)", request.method, request.url.path, incident, exc_info=error)
@@ -300,7 +302,7 @@ def create_app(
             Route("/v1/chat/completions", server.chat_completions, methods=["POST"]),
         ],
         middleware=[Middleware(BrowserGuard, allowed_hosts=hosts, refuse=_error)],
-        exception_handlers={RequestRejected: rejected, Exception: failed},
+        exception_handlers={RequestRejected: rejected, HTTPException: http_error, Exception: failed},
         lifespan=lifespan,
     )
     app.state.pipeline = server

@@ -1,6 +1,7 @@
-"""Request guards: the browser guard, an optional bearer token, and JSON bodies only (limited in size).
+"""Request guards: the browser guard, a bearer token, strict JSON bodies and a strict `Last-Event-ID`.
 
-The browser guard checks Host, Origin and Sec-Fetch-Site; the bearer token is compared in constant time.
+The browser guard checks Host, Origin and Sec-Fetch-Site; the optional bearer token is compared in
+constant time; JSON bodies only, bounded in size and depth.
 
 Why each exists:
 - A web page the user visits can send a cross-origin "simple request" (a `text/plain` or form body needs
@@ -15,6 +16,8 @@ from __future__ import annotations
 
 import hmac
 import json
+import math
+import re
 from collections.abc import Callable, Sequence
 from typing import Any
 from urllib.parse import urlsplit
@@ -28,8 +31,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 API_KEY_ENV = "PIPELINE_SERVER_API_KEY"
 ALLOWED_HOSTS_ENV = "PIPELINE_SERVER_ALLOWED_HOSTS"
 DEFAULT_MAX_BODY = 64 * 1024
+MAX_JSON_DEPTH = 64
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]")
 _DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
+_SEQ = re.compile(r"[0-9]{1,18}")
 
 
 class RequestRejected(Exception):
@@ -139,8 +144,42 @@ def check_json_content_type(request: Request) -> None:
         raise RequestRejected(415, f"the request body must be sent as Content-Type: application/json ({got})")
 
 
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text} is out of range")
+    return value
+
+
+def _check_value(value: Any) -> None:
+    """Refuse JSON nested more than MAX_JSON_DEPTH deep, and strings with unpaired surrogates (iteratively)."""
+    pending = [(value, 1)]
+    while pending:
+        item, depth = pending.pop()
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                raise RequestRejected(400, "the request body has a string with an unpaired surrogate") from None
+            continue
+        if not isinstance(item, dict | list):
+            continue
+        if depth > MAX_JSON_DEPTH:
+            raise RequestRejected(400, f"the request body is nested too deep (more than {MAX_JSON_DEPTH} levels)")
+        children = [*item.keys(), *item.values()] if isinstance(item, dict) else item
+        pending.extend((child, depth + 1) for child in children)
+
+
 async def read_json_body(request: Request, limit: int) -> Any:
-    """Read a JSON body of at most `limit` bytes (checked while reading, not only by Content-Length)."""
+    """Read a JSON body of at most `limit` bytes and parse it strictly.
+
+    The size is checked while reading, not only by Content-Length. Non-finite numbers, unpaired surrogates
+    and nesting deeper than `MAX_JSON_DEPTH` are refused with 400.
+    """
     check_json_content_type(request)
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
@@ -153,6 +192,19 @@ async def read_json_body(request: Request, limit: int) -> Any:
     if not body:
         return {}
     try:
-        return json.loads(body)
+        value = json.loads(body, parse_constant=_reject_constant, parse_float=_finite)
+    except RecursionError:
+        raise RequestRejected(400, f"the request body is nested too deep (more than {MAX_JSON_DEPTH} levels)") from None
     except (ValueError, UnicodeDecodeError):
         raise RequestRejected(400, "the request body is not valid JSON") from None
+    _check_value(value)
+    return value
+
+
+def parse_last_event_id(value: str, run_id: str) -> int:
+    """The seq in a `Last-Event-ID` of `<run_id>:<seq>` (ASCII digits only); 400 otherwise."""
+    last_run, _, seq_text = value.rpartition(":")
+    if last_run != run_id or not _SEQ.fullmatch(seq_text):
+        shown = value if len(value) <= 80 else value[:80] + "..."
+        raise RequestRejected(400, f"Last-Event-ID must be '{run_id}:<seq>' (seq in ASCII digits), got {shown!r}")
+    return int(seq_text)
