@@ -231,11 +231,39 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     if args.allowed_hosts is not None:
         allowed_hosts = [name.strip() for name in args.allowed_hosts.split(",") if name.strip()]
     try:
-        serve(args.workflows, host=args.host, port=args.port, mock=args.mock, allowed_hosts=allowed_hosts)
+        serve(
+            args.workflows,
+            host=args.host,
+            port=args.port,
+            mock=args.mock,
+            allowed_hosts=allowed_hosts,
+            read_timeout=args.read_timeout,
+            max_runs=args.max_runs,
+            log_events=args.log_events,
+            log_bytes=args.log_bytes,
+            max_concurrent_runs=args.max_concurrent_runs,
+        )
     except ExtraNotInstalledError as error:
         _error(str(error))
         return EXIT_USAGE
+    except ValueError as error:
+        _error(str(error))
+        return EXIT_USAGE
     return EXIT_OK
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be above 0, got {text}")
+    return value
 
 
 def _cmd_schema(_: argparse.Namespace) -> int:
@@ -324,6 +352,33 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAMES",
         help="comma-separated Host names accepted besides localhost, 127.0.0.1 and [::1] ('*.example.com' "
         "patterns, or '*' for any; default $PIPELINE_SERVER_ALLOWED_HOSTS)",
+    )
+    serve.add_argument(
+        "--max-concurrent-runs",
+        type=_positive_int,
+        metavar="N",
+        help="runs going at once; more get 429 with Retry-After (default 1024, at most --max-runs)",
+    )
+    serve.add_argument(
+        "--max-runs",
+        type=_positive_int,
+        metavar="N",
+        help="runs kept for resuming, finished or not; the oldest finished are forgotten first (default 2048)",
+    )
+    serve.add_argument(
+        "--log-events", type=_positive_int, metavar="N", help="events kept per run for resuming (default 10000)"
+    )
+    serve.add_argument(
+        "--log-bytes",
+        type=_positive_int,
+        metavar="BYTES",
+        help="bytes kept per run for resuming (default 1048576); the response that started a run sees all of it",
+    )
+    serve.add_argument(
+        "--read-timeout",
+        type=_positive_float,
+        metavar="SECONDS",
+        help="how long a request's headers, and then its body, may take to arrive (default 10)",
     )
     serve.set_defaults(func=_cmd_serve)
 

@@ -12,8 +12,10 @@ Requests carry inputs only: they can never choose handlers, providers or models.
 client disconnects, its run is cancelled (the provider stream closes), unless it asked for
 `?resumable=true`, in which case the run goes on and can be followed again through `/runs/...`.
 
-Guards (see `security`): loopback `Host` values only unless widened, no requests from other sites, and
-JSON bodies only for runs.
+Guards (see `security`): loopback `Host` values only unless widened, no requests from other sites, JSON
+bodies only for runs, bounded bodies read within a deadline; at most `max_concurrent_runs` runs at once
+(429 with `Retry-After` beyond). Every client-visible error goes through `sse.error_payload()` or
+`_error()`.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import contextlib
 import logging
 import os
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -37,11 +39,13 @@ from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingR
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from pipeline_ex.errors import PipelineError, StepError
+from pipeline_ex.errors import PipelineError
+from pipeline_ex.events import Event
 from pipeline_ex.server import openai_api
 from pipeline_ex.server.catalog import WorkflowCatalog
+from pipeline_ex.server.http import DEFAULT_READ_TIMEOUT
 from pipeline_ex.server.page import PAGE
-from pipeline_ex.server.runs import Gap, RunLog, RunRegistry
+from pipeline_ex.server.runs import Gap, RegistryFull, RunLog, RunRegistry
 from pipeline_ex.server.security import (
     ALLOWED_HOSTS_ENV,
     API_KEY_ENV,
@@ -64,13 +68,10 @@ from pipeline_ex.sse import (
     text_chunks,
     with_keepalive,
 )
-from pipeline_ex.workflow.iterate import astream
 from pipeline_ex.workflow.loader import LoadedWorkflow
 from pipeline_ex.workflow.runner import InputError, resolve_inputs
 
 logger = logging.getLogger("pipeline_ex.server")
-
-PAGE_HEADERS = {"X-Frame-Options": "DENY", "Content-Security-Policy": "frame-ancestors 'none'"}
 
 
 class RunStreamResponse(StreamingResponse):
@@ -81,6 +82,10 @@ class RunStreamResponse(StreamingResponse):
     would only be closed when garbage collected. Here a task watches for `http.disconnect` the whole
     time, and the body iterator is closed as soon as the response ends, which cancels the run.
     """
+
+    def __init__(self, *args: Any, on_close: Callable[[], None] | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.on_close = on_close
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Stream the body until it ends or the client disconnects; then close the body iterator."""
@@ -100,11 +105,24 @@ class RunStreamResponse(StreamingResponse):
             if close is not None:
                 with anyio.CancelScope(shield=True):
                     await close()
+            if self.on_close is not None:
+                self.on_close()
 
 
-def _error(status: int, message: str, kind: str = "request") -> JSONResponse:
+DEFAULT_MAX_CONCURRENT_RUNS = 1024
+RETRY_AFTER_SECONDS = 2
+PAGE_HEADERS = {"X-Frame-Options": "DENY", "Content-Security-Policy": "frame-ancestors 'none'"}
+
+
+def _error(
+    status: int,
+    message: str,
+    kind: str = "request",
+    *,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
     """The server's JSON error response: `{"error": {"type", "message"}}`."""
-    return JSONResponse({"error": {"type": kind, "message": message}}, status_code=status)
+    return JSONResponse({"error": {"type": kind, "message": message}}, status_code=status, headers=headers)
 
 
 class PipelineServer:
@@ -119,6 +137,8 @@ class PipelineServer:
         max_body: int,
         keepalive: float,
         registry: RunRegistry,
+        max_concurrent_runs: int,
+        read_timeout: float | None,
     ) -> None:
         self.catalog = catalog
         self.mock = mock
@@ -126,6 +146,8 @@ class PipelineServer:
         self.max_body = max_body
         self.keepalive = keepalive
         self.registry = registry
+        self.max_concurrent_runs = max_concurrent_runs
+        self.read_timeout = read_timeout
 
     # -- helpers -----------------------------------------------------------------------------------
 
@@ -135,8 +157,11 @@ class PipelineServer:
             raise RequestRejected(404, f"no workflow named {name!r}; GET /workflows lists them")
         return loaded
 
+    async def _body(self, request: Request) -> Any:
+        return await read_json_body(request, self.max_body, self.read_timeout)
+
     async def _run_request(self, request: Request, loaded: LoadedWorkflow) -> dict[str, Any]:
-        body = await read_json_body(request, self.max_body)
+        body = await self._body(request)
         if not isinstance(body, dict) or set(body) - {"inputs"}:
             raise RequestRejected(422, 'the body must be {"inputs": {...}}; nothing else can be set per request')
         inputs = body.get("inputs", {})
@@ -147,9 +172,32 @@ class PipelineServer:
         except InputError as error:
             raise RequestRejected(422, str(error)) from None
 
-    async def _frames(self, log: RunLog, after_seq: int, cancel_on_exit: bool) -> AsyncIterator[str]:
+    def _start(self, loaded: LoadedWorkflow, inputs: dict[str, Any], run_id: str, hold: bool = True) -> RunLog:
+        """Admit and start a run, or refuse it with 429.
+
+        With `hold`, its log keeps every event for the response that started it, until that response has
+        read them (or ends).
+        """
+        busy = {"Retry-After": str(RETRY_AFTER_SECONDS)}
+        if self.registry.active >= self.max_concurrent_runs:
+            raise RequestRejected(
+                429,
+                f"the server is already running {self.max_concurrent_runs} runs; retry later "
+                "(pipeline-ex serve --max-concurrent-runs raises the limit)",
+                headers=busy,
+            )
         try:
-            async for item in log.follow(after_seq):
+            return self.registry.start(loaded, inputs, mock=self.mock, run_id=run_id, hold=hold)
+        except RegistryFull as error:
+            raise RequestRejected(
+                429, f"{error}; retry later (pipeline-ex serve --max-runs raises the limit)", headers=busy
+            ) from None
+
+    async def _frames(
+        self, log: RunLog, after_seq: int, cancel_on_exit: bool, primary: bool = False
+    ) -> AsyncIterator[str]:
+        try:
+            async for item in log.follow(after_seq, primary=primary):
                 yield gap_frame(item.first_seq, item.last_seq) if isinstance(item, Gap) else event_frame(item)
         except asyncio.CancelledError:
             raise
@@ -162,11 +210,26 @@ class PipelineServer:
 
     async def _text(self, log: RunLog) -> AsyncIterator[str]:
         try:
-            async for chunk in text_chunks(log.follow(0)):
+            async for chunk in text_chunks(log.follow(0, primary=True)):
                 yield chunk
         finally:
             if not log.finished:
                 log.cancel()
+
+    async def _events(self, log: RunLog) -> AsyncIterator[Event]:
+        """The events of a run for its primary response (which sees every one of them)."""
+        async for item in log.follow(0, primary=True):
+            assert not isinstance(item, Gap)
+            yield item
+
+    async def _outcome(self, log: RunLog) -> None:
+        """Wait for a run to end, cancelling it if the waiting request goes away."""
+        assert log.task is not None
+        try:
+            await asyncio.shield(log.task)
+        except asyncio.CancelledError:
+            log.cancel()
+            raise
 
     # -- routes ------------------------------------------------------------------------------------
 
@@ -187,15 +250,22 @@ class PipelineServer:
         run_id = uuid.uuid4().hex[:16]
         accept = request.headers.get("accept", "")
         headers = {"X-Run-Id": run_id}
-        log = self.registry.start(loaded, inputs, mock=self.mock, run_id=run_id)
+        streamed = MEDIA_TYPE in accept or "text/plain" in accept
+        log = self._start(loaded, inputs, run_id, hold=streamed)
         if MEDIA_TYPE in accept:
             resumable = request.query_params.get("resumable", "").lower() in ("1", "true", "yes")
-            frames = with_keepalive(self._frames(log, 0, cancel_on_exit=not resumable), self.keepalive)
-            return RunStreamResponse(frames, media_type=MEDIA_TYPE, headers={**HEADERS, **headers})
+            frames = self._frames(log, 0, cancel_on_exit=not resumable, primary=True)
+            return RunStreamResponse(
+                with_keepalive(frames, self.keepalive),
+                media_type=MEDIA_TYPE,
+                headers={**HEADERS, **headers},
+                on_close=log.release,
+            )
         if "text/plain" in accept:
-            return RunStreamResponse(self._text(log), media_type="text/plain; charset=utf-8", headers=headers)
-        assert log.task is not None
-        await asyncio.shield(log.task)
+            return RunStreamResponse(
+                self._text(log), media_type="text/plain; charset=utf-8", headers=headers, on_close=log.release
+            )
+        await self._outcome(log)
         if log.error is not None:
             payload = error_payload(log.error)
             return JSONResponse({"error": payload, "run_id": run_id}, status_code=502, headers=headers)
@@ -217,31 +287,37 @@ class PipelineServer:
     async def chat_completions(self, request: Request) -> Response:
         """`POST /v1/chat/completions`."""
         check_bearer(request, self.api_key)
-        chat = openai_api.parse_chat_request(await read_json_body(request, self.max_body))
+        chat = openai_api.parse_chat_request(await self._body(request))
         loaded = self._workflow(chat.model)
         try:
             inputs = resolve_inputs(loaded, openai_api.chat_inputs(loaded, chat))
         except InputError as error:
             raise RequestRejected(422, str(error)) from None
         run_id = uuid.uuid4().hex[:16]
-        events = astream(loaded, inputs, mock=self.mock, run_id=run_id)
+        log = self._start(loaded, inputs, run_id)
         if chat.stream:
-            include_usage = chat.include_usage
 
             async def chunks() -> AsyncIterator[str]:
                 try:
-                    async for chunk in openai_api.stream_chunks(events, loaded, include_usage):
+                    async for chunk in openai_api.stream_chunks(
+                        self._events(log), loaded, run_id, chat.include_usage, error_payload
+                    ):
                         yield chunk
                 finally:
-                    await events.aclose()
+                    if not log.finished:
+                        log.cancel()
 
-            return RunStreamResponse(chunks(), media_type=MEDIA_TYPE, headers=HEADERS)
+            return RunStreamResponse(chunks(), media_type=MEDIA_TYPE, headers=HEADERS, on_close=log.release)
         try:
-            return JSONResponse(await openai_api.complete(events, loaded))
-        except StepError as error:
+            return JSONResponse(await openai_api.complete(self._events(log), loaded, run_id))
+        except Exception as error:
+            if error is not log.error:
+                raise
             return JSONResponse({"error": error_payload(error)}, status_code=502)
         finally:
-            await events.aclose()
+            log.release()
+            if not log.finished:
+                log.cancel()
 
 
 def create_app(
@@ -252,7 +328,12 @@ def create_app(
     max_body: int = DEFAULT_MAX_BODY,
     keepalive: float = DEFAULT_KEEPALIVE,
     registry: RunRegistry | None = None,
+    max_runs: int | None = None,
+    log_events: int | None = None,
+    log_bytes: int | None = None,
     allowed_hosts: Sequence[str] | None = None,
+    max_concurrent_runs: int | None = None,
+    read_timeout: float | None = DEFAULT_READ_TIMEOUT,
 ) -> Starlette:
     """Build the Starlette app serving the workflows in a folder.
 
@@ -260,9 +341,28 @@ def create_app(
     :param api_key: require `Authorization: Bearer <api_key>`; by default `PIPELINE_SERVER_API_KEY`.
     :param max_body: the largest request body accepted, in bytes.
     :param keepalive: seconds of silence before an SSE keepalive comment.
+    :param registry: where runs are kept (its `max_runs`, `log_capacity` and `log_bytes` bound them).
+    :param max_runs: runs kept for resuming, finished or not (for the registry made when none is given).
+    :param log_events: events kept per run log (likewise).
+    :param log_bytes: bytes kept per run log (likewise); the response that started a run sees all of it.
     :param allowed_hosts: `Host` names accepted besides localhost, 127.0.0.1 and [::1] (`*.domain`
         patterns, or `*` for any); by default from `PIPELINE_SERVER_ALLOWED_HOSTS` (comma-separated).
+    :param max_concurrent_runs: runs going at once (by default 1024, or the registry's `max_runs` if lower);
+        more get 429 with `Retry-After`.
+    :param read_timeout: seconds a request body may take to arrive (408 after that); None for no limit.
     """
+    bounds = {"max_runs": max_runs, "log_capacity": log_events, "log_bytes": log_bytes}
+    given = {name: value for name, value in bounds.items() if value is not None}
+    if registry is not None and given:
+        raise ValueError(f"pass {', '.join(given)} to the RunRegistry given as registry=, not to create_app")
+    registry = registry if registry is not None else RunRegistry(**given)
+    if max_concurrent_runs is None:
+        max_concurrent_runs = min(DEFAULT_MAX_CONCURRENT_RUNS, registry.max_runs)
+    if max_concurrent_runs < 1 or max_concurrent_runs > registry.max_runs:
+        raise ValueError(
+            f"max_concurrent_runs must be between 1 and the registry's max_runs ({registry.max_runs}), "
+            f"got {max_concurrent_runs}"
+        )
     catalog = WorkflowCatalog.from_folder(workflows, mock=mock)
     server = PipelineServer(
         catalog,
@@ -270,13 +370,15 @@ def create_app(
         api_key=api_key if api_key is not None else os.environ.get(API_KEY_ENV) or None,
         max_body=max_body,
         keepalive=keepalive,
-        registry=registry or RunRegistry(),
+        registry=registry,
+        max_concurrent_runs=max_concurrent_runs,
+        read_timeout=read_timeout,
     )
     hosts = list(allowed_hosts) if allowed_hosts is not None else split_hosts(os.environ.get(ALLOWED_HOSTS_ENV, ""))
 
     async def rejected(request: Request, error: Exception) -> Response:
         assert isinstance(error, RequestRejected)
-        return _error(error.status, error.message)
+        return _error(error.status, error.message, headers=error.headers)
 
     async def http_error(request: Request, error: Exception) -> Response:
         assert isinstance(error, HTTPException)  # Starlette's own: no such route, method not allowed

@@ -11,15 +11,13 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
 from pipeline_ex.events import Delta, Event, Usage
 from pipeline_ex.server.catalog import answer_step
 from pipeline_ex.server.security import RequestRejected
-from pipeline_ex.sse import error_payload
-from pipeline_ex.workflow.iterate import EventStream
 from pipeline_ex.workflow.loader import LoadedWorkflow
 
 _FINISH = {"stop": "stop", "length": "length", "content_filter": "content_filter", "tool_calls": "tool_calls"}
@@ -152,7 +150,7 @@ class _Answer:
 
 
 def _chunk(completion_id: str, model: str, created: int, delta: dict[str, Any], finish: str | None) -> str:
-    payload = {
+    payload: dict[str, Any] = {
         "id": completion_id,
         "object": "chat.completion.chunk",
         "created": created,
@@ -162,11 +160,17 @@ def _chunk(completion_id: str, model: str, created: int, delta: dict[str, Any], 
     return f"data: {json.dumps(payload)}\n\n"
 
 
-async def stream_chunks(events: EventStream, loaded: LoadedWorkflow, include_usage: bool) -> AsyncIterator[str]:
-    """The SSE body of a streamed chat completion."""
+async def stream_chunks(
+    events: AsyncIterator[Event],
+    loaded: LoadedWorkflow,
+    run_id: str,
+    include_usage: bool,
+    describe: Callable[[BaseException], dict[str, Any]],
+) -> AsyncIterator[str]:
+    """The SSE body of a streamed chat completion; `describe` turns a failure into the error chunk's payload."""
     answer = _Answer(loaded)
     created = int(time.time())
-    completion_id = f"chatcmpl-{events.run_id_hint}"
+    completion_id = f"chatcmpl-{run_id}"
     model = loaded.name
     yield _chunk(completion_id, model, created, {"role": "assistant", "content": ""}, None)
     try:
@@ -175,7 +179,7 @@ async def stream_chunks(events: EventStream, loaded: LoadedWorkflow, include_usa
             if text is not None:
                 yield _chunk(completion_id, model, created, {"content": text}, None)
     except Exception as error:
-        yield f"data: {json.dumps({'error': error_payload(error)})}\n\n"
+        yield f"data: {json.dumps({'error': describe(error)})}\n\n"
         yield "data: [DONE]\n\n"
         return
     yield _chunk(completion_id, model, created, {}, answer.finish)
@@ -192,12 +196,12 @@ async def stream_chunks(events: EventStream, loaded: LoadedWorkflow, include_usa
     yield "data: [DONE]\n\n"
 
 
-async def complete(events: EventStream, loaded: LoadedWorkflow) -> dict[str, Any]:
+async def complete(events: AsyncIterator[Event], loaded: LoadedWorkflow, run_id: str) -> dict[str, Any]:
     """The body of a non-streamed chat completion (raises the run's error, if any)."""
     answer = _Answer(loaded)
     text = [piece async for event in events if (piece := answer.text_of(event)) is not None]
     body: dict[str, Any] = {
-        "id": f"chatcmpl-{events.run_id_hint}",
+        "id": f"chatcmpl-{run_id}",
         "object": "chat.completion",
         "created": int(time.time()),
         "model": loaded.name,

@@ -1,7 +1,7 @@
 """Request guards: the browser guard, a bearer token, strict JSON bodies and a strict `Last-Event-ID`.
 
 The browser guard checks Host, Origin and Sec-Fetch-Site; the optional bearer token is compared in
-constant time; JSON bodies only, bounded in size and depth.
+constant time; JSON bodies only, bounded in size, time and depth.
 
 Why each exists:
 - A web page the user visits can send a cross-origin "simple request" (a `text/plain` or form body needs
@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
+import anyio
 from starlette.datastructures import Headers
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
@@ -40,9 +41,10 @@ _SEQ = re.compile(r"[0-9]{1,18}")
 class RequestRejected(Exception):
     """A request the server refuses, with the HTTP status and a message safe to show the client."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, *, headers: dict[str, str] | None = None) -> None:
         self.status = status
         self.message = message
+        self.headers = headers or {}
         super().__init__(message)
 
 
@@ -174,8 +176,8 @@ def _check_value(value: Any) -> None:
         pending.extend((child, depth + 1) for child in children)
 
 
-async def read_json_body(request: Request, limit: int) -> Any:
-    """Read a JSON body of at most `limit` bytes and parse it strictly.
+async def read_json_body(request: Request, limit: int, read_timeout: float | None = None) -> Any:
+    """Read a JSON body of at most `limit` bytes, within `read_timeout` seconds, and parse it strictly.
 
     The size is checked while reading, not only by Content-Length. Non-finite numbers, unpaired surrogates
     and nesting deeper than `MAX_JSON_DEPTH` are refused with 400.
@@ -185,10 +187,16 @@ async def read_json_body(request: Request, limit: int) -> Any:
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise RequestRejected(413, f"request body larger than {limit} bytes")
     body = bytearray()
-    async for part in request.stream():
-        body.extend(part)
-        if len(body) > limit:
-            raise RequestRejected(413, f"request body larger than {limit} bytes")
+    try:
+        with anyio.fail_after(read_timeout):
+            async for part in request.stream():
+                body.extend(part)
+                if len(body) > limit:
+                    raise RequestRejected(413, f"request body larger than {limit} bytes")
+    except TimeoutError:
+        raise RequestRejected(
+            408, f"the request body did not arrive within {read_timeout:g} s", headers={"Connection": "close"}
+        ) from None
     if not body:
         return {}
     try:
