@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from pipeline_ex.errors import PipelineError, RunCancelled, StepError
@@ -63,9 +63,12 @@ def error_payload(error: BaseException) -> dict[str, Any]:
     return {"type": "internal", "message": "the run failed; see the server log"}
 
 
-def error_frame(error: BaseException) -> str:
-    """The `event: error` frame for a run that failed after the response started."""
-    return _frame("error", json.dumps(error_payload(error)))
+def error_frame(error: BaseException, payload: dict[str, Any] | None = None) -> str:
+    """The `event: error` frame for a run that failed after the response started.
+
+    `payload` replaces `error_payload(error)` (a server adds its reference id to it, for instance).
+    """
+    return _frame("error", json.dumps(error_payload(error) if payload is None else payload))
 
 
 def end_frame(run_id: str | None = None) -> str:
@@ -122,10 +125,14 @@ async def sse_frames(events: AsyncIterator[Event], *, run_id: str | None = None)
     yield end_frame(last_run)
 
 
-async def text_chunks(events: AsyncIterator[object]) -> AsyncIterator[str]:
+async def text_chunks(
+    events: AsyncIterator[object], describe: Callable[[BaseException], dict[str, Any]] | None = None
+) -> AsyncIterator[str]:
     """Only the text of the text deltas, for plain-text streaming (`curl -N`); failures end with a line.
 
-    Anything in the stream that is not a Delta (a Done, or a server's gap notice) is skipped.
+    Anything in the stream that is not a Delta (a Done) is skipped; the stream must not have gaps (a server
+    gives its plain-text responses every event of their run). `describe` replaces `error_payload` for the
+    failure line; a `reference` in its payload is shown too.
     """
     try:
         async for event in events:
@@ -134,7 +141,11 @@ async def text_chunks(events: AsyncIterator[object]) -> AsyncIterator[str]:
     except asyncio.CancelledError:
         raise
     except Exception as error:
-        yield f"\n[error: {error_payload(error)['message']}]\n"
+        payload = (describe or error_payload)(error)
+        message, reference = payload["message"], payload.get("reference")
+        if reference and reference not in message:
+            message = f"{message} (reference {reference})"
+        yield f"\n[error: {message}]\n"
 
 
 def parse_frames(text: str) -> list[dict[str, str]]:

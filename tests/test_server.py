@@ -602,18 +602,25 @@ def test_a_failing_run_is_502_json_without_traceback(client: httpx.Client) -> No
         "mock provider failed after 2 chunks (error_after=2)",
         "step": "answer",
         "run_id": payload["run_id"],
+        "reference": payload["error"]["reference"],  # the server log's line about the failure has it too
     }
 
 
 def test_an_unexpected_failure_is_reported_without_details(client: httpx.Client) -> None:
     response = client.post("/workflows/python_fail/run", json={})
     payload = assert_clean_error(response, 502)
-    assert payload["error"] == {"type": "internal", "message": "the run failed; see the server log"}
+    reference = payload["error"]["reference"]
+    assert payload["error"] == {
+        "type": "internal",
+        "message": f"the run failed; see the server log (reference {reference})",
+        "reference": reference,
+    }
     assert "TypeError" not in response.text and "Context" not in response.text
     with client.stream("POST", "/workflows/python_fail/run", json={}, headers=SSE) as stream:
         frames = list(iter_frames(stream.iter_text()))
     assert [f["event"] for f in frames] == ["error", "end"]
-    assert json.loads(frames[0]["data"]) == payload["error"]
+    streamed = json.loads(frames[0]["data"])
+    assert streamed["type"] == "internal" and streamed["reference"] != reference  # each failure has its own
 
 
 def test_a_failing_sse_run_sends_an_error_frame_then_end(client: httpx.Client) -> None:

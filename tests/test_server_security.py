@@ -359,3 +359,87 @@ def test_junk_requests_never_get_a_5xx(
     if run_id:
         followed = fuzz_server.get(f"/runs/{run_id}/events", headers={"Last-Event-ID": f"{run_id}:{last_event_id}"})
         assert followed.status_code < 500, followed.text
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Error bodies never carry the server's absolute paths
+# ---------------------------------------------------------------------------------------------------------
+
+
+LEAKY_MODULE = """
+from pipeline_ex.errors import PipelineError
+
+
+def fail(ctx, path):
+    raise PipelineError(f"could not read {path}")
+"""
+
+
+@pytest.fixture
+def leaky_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    folder = (tmp_path / "served" / "workflows").resolve()
+    folder.mkdir(parents=True)
+    (tmp_path / "leaky_steps.py").write_text(LEAKY_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    documents = {
+        "template": {"steps": [{"id": "answer", "provider": "mock", "prompt": "{{ inputs.prompt.a.b.c() }}"}]},
+        "outside": {
+            "steps": [
+                {"id": "answer", "provider": "mock", "prompt": "{{ inputs.prompt }}", "output_to_file": "../../x.md"}
+            ]
+        },
+        "python": {
+            "steps": [
+                {
+                    "id": "read",
+                    "type": "python",
+                    "callable": "leaky_steps.fail",
+                    "args": {"path": str(folder / "data.txt")},
+                }
+            ]
+        },
+        "typed": {"inputs": {"count": {"type": "integer"}}, "steps": [{"id": "a", "provider": "mock", "prompt": "x"}]},
+    }
+    for name, body in documents.items():
+        inputs = body.pop("inputs", {"prompt": {"default": "hi"}})
+        (folder / f"{name}.yaml").write_text(json.dumps({"workflow": {"name": name, "inputs": inputs, **body}}))
+    return folder
+
+
+@pytest.mark.parametrize("name", ["template", "python", "typed"])
+def test_error_bodies_name_no_absolute_paths(
+    start_server: Callable[..., ThreadServer],
+    leaky_folder: Path,
+    name: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("PIPELINE_OUTPUT_DIR", str(leaky_folder.parent / "outputs"))
+    server = start_server(folder=leaky_folder)
+    inputs = {"count": "many"} if name == "typed" else {}
+    bodies = []
+    with httpx.Client(base_url=server.url, timeout=10) as http:
+        for accept in ({}, SSE, TEXT):
+            response = http.post(f"/workflows/{name}/run", json={"inputs": inputs}, headers=accept)
+            assert response.status_code in (200, 422, 502), response.text
+            bodies.append(response.text)
+        chat = http.post("/v1/chat/completions", json={"model": name, "messages": [{"role": "user", "content": "x"}]})
+        bodies.append(chat.text)
+    text = "\n".join(bodies)
+    assert "error" in text
+    for secret_path in {str(leaky_folder), str(tmp_path), str(tmp_path.resolve()), str(Path.cwd())}:
+        assert secret_path not in text, (secret_path, text)
+    if name == "template":
+        assert "template.yaml:" in text  # still names the file, relative to the workflows folder
+    if name == "python":
+        assert "data.txt" in text
+
+
+def test_the_cli_serves_no_absolute_path_in_a_template_error(leaky_folder: Path, tmp_path: Path) -> None:
+    running = CliServer(["--workflows", str(leaky_folder), "--mock"], tmp_path / "serve.log").start()
+    try:
+        response = httpx.post(running.url + "/workflows/template/run", json={}, timeout=10)
+    finally:
+        running.stop()
+    assert response.status_code == 502
+    assert str(leaky_folder) not in response.text and "template.yaml:" in response.text

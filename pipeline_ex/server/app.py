@@ -15,15 +15,16 @@ client disconnects, its run is cancelled (the provider stream closes), unless it
 Guards (see `security`): loopback `Host` values only unless widened, no requests from other sites, JSON
 bodies only for runs, bounded bodies read within a deadline; at most `max_concurrent_runs` runs at once
 (429 with `Retry-After` beyond). Every client-visible error goes through `sse.error_payload()` or
-`_error()`.
+`_error()`, names paths relative to the workflows folder, and a failed run's error carries the reference
+id its log line has.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import os
+import re
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -41,11 +42,12 @@ from starlette.types import Receive, Scope, Send
 
 from pipeline_ex.errors import PipelineError
 from pipeline_ex.events import Event
+from pipeline_ex.redaction import redact_text, redacting_logger
 from pipeline_ex.server import openai_api
 from pipeline_ex.server.catalog import WorkflowCatalog
 from pipeline_ex.server.http import DEFAULT_READ_TIMEOUT
 from pipeline_ex.server.page import PAGE
-from pipeline_ex.server.runs import Gap, RegistryFull, RunLog, RunRegistry
+from pipeline_ex.server.runs import Gap, RegistryFull, RunLog, RunRegistry, new_reference
 from pipeline_ex.server.security import (
     ALLOWED_HOSTS_ENV,
     API_KEY_ENV,
@@ -71,7 +73,7 @@ from pipeline_ex.sse import (
 from pipeline_ex.workflow.loader import LoadedWorkflow
 from pipeline_ex.workflow.runner import InputError, resolve_inputs
 
-logger = logging.getLogger("pipeline_ex.server")
+logger = redacting_logger("pipeline_ex.server")  # failures may quote a secret the process holds
 
 
 class RunStreamResponse(StreamingResponse):
@@ -112,6 +114,7 @@ class RunStreamResponse(StreamingResponse):
 DEFAULT_MAX_CONCURRENT_RUNS = 1024
 RETRY_AFTER_SECONDS = 2
 PAGE_HEADERS = {"X-Frame-Options": "DENY", "Content-Security-Policy": "frame-ancestors 'none'"}
+_ABSOLUTE_PATH = re.compile(r"(?<![\w:/.~-])/(?:[^\s/'\"():,]+/)+([^\s/'\"():,]+)")
 
 
 def _error(
@@ -120,9 +123,34 @@ def _error(
     kind: str = "request",
     *,
     headers: dict[str, str] | None = None,
+    reference: str | None = None,
 ) -> JSONResponse:
-    """The server's JSON error response: `{"error": {"type", "message"}}`."""
-    return JSONResponse({"error": {"type": kind, "message": message}}, status_code=status, headers=headers)
+    """The server's JSON error response: `{"error": {"type", "message"[, "reference"]}}`, redacted."""
+    error: dict[str, Any] = {"type": kind, "message": redact_text(message)}
+    if reference is not None:
+        error["reference"] = reference
+    return JSONResponse({"error": error}, status_code=status, headers=headers)
+
+
+class PathScrubber:
+    """Rewrites the server's absolute paths in client-visible text.
+
+    Paths in the workflows folder become relative to it; any other absolute path is cut to its file name.
+    """
+
+    def __init__(self, folder: Path) -> None:
+        roots = {str(folder), str(folder.absolute()), str(folder.resolve())}
+        self._roots = sorted((root.rstrip(os.sep) for root in roots if os.path.isabs(root)), key=len, reverse=True)
+
+    def text(self, text: str) -> str:
+        """`text` with the workflows folder's own paths made relative and any other absolute path cut to its name."""
+        for root in self._roots:
+            text = text.replace(root + os.sep, "").replace(root, ".")
+        return _ABSOLUTE_PATH.sub(r"\1", text)
+
+    def payload(self, payload: dict[str, Any]) -> dict[str, Any]:
+        """A copy of an error payload with every string value scrubbed."""
+        return {key: self.text(value) if isinstance(value, str) else value for key, value in payload.items()}
 
 
 class PipelineServer:
@@ -132,6 +160,7 @@ class PipelineServer:
         self,
         catalog: WorkflowCatalog,
         *,
+        folder: Path,
         mock: bool,
         api_key: str | None,
         max_body: int,
@@ -148,8 +177,25 @@ class PipelineServer:
         self.registry = registry
         self.max_concurrent_runs = max_concurrent_runs
         self.read_timeout = read_timeout
+        self.scrub = PathScrubber(folder)
 
     # -- helpers -----------------------------------------------------------------------------------
+
+    def error_response(self, status: int, message: str, kind: str = "request", **options: Any) -> JSONResponse:
+        """`_error()`, with the server's paths scrubbed from the message."""
+        return _error(status, self.scrub.text(message), kind, **options)
+
+    def describe(self, error: BaseException, reference: str | None = None) -> dict[str, Any]:
+        """What a client is told about a failed run: `error_payload()`, paths scrubbed, with its reference."""
+        payload = self.scrub.payload(error_payload(error))
+        if reference is not None:
+            payload["reference"] = reference
+            if payload.get("type") == "internal":
+                payload["message"] = f"{payload['message']} (reference {reference})"
+        return payload
+
+    def _describe_run(self, log: RunLog) -> Any:
+        return lambda error: self.describe(error, log.reference)
 
     def _workflow(self, name: str) -> LoadedWorkflow:
         loaded = self.catalog.workflows.get(name)
@@ -202,7 +248,7 @@ class PipelineServer:
         except asyncio.CancelledError:
             raise
         except Exception as error:
-            yield error_frame(error)
+            yield error_frame(error, self.describe(error, log.reference))
         finally:
             if cancel_on_exit and not log.finished:
                 log.cancel()  # the client is gone: stop the provider stream now
@@ -210,7 +256,7 @@ class PipelineServer:
 
     async def _text(self, log: RunLog) -> AsyncIterator[str]:
         try:
-            async for chunk in text_chunks(log.follow(0, primary=True)):
+            async for chunk in text_chunks(log.follow(0, primary=True), self._describe_run(log)):
                 yield chunk
         finally:
             if not log.finished:
@@ -267,7 +313,7 @@ class PipelineServer:
             )
         await self._outcome(log)
         if log.error is not None:
-            payload = error_payload(log.error)
+            payload = self.describe(log.error, log.reference)
             return JSONResponse({"error": payload, "run_id": run_id}, status_code=502, headers=headers)
         assert log.result is not None
         return JSONResponse(log.result.to_json(), headers=headers)
@@ -300,7 +346,7 @@ class PipelineServer:
             async def chunks() -> AsyncIterator[str]:
                 try:
                     async for chunk in openai_api.stream_chunks(
-                        self._events(log), loaded, run_id, chat.include_usage, error_payload
+                        self._events(log), loaded, run_id, chat.include_usage, self._describe_run(log)
                     ):
                         yield chunk
                 finally:
@@ -313,7 +359,7 @@ class PipelineServer:
         except Exception as error:
             if error is not log.error:
                 raise
-            return JSONResponse({"error": error_payload(error)}, status_code=502)
+            return JSONResponse({"error": self.describe(error, log.reference)}, status_code=502)
         finally:
             log.release()
             if not log.finished:
@@ -363,9 +409,11 @@ def create_app(
             f"max_concurrent_runs must be between 1 and the registry's max_runs ({registry.max_runs}), "
             f"got {max_concurrent_runs}"
         )
-    catalog = WorkflowCatalog.from_folder(workflows, mock=mock)
+    folder = Path(workflows)
+    catalog = WorkflowCatalog.from_folder(folder, mock=mock)
     server = PipelineServer(
         catalog,
+        folder=folder,
         mock=mock,
         api_key=api_key if api_key is not None else os.environ.get(API_KEY_ENV) or None,
         max_body=max_body,
@@ -378,17 +426,24 @@ def create_app(
 
     async def rejected(request: Request, error: Exception) -> Response:
         assert isinstance(error, RequestRejected)
-        return _error(error.status, error.message, headers=error.headers)
+        return server.error_response(error.status, error.message, headers=error.headers)
 
     async def http_error(request: Request, error: Exception) -> Response:
         assert isinstance(error, HTTPException)  # Starlette's own: no such route, method not allowed
-        return _error(error.status_code, f"{error.detail}: {request.method} {request.url.path}")
+        return server.error_response(error.status_code, f"{error.detail}: {request.method} {request.url.path}")
 
     async def failed(request: Request, error: Exception) -> Response:
-        incident = uuid.uuid4().hex[:8]
-        logger.error("request %s %s failed (incident %s)", request.method, request.url.path, incident, exc_info=error)
+        reference = new_reference()
+        logger.error(
+            "request %s %s failed (reference %s)",
+            request.method,
+            request.url.path,
+            reference,
+            exc_info=error,
+            extra={"reference": reference},
+        )
         message = str(error) if isinstance(error, PipelineError) else "internal server error"
-        return _error(500, f"{message} (incident {incident})", "internal")
+        return server.error_response(500, f"{message} (reference {reference})", "internal", reference=reference)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -403,7 +458,7 @@ def create_app(
             Route("/runs/{run_id}/events", server.run_events, methods=["GET"]),
             Route("/v1/chat/completions", server.chat_completions, methods=["POST"]),
         ],
-        middleware=[Middleware(BrowserGuard, allowed_hosts=hosts, refuse=_error)],
+        middleware=[Middleware(BrowserGuard, allowed_hosts=hosts, refuse=server.error_response)],
         exception_handlers={RequestRejected: rejected, HTTPException: http_error, Exception: failed},
         lifespan=lifespan,
     )

@@ -8,29 +8,39 @@ for dropped events is told about the gap. The one exception is the response that
 the bounds apply again as soon as it has caught up or left.
 
 The registry admits runs: it holds at most `max_runs` (finished ones are forgotten, oldest first, to make
-room; runs still going are never dropped, so a full registry refuses new runs).
+room; runs still going are never dropped, so a full registry refuses new runs), and a failed run is logged
+with a reference id that the client is also given.
 """
 
 from __future__ import annotations
 
 import asyncio
 import bisect
+import uuid
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from pipeline_ex.errors import PipelineError, RunCancelled
+from pipeline_ex.errors import PipelineError, RunCancelled, StepError
 from pipeline_ex.events import Delta, Event
+from pipeline_ex.redaction import redacting_logger
 from pipeline_ex.workflow.iterate import EventStream, astream
 from pipeline_ex.workflow.loader import LoadedWorkflow
 from pipeline_ex.workflow.runner import RunResult
+
+logger = redacting_logger("pipeline_ex.server")  # failures may quote a secret the process holds
 
 DEFAULT_MAX_RUNS = 2048
 DEFAULT_LOG_EVENTS = 10_000
 DEFAULT_LOG_BYTES = 1 << 20
 _EVENT_OVERHEAD = 160
 """Roughly what an event costs besides its text (the model object, its ids and its JSON framing)."""
+
+
+def new_reference() -> str:
+    """A reference id for a failure, shown to the client and written to the server log."""
+    return uuid.uuid4().hex[:12]
 
 
 def event_size(event: Event) -> int:
@@ -70,6 +80,8 @@ class RunLog:
         """While the primary follower lags: the last seq it read (newer events are never dropped)."""
         self.finished = False
         self.error: BaseException | None = None
+        self.reference: str | None = None
+        """The reference id the failure was logged with, if the run failed."""
         self.result: RunResult | None = None
         self._changed = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
@@ -218,6 +230,7 @@ class RunRegistry:
             log.hold()
         events = astream(loaded, inputs, mock=mock, run_id=run_id)
         log.events = events
+        workflow = loaded.name
 
         async def produce() -> None:
             try:
@@ -226,6 +239,7 @@ class RunRegistry:
             except (asyncio.CancelledError, RunCancelled):
                 log.finish(None, RunCancelled(f"run {run_id} was cancelled"))
             except Exception as error:
+                _log_failure(log, workflow, error)
                 log.finish(None, error)
             else:
                 if events.cancelled or events.result is None:
@@ -254,3 +268,22 @@ class RunRegistry:
         for log in logs:
             log.cancel()
         await asyncio.gather(*(log.task for log in logs if log.task is not None), return_exceptions=True)
+
+
+def _log_failure(log: RunLog, workflow: str, error: BaseException) -> None:
+    """Log a failed run with a new reference id (kept on the log, for the client to be told)."""
+    log.reference = reference = new_reference()
+    extra = {"reference": reference, "run_id": log.run_id, "workflow": workflow}
+    if isinstance(error, StepError):  # the step's own failure (provider, timeout, handler): its message says it
+        logger.warning(
+            "run %s of workflow %r failed (reference %s): %s", log.run_id, workflow, reference, error, extra=extra
+        )
+    else:
+        logger.error(
+            "run %s of workflow %r failed unexpectedly (reference %s)",
+            log.run_id,
+            workflow,
+            reference,
+            exc_info=error,
+            extra=extra,
+        )
