@@ -217,9 +217,18 @@ def _cmd_handlers(_: argparse.Namespace) -> int:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from pipeline_ex.errors import ExtraNotInstalledError
     from pipeline_ex.server import is_loopback, serve
 
+    folder = Path(args.workflows)
+    if not folder.is_dir():
+        where = f"{folder}" if folder.is_absolute() else f"{folder} (in {Path.cwd()})"
+        _error(f"no workflows folder at {where}; run from a project folder, or pass --workflows DIR")
+        return EXIT_USAGE
+    if not any(p.suffix in (".yaml", ".yml") and p.is_file() for p in folder.iterdir()):
+        print(f"warning: {folder} has no workflow files (*.yaml, *.yml); the server will list none", file=sys.stderr)
     if not is_loopback(args.host) and not os.environ.get("PIPELINE_SERVER_API_KEY"):
         print(
             f"warning: serving on {args.host}, beyond this machine, with no API key: anyone who can reach it can "
@@ -232,7 +241,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         allowed_hosts = [name.strip() for name in args.allowed_hosts.split(",") if name.strip()]
     try:
         serve(
-            args.workflows,
+            folder,
             host=args.host,
             port=args.port,
             mock=args.mock,

@@ -1,16 +1,20 @@
-"""`pipeline-ex serve`: every failure a client is told about is logged, with a reference both sides see."""
+"""`pipeline-ex serve`: failures logged with a reference the client sees, the workflows folder check,
+`GET /v1/models` and `GET /healthz` (with the official openai client), `usage: null` chunks, EventSource
+reconnection ending in 204, the SSE `retry:` field, and keepalives a default-timeout client survives.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 import pytest
 from server_kit import SSE, TEXT, ThreadServer, assert_error
-from test_server import CliServer
+from test_server import CliServer, cli_executable
 
 from pipeline_ex.sse import parse_frames
 
@@ -128,3 +132,34 @@ def test_log_lines_and_request_errors_are_redacted(
     logged = [r for r in caplog.records if r.name == "pipeline_ex.server" and getattr(r, "reference", None)]
     assert logged and all(SERVER_TOKEN not in r.getMessage() for r in logged)
     assert SERVER_TOKEN not in caplog.text
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The workflows folder
+# ---------------------------------------------------------------------------------------------------------
+
+
+def serve_once(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [cli_executable(), "serve", "--port", "1", *args], cwd=cwd, capture_output=True, text=True, timeout=60
+    )
+
+
+def test_serve_without_a_workflows_folder_fails_with_a_hint(tmp_path: Path) -> None:
+    result = serve_once(tmp_path)
+    assert result.returncode == 2
+    assert "no workflows folder" in result.stderr and "--workflows DIR" in result.stderr, result.stderr
+    missing = serve_once(tmp_path, "--workflows", "nowhere")
+    assert missing.returncode == 2 and "nowhere" in missing.stderr
+
+
+def test_serve_warns_about_an_empty_workflows_folder(tmp_path: Path) -> None:
+    (tmp_path / "workflows").mkdir()
+    (tmp_path / "workflows" / "notes.txt").write_text("not a workflow")
+    running = CliServer(["--workflows", str(tmp_path / "workflows")], tmp_path / "serve.log").start()
+    try:
+        assert httpx.get(running.url + "/workflows", timeout=10).json() == {"workflows": []}
+    finally:
+        running.stop()
+    log = (tmp_path / "serve.log").read_text()
+    assert "warning:" in log and "no workflow files" in log and "*.yaml" in log, log
