@@ -251,6 +251,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             log_events=args.log_events,
             log_bytes=args.log_bytes,
             max_concurrent_runs=args.max_concurrent_runs,
+            keepalive=args.keepalive,
         )
     except ExtraNotInstalledError as error:
         _error(str(error))
@@ -347,7 +348,7 @@ def build_parser() -> argparse.ArgumentParser:
         "serve",
         help="serve the workflows of a folder over HTTP (SSE, plain text, JSON, OpenAI-compatible)",
         description="Serve workflows with Starlette on uvicorn: GET /workflows, POST /workflows/NAME/run, "
-        "GET /runs/ID/events, POST /v1/chat/completions, and a page at /. "
+        "GET /runs/ID/events, POST /v1/chat/completions, GET /v1/models, GET /healthz, and a page at /. "
         "Requests carry inputs only; runs start only from application/json bodies, requests from other "
         "sites are refused, and only loopback Host values are accepted unless --allowed-hosts adds more. "
         "Set PIPELINE_SERVER_API_KEY to require a bearer token.",
@@ -388,6 +389,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive_float,
         metavar="SECONDS",
         help="how long a request's headers, and then its body, may take to arrive (default 10)",
+    )
+    serve.add_argument(
+        "--keepalive",
+        type=_positive_float,
+        default=2.0,
+        metavar="SECONDS",
+        help="idle seconds before a keepalive comment on SSE and chat streams (default 2)",
     )
     serve.set_defaults(func=_cmd_serve)
 

@@ -1,4 +1,6 @@
-"""`pipeline-ex serve` against a real Chromium: an attacker's page on another local origin, and DNS rebinding."""
+"""`pipeline-ex serve` against a real Chromium: an attacker's page on another local origin, DNS rebinding,
+and a browser `EventSource` that must stop reconnecting once a run has ended.
+"""
 
 from __future__ import annotations
 
@@ -10,8 +12,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
-from server_kit import ThreadServer, TimedRegistry
+from server_kit import SSE, ThreadServer, TimedRegistry
 
 from pipeline_ex.server import create_app
 
@@ -188,3 +191,46 @@ def test_dns_rebinding_reaches_nothing(folder: Path, browser: Any) -> None:
     finally:
         server.stop()
     assert registry.logs == {}
+
+
+EVENT_SOURCE = """async ([url, seconds]) => {
+  const source = new EventSource(url);
+  const events = [];
+  // (an "error" listener would also hear the browser's own connection errors, so it is left out)
+  for (const kind of ["delta", "done", "end", "gap"]) source.addEventListener(kind, () => events.push(kind));
+  const started = Date.now();
+  while (source.readyState !== EventSource.CLOSED && Date.now() - started < seconds * 1000) {
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+  const state = source.readyState;
+  source.close();
+  return {state, events};
+}"""
+
+
+@pytest.mark.parametrize("workflow", ["fast", "slow"], ids=["finished", "live"])
+def test_an_event_source_stops_after_the_run_ended(folder: Path, browser: Any, workflow: str) -> None:
+    registry = TimedRegistry()
+    counted = CountingApp(create_app(folder, api_key="", registry=registry, retry_ms=200))
+    server = ThreadServer(counted).start()
+    try:
+        with (
+            httpx.Client(base_url=server.url, timeout=20) as http,
+            http.stream("POST", f"/workflows/{workflow}/run?resumable=true", json={}, headers=SSE) as first,
+        ):
+            run_id = first.headers["x-run-id"]  # the client leaves at once; the run goes on
+        if workflow == "fast":
+            registry.wait_finished([run_id])
+        page = browser.new_page()
+        page.set_default_timeout(20_000)
+        page.goto(server.url + "/")
+        outcome = page.evaluate(EVENT_SOURCE, [f"/runs/{run_id}/events", 8])
+    finally:
+        server.stop()
+    follows = [s for p, s in zip(counted.paths, counted.statuses, strict=False) if p == f"/runs/{run_id}/events"]
+    print(
+        f"\n[EventSource, {workflow} run] readyState {outcome['state']}, events {outcome['events']}, requests {follows}"
+    )
+    assert outcome["state"] == 2  # CLOSED: the browser gave up by itself
+    assert outcome["events"].count("done") == 1 and outcome["events"][-1] == "end"
+    assert follows[-1] == 204 and len(follows) <= 3, follows

@@ -1041,7 +1041,7 @@ def test_an_idle_stream_gets_keepalive_comments(serve: Callable[..., ThreadServe
     between = body.split("event: delta", 2)[1]
     assert ": keepalive\n\n" in between
     assert [f["event"] for f in parse_frames(body)] == ["delta", "delta", "done", "end"]
-    # with the default (15 s) keepalive, the same stream has none
+    # with the default (2 s) keepalive, a stream this fast has none
     with httpx.Client(base_url=running.url, timeout=20) as http:
         assert ": keepalive" not in http.post("/workflows/fast/run", json={}, headers=SSE).text
 

@@ -12,9 +12,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import httpx
+import openai
 import pytest
-from server_kit import SSE, TEXT, ThreadServer, assert_error
-from test_server import CliServer, cli_executable
+from server_kit import SSE, TEXT, ThreadServer, TimedRegistry, assert_error
+from test_server import CliServer, cli_executable, iter_frames
 
 from pipeline_ex.sse import parse_frames
 
@@ -163,3 +164,133 @@ def test_serve_warns_about_an_empty_workflows_folder(tmp_path: Path) -> None:
         running.stop()
     log = (tmp_path / "serve.log").read_text()
     assert "warning:" in log and "no workflow files" in log and "*.yaml" in log, log
+
+
+# ---------------------------------------------------------------------------------------------------------
+# OpenAI-compatible gaps: /v1/models, /healthz, usage: null on every chunk but the last
+# ---------------------------------------------------------------------------------------------------------
+
+
+def test_models_lists_the_workflows_for_the_openai_client(start_server: Callable[..., ThreadServer]) -> None:
+    server = start_server()
+    client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="x", max_retries=0, timeout=10)
+    models = list(client.models.list())
+    names = [m.id for m in models]
+    assert names == sorted(names) and {"fast", "echo", "two_steps", "needs_topic"} <= set(names)
+    assert "broken" not in names
+    assert all(m.object == "model" and m.owned_by == "pipeline-ex" and isinstance(m.created, int) for m in models)
+    raw = httpx.get(f"{server.url}/v1/models", timeout=10).json()
+    assert raw["object"] == "list" and [m["id"] for m in raw["data"]] == names
+
+
+def test_models_needs_the_api_key(start_server: Callable[..., ThreadServer]) -> None:
+    server = start_server(api_key="sesame")
+    assert_error(httpx.get(f"{server.url}/v1/models", timeout=10), 401)
+    client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="sesame", max_retries=0, timeout=10)
+    assert "fast" in [m.id for m in client.models.list()]
+
+
+def test_healthz(start_server: Callable[..., ThreadServer]) -> None:
+    server = start_server(api_key="sesame")
+    response = httpx.get(f"{server.url}/healthz", timeout=10)
+    assert response.status_code == 200 and response.json()["status"] == "ok"
+    assert response.json()["workflows"] >= 4
+
+
+def test_chunks_before_the_last_carry_usage_null(start_server: Callable[..., ThreadServer]) -> None:
+    server = start_server()
+    body = {"model": "fast", "messages": [{"role": "user", "content": "hi"}], "stream": True}
+    with_usage = httpx.post(
+        f"{server.url}/v1/chat/completions", json={**body, "stream_options": {"include_usage": True}}, timeout=10
+    )
+    chunks = [json.loads(line[6:]) for line in with_usage.text.splitlines() if line.startswith("data: {")]
+    assert all("usage" in c and c["usage"] is None for c in chunks[:-1]), chunks
+    assert chunks[-1]["usage"]["completion_tokens"] == 2 and chunks[-1]["choices"] == []
+    without = httpx.post(f"{server.url}/v1/chat/completions", json=body, timeout=10)
+    assert '"usage"' not in without.text
+
+
+# ---------------------------------------------------------------------------------------------------------
+# EventSource: the retry field, and 204 once nothing is left
+# ---------------------------------------------------------------------------------------------------------
+
+
+def test_sse_streams_start_with_a_retry_field(start_server: Callable[..., ThreadServer]) -> None:
+    server = start_server(retry_ms=1500)
+    with httpx.Client(base_url=server.url, timeout=10) as http:
+        started = http.post("/workflows/fast/run", json={}, headers=SSE)
+        assert started.text.startswith("retry: 1500\n\n"), started.text[:40]
+        run_id = started.headers["x-run-id"]
+        resumed = http.get(f"/runs/{run_id}/events", headers={"Last-Event-ID": f"{run_id}:2"})
+        assert resumed.text.startswith("retry: 1500\n\n")
+        assert [f["event"] for f in parse_frames(resumed.text)] == ["delta", "delta", "done", "end"]
+
+
+def test_resuming_a_finished_run_at_its_end_is_204(start_server: Callable[..., ThreadServer]) -> None:
+    registry = TimedRegistry()
+    server = start_server(registry=registry)
+    with httpx.Client(base_url=server.url, timeout=10) as http:
+        for workflow in ("fast", "fail"):
+            frames = parse_frames(http.post(f"/workflows/{workflow}/run", json={}, headers=SSE).text)
+            last_id = [f["id"] for f in frames if "id" in f][-1]
+            run_id = last_id.partition(":")[0]
+            registry.wait_finished([run_id])
+            done = http.get(f"/runs/{run_id}/events", headers={"Last-Event-ID": last_id})
+            assert done.status_code == 204 and done.content == b"", (workflow, done.text)
+            before = last_id.rpartition(":")[0] + ":" + str(int(last_id.rpartition(":")[2]) - 1)
+            assert http.get(f"/runs/{run_id}/events", headers={"Last-Event-ID": before}).status_code == 200
+
+
+def test_a_live_run_followed_to_its_end_is_200(start_server: Callable[..., ThreadServer]) -> None:
+    server = start_server()
+    with httpx.Client(base_url=server.url, timeout=10) as http:
+        with http.stream("POST", "/workflows/slow/run?resumable=true", json={}, headers=SSE) as first:
+            run_id = first.headers["x-run-id"]
+            next(iter_frames(first.iter_text()))
+        resumed = http.get(f"/runs/{run_id}/events", headers={"Last-Event-ID": f"{run_id}:1"})
+        assert resumed.status_code == 200 and parse_frames(resumed.text)[-1]["event"] == "end"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Keepalive: a client with a short read timeout survives a slow first token
+# ---------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def slow_first_token(tmp_path: Path) -> Path:
+    folder = tmp_path / "workflows"
+    folder.mkdir()
+    step = {"id": "answer", "provider": "mock", "prompt": "x", "mock_response": ["late ", "reply"]}
+    step["options"] = {"delay_ms": 1200}  # longer than the client's 0.8 s read timeout, twice
+    document = {"name": "slow", "inputs": {"prompt": {"default": "x"}}, "steps": [step]}
+    (folder / "slow.yaml").write_text(json.dumps({"workflow": document}))
+    return folder
+
+
+def test_keepalives_keep_a_short_timeout_client_reading(
+    start_server: Callable[..., ThreadServer], slow_first_token: Path
+) -> None:
+    server = start_server(folder=slow_first_token, keepalive=0.25)
+    timeout = httpx.Timeout(10, read=0.8)
+    with httpx.Client(base_url=server.url, timeout=timeout) as http:
+        sse = http.post("/workflows/slow/run", json={}, headers=SSE)
+        assert sse.text.count(": keepalive") >= 4 and parse_frames(sse.text)[-1]["event"] == "end"
+    client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="x", max_retries=0, timeout=timeout)
+    stream = client.chat.completions.create(model="slow", messages=[{"role": "user", "content": "x"}], stream=True)
+    chunks = list(stream)  # the SDK skips the keepalive comments
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "late reply"
+    raw = httpx.post(
+        f"{server.url}/v1/chat/completions",
+        json={"model": "slow", "messages": [{"role": "user", "content": "x"}], "stream": True},
+        timeout=timeout,
+    )
+    assert raw.text.count(": keepalive") >= 4 and raw.text.rstrip().endswith("data: [DONE]")
+
+
+def test_the_default_keepalive_beats_a_default_httpx_read_timeout() -> None:
+    from pipeline_ex.sse import DEFAULT_KEEPALIVE
+
+    assert httpx.Timeout(5.0).read > DEFAULT_KEEPALIVE  # type: ignore[operator]
+    result = subprocess.run([cli_executable(), "serve", "--help"], capture_output=True, text=True, timeout=60)
+    help_text = " ".join(result.stdout.split())
+    assert "--keepalive SECONDS" in help_text and f"default {DEFAULT_KEEPALIVE:g}" in help_text

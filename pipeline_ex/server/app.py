@@ -5,7 +5,11 @@
   alone for `text/plain`, the final results for `application/json` (the default).
 - `GET /runs/{run_id}/events` with `Last-Event-ID: <run_id>:<seq>`: the events after `seq` from the
   run's in-memory log (then live, if the run is still going); dropped events are reported as a gap.
-- `POST /v1/chat/completions`: OpenAI-compatible; `model` is the workflow name.
+  A run that finished with nothing left after `seq` answers `204 No Content`, which stops a browser
+  `EventSource` from reconnecting; SSE streams start with a `retry:` field.
+- `POST /v1/chat/completions`: OpenAI-compatible; `model` is the workflow name. `GET /v1/models` lists
+  the workflows as models.
+- `GET /healthz`: liveness, with the number of workflows served.
 - `GET /`: a page to pick a workflow, fill in its inputs and watch the tokens stream.
 
 Requests carry inputs only: they can never choose handlers, providers or models. When a streaming
@@ -25,6 +29,7 @@ import asyncio
 import contextlib
 import os
 import re
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -60,6 +65,7 @@ from pipeline_ex.server.security import (
 )
 from pipeline_ex.sse import (
     DEFAULT_KEEPALIVE,
+    DEFAULT_RETRY_MS,
     HEADERS,
     MEDIA_TYPE,
     end_frame,
@@ -67,6 +73,7 @@ from pipeline_ex.sse import (
     error_payload,
     event_frame,
     gap_frame,
+    retry_frame,
     text_chunks,
     with_keepalive,
 )
@@ -168,6 +175,7 @@ class PipelineServer:
         registry: RunRegistry,
         max_concurrent_runs: int,
         read_timeout: float | None,
+        retry_ms: int,
     ) -> None:
         self.catalog = catalog
         self.mock = mock
@@ -177,7 +185,9 @@ class PipelineServer:
         self.registry = registry
         self.max_concurrent_runs = max_concurrent_runs
         self.read_timeout = read_timeout
+        self.retry_ms = retry_ms
         self.scrub = PathScrubber(folder)
+        self.started = int(time.time())
 
     # -- helpers -----------------------------------------------------------------------------------
 
@@ -242,6 +252,7 @@ class PipelineServer:
     async def _frames(
         self, log: RunLog, after_seq: int, cancel_on_exit: bool, primary: bool = False
     ) -> AsyncIterator[str]:
+        yield retry_frame(self.retry_ms)
         try:
             async for item in log.follow(after_seq, primary=primary):
                 yield gap_frame(item.first_seq, item.last_seq) if isinstance(item, Gap) else event_frame(item)
@@ -283,10 +294,21 @@ class PipelineServer:
         """The browser page (which may not be framed by another site)."""
         return HTMLResponse(PAGE, headers=PAGE_HEADERS)
 
+    async def health(self, request: Request) -> Response:
+        """`GET /healthz`: the server is up; how many workflows it serves and runs it is running."""
+        return JSONResponse(
+            {"status": "ok", "workflows": len(self.catalog.workflows), "active_runs": self.registry.active}
+        )
+
     async def list_workflows(self, request: Request) -> Response:
         """`GET /workflows`."""
         check_bearer(request, self.api_key)
         return JSONResponse({"workflows": self.catalog.describe()})
+
+    async def list_models(self, request: Request) -> Response:
+        """`GET /v1/models`: the workflows as OpenAI models."""
+        check_bearer(request, self.api_key)
+        return JSONResponse(openai_api.models(sorted(self.catalog.workflows), self.started))
 
     async def run_workflow(self, request: Request) -> Response:
         """`POST /workflows/{name}/run`."""
@@ -319,7 +341,7 @@ class PipelineServer:
         return JSONResponse(log.result.to_json(), headers=headers)
 
     async def run_events(self, request: Request) -> Response:
-        """`GET /runs/{run_id}/events`, resuming after `Last-Event-ID`."""
+        """`GET /runs/{run_id}/events`, resuming after `Last-Event-ID`; 204 when a finished run has no more."""
         check_bearer(request, self.api_key)
         run_id = request.path_params["run_id"]
         log = self.registry.get(run_id)
@@ -327,6 +349,8 @@ class PipelineServer:
             raise RequestRejected(404, f"no run {run_id!r} is kept by this server")
         last = request.headers.get("last-event-id") or request.query_params.get("last_event_id") or f"{run_id}:0"
         after_seq = parse_last_event_id(last, run_id)
+        if log.finished and after_seq >= log.last_seq:
+            return Response(status_code=204, headers=HEADERS)  # an EventSource stops reconnecting on 204
         frames = with_keepalive(self._frames(log, after_seq, cancel_on_exit=False), self.keepalive)
         return RunStreamResponse(frames, media_type=MEDIA_TYPE, headers=HEADERS)
 
@@ -353,7 +377,9 @@ class PipelineServer:
                     if not log.finished:
                         log.cancel()
 
-            return RunStreamResponse(chunks(), media_type=MEDIA_TYPE, headers=HEADERS, on_close=log.release)
+            return RunStreamResponse(
+                with_keepalive(chunks(), self.keepalive), media_type=MEDIA_TYPE, headers=HEADERS, on_close=log.release
+            )
         try:
             return JSONResponse(await openai_api.complete(self._events(log), loaded, run_id))
         except Exception as error:
@@ -380,13 +406,14 @@ def create_app(
     allowed_hosts: Sequence[str] | None = None,
     max_concurrent_runs: int | None = None,
     read_timeout: float | None = DEFAULT_READ_TIMEOUT,
+    retry_ms: int = DEFAULT_RETRY_MS,
 ) -> Starlette:
     """Build the Starlette app serving the workflows in a folder.
 
     :param mock: run every LLM step on the mock provider.
     :param api_key: require `Authorization: Bearer <api_key>`; by default `PIPELINE_SERVER_API_KEY`.
     :param max_body: the largest request body accepted, in bytes.
-    :param keepalive: seconds of silence before an SSE keepalive comment.
+    :param keepalive: seconds of silence before an SSE keepalive comment (run and chat streams).
     :param registry: where runs are kept (its `max_runs`, `log_capacity` and `log_bytes` bound them).
     :param max_runs: runs kept for resuming, finished or not (for the registry made when none is given).
     :param log_events: events kept per run log (likewise).
@@ -396,6 +423,7 @@ def create_app(
     :param max_concurrent_runs: runs going at once (by default 1024, or the registry's `max_runs` if lower);
         more get 429 with `Retry-After`.
     :param read_timeout: seconds a request body may take to arrive (408 after that); None for no limit.
+    :param retry_ms: the SSE `retry:` field, how long an `EventSource` waits before reconnecting.
     """
     bounds = {"max_runs": max_runs, "log_capacity": log_events, "log_bytes": log_bytes}
     given = {name: value for name, value in bounds.items() if value is not None}
@@ -421,6 +449,7 @@ def create_app(
         registry=registry,
         max_concurrent_runs=max_concurrent_runs,
         read_timeout=read_timeout,
+        retry_ms=retry_ms,
     )
     hosts = list(allowed_hosts) if allowed_hosts is not None else split_hosts(os.environ.get(ALLOWED_HOSTS_ENV, ""))
 
@@ -453,9 +482,11 @@ def create_app(
     app = Starlette(
         routes=[
             Route("/", server.page, methods=["GET"]),
+            Route("/healthz", server.health, methods=["GET"]),
             Route("/workflows", server.list_workflows, methods=["GET"]),
             Route("/workflows/{name}/run", server.run_workflow, methods=["POST"]),
             Route("/runs/{run_id}/events", server.run_events, methods=["GET"]),
+            Route("/v1/models", server.list_models, methods=["GET"]),
             Route("/v1/chat/completions", server.chat_completions, methods=["POST"]),
         ],
         middleware=[Middleware(BrowserGuard, allowed_hosts=hosts, refuse=server.error_response)],

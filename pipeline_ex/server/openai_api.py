@@ -1,10 +1,11 @@
-"""`POST /v1/chat/completions`: run a workflow as if it were an OpenAI chat model.
+"""`POST /v1/chat/completions` and `GET /v1/models`: run a workflow as if it were an OpenAI chat model.
 
 `model` names the workflow. The last user message becomes the workflow's `prompt` input (or its only
 input). The reply is the text of the workflow's last LLM step; with `stream: true` it arrives as
-`chat.completion.chunk`s, with `usage` (summed over the run's steps) when `stream_options.include_usage`
-is set, and `data: [DONE]` at the end. A failure after the stream started is sent as an error chunk.
-The fields a request may set are checked (`parse_chat_request`): a malformed one is a 400 naming the field.
+`chat.completion.chunk`s and `data: [DONE]` at the end. When `stream_options.include_usage` is set, every
+chunk carries `"usage": null` except an extra last one with the usage summed over the run's steps (as
+OpenAI documents it). A failure after the stream started is sent as an error chunk. The fields a request
+may set are checked (`parse_chat_request`): a malformed one is a 400 naming the field.
 """
 
 from __future__ import annotations
@@ -149,7 +150,9 @@ class _Answer:
         return None
 
 
-def _chunk(completion_id: str, model: str, created: int, delta: dict[str, Any], finish: str | None) -> str:
+def _chunk(
+    completion_id: str, model: str, created: int, delta: dict[str, Any], finish: str | None, include_usage: bool
+) -> str:
     payload: dict[str, Any] = {
         "id": completion_id,
         "object": "chat.completion.chunk",
@@ -157,6 +160,8 @@ def _chunk(completion_id: str, model: str, created: int, delta: dict[str, Any], 
         "model": model,
         "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
     }
+    if include_usage:
+        payload["usage"] = None
     return f"data: {json.dumps(payload)}\n\n"
 
 
@@ -172,17 +177,17 @@ async def stream_chunks(
     created = int(time.time())
     completion_id = f"chatcmpl-{run_id}"
     model = loaded.name
-    yield _chunk(completion_id, model, created, {"role": "assistant", "content": ""}, None)
+    yield _chunk(completion_id, model, created, {"role": "assistant", "content": ""}, None, include_usage)
     try:
         async for event in events:
             text = answer.text_of(event)
             if text is not None:
-                yield _chunk(completion_id, model, created, {"content": text}, None)
+                yield _chunk(completion_id, model, created, {"content": text}, None, include_usage)
     except Exception as error:
         yield f"data: {json.dumps({'error': describe(error)})}\n\n"
         yield "data: [DONE]\n\n"
         return
-    yield _chunk(completion_id, model, created, {}, answer.finish)
+    yield _chunk(completion_id, model, created, {}, answer.finish, include_usage)
     if include_usage:
         usage_chunk = {
             "id": completion_id,
@@ -213,3 +218,11 @@ async def complete(events: AsyncIterator[Event], loaded: LoadedWorkflow, run_id:
     if usage is not None:
         body["usage"] = usage
     return body
+
+
+def models(names: list[str], created: int) -> dict[str, Any]:
+    """The body of `GET /v1/models`: each workflow as a model, in OpenAI's list shape."""
+    return {
+        "object": "list",
+        "data": [{"id": name, "object": "model", "created": created, "owned_by": "pipeline-ex"} for name in names],
+    }
