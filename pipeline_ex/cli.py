@@ -217,15 +217,63 @@ def _cmd_handlers(_: argparse.Namespace) -> int:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from pipeline_ex.errors import ExtraNotInstalledError
-    from pipeline_ex.server import serve
+    from pathlib import Path
 
+    from pipeline_ex.errors import ExtraNotInstalledError
+    from pipeline_ex.server import is_loopback, serve
+
+    folder = Path(args.workflows)
+    if not folder.is_dir():
+        where = f"{folder}" if folder.is_absolute() else f"{folder} (in {Path.cwd()})"
+        _error(f"no workflows folder at {where}; run from a project folder, or pass --workflows DIR")
+        return EXIT_USAGE
+    if not any(p.suffix in (".yaml", ".yml") and p.is_file() for p in folder.iterdir()):
+        print(f"warning: {folder} has no workflow files (*.yaml, *.yml); the server will list none", file=sys.stderr)
+    if not is_loopback(args.host) and not os.environ.get("PIPELINE_SERVER_API_KEY"):
+        print(
+            f"warning: serving on {args.host}, beyond this machine, with no API key: anyone who can reach it can "
+            "run the workflows (and spend their provider credit). Set PIPELINE_SERVER_API_KEY to require a "
+            "bearer token, or bind to 127.0.0.1.",
+            file=sys.stderr,
+        )
+    allowed_hosts = None
+    if args.allowed_hosts is not None:
+        allowed_hosts = [name.strip() for name in args.allowed_hosts.split(",") if name.strip()]
     try:
-        serve(args.workflows, host=args.host, port=args.port, mock=args.mock)
+        serve(
+            folder,
+            host=args.host,
+            port=args.port,
+            mock=args.mock,
+            allowed_hosts=allowed_hosts,
+            read_timeout=args.read_timeout,
+            max_runs=args.max_runs,
+            log_events=args.log_events,
+            log_bytes=args.log_bytes,
+            max_concurrent_runs=args.max_concurrent_runs,
+            keepalive=args.keepalive,
+        )
     except ExtraNotInstalledError as error:
         _error(str(error))
         return EXIT_USAGE
+    except ValueError as error:
+        _error(str(error))
+        return EXIT_USAGE
     return EXIT_OK
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be above 0, got {text}")
+    return value
 
 
 def _cmd_schema(_: argparse.Namespace) -> int:
@@ -300,13 +348,55 @@ def build_parser() -> argparse.ArgumentParser:
         "serve",
         help="serve the workflows of a folder over HTTP (SSE, plain text, JSON, OpenAI-compatible)",
         description="Serve workflows with Starlette on uvicorn: GET /workflows, POST /workflows/NAME/run, "
-        "GET /runs/ID/events, POST /v1/chat/completions, and a page at /. Requests carry inputs only. "
+        "GET /runs/ID/events, POST /v1/chat/completions, GET /v1/models, GET /healthz, and a page at /. "
+        "Requests carry inputs only; runs start only from application/json bodies, requests from other "
+        "sites are refused, and only loopback Host values are accepted unless --allowed-hosts adds more. "
         "Set PIPELINE_SERVER_API_KEY to require a bearer token.",
     )
     serve.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1, loopback only)")
     serve.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     serve.add_argument("--workflows", default="workflows", metavar="DIR", help="folder of workflow files")
     serve.add_argument("--mock", action="store_true", help="run every LLM step on the mock provider")
+    serve.add_argument(
+        "--allowed-hosts",
+        metavar="NAMES",
+        help="comma-separated Host names accepted besides localhost, 127.0.0.1 and [::1] ('*.example.com' "
+        "patterns, or '*' for any; default $PIPELINE_SERVER_ALLOWED_HOSTS)",
+    )
+    serve.add_argument(
+        "--max-concurrent-runs",
+        type=_positive_int,
+        metavar="N",
+        help="runs going at once; more get 429 with Retry-After (default 1024, at most --max-runs)",
+    )
+    serve.add_argument(
+        "--max-runs",
+        type=_positive_int,
+        metavar="N",
+        help="runs kept for resuming, finished or not; the oldest finished are forgotten first (default 2048)",
+    )
+    serve.add_argument(
+        "--log-events", type=_positive_int, metavar="N", help="events kept per run for resuming (default 10000)"
+    )
+    serve.add_argument(
+        "--log-bytes",
+        type=_positive_int,
+        metavar="BYTES",
+        help="bytes kept per run for resuming (default 1048576); the response that started a run sees all of it",
+    )
+    serve.add_argument(
+        "--read-timeout",
+        type=_positive_float,
+        metavar="SECONDS",
+        help="how long a request's headers, and then its body, may take to arrive (default 10)",
+    )
+    serve.add_argument(
+        "--keepalive",
+        type=_positive_float,
+        default=2.0,
+        metavar="SECONDS",
+        help="idle seconds before a keepalive comment on SSE and chat streams (default 2)",
+    )
     serve.set_defaults(func=_cmd_serve)
 
     schema = commands.add_parser(

@@ -3,7 +3,8 @@
 Each event is one frame: `event: delta|done`, `id: <run_id>:<seq>` and `data: <the event as JSON>`.
 A run that fails after the response started gets an `event: error` frame (type and message, never a
 traceback), every stream ends with an `event: end` frame, and a `: keepalive` comment goes out whenever
-the stream has been idle for `keepalive` seconds.
+the stream has been idle for `keepalive` seconds (2 s by default: below the 5 s read timeout of a default
+httpx client). `retry_frame()` sets how long a browser `EventSource` waits before reconnecting.
 
 The framing is written here by hand (it is a few lines) rather than taken from sse-starlette: its ping
 is periodic rather than idle-based, and these frames are also used away from HTTP (the server's resume
@@ -15,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from pipeline_ex.errors import PipelineError, RunCancelled, StepError
@@ -23,7 +24,8 @@ from pipeline_ex.events import Delta, Event
 from pipeline_ex.redaction import redact_text
 
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")
-DEFAULT_KEEPALIVE = 15.0
+DEFAULT_KEEPALIVE = 2.0
+DEFAULT_RETRY_MS = 3000
 MEDIA_TYPE = "text/event-stream"
 HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
@@ -63,9 +65,17 @@ def error_payload(error: BaseException) -> dict[str, Any]:
     return {"type": "internal", "message": "the run failed; see the server log"}
 
 
-def error_frame(error: BaseException) -> str:
-    """The `event: error` frame for a run that failed after the response started."""
-    return _frame("error", json.dumps(error_payload(error)))
+def error_frame(error: BaseException, payload: dict[str, Any] | None = None) -> str:
+    """The `event: error` frame for a run that failed after the response started.
+
+    `payload` replaces `error_payload(error)` (a server adds its reference id to it, for instance).
+    """
+    return _frame("error", json.dumps(error_payload(error) if payload is None else payload))
+
+
+def retry_frame(milliseconds: int = DEFAULT_RETRY_MS) -> str:
+    """The `retry:` field: how long an `EventSource` waits before it reconnects (it dispatches no event)."""
+    return f"retry: {int(milliseconds)}\n\n"
 
 
 def end_frame(run_id: str | None = None) -> str:
@@ -122,10 +132,14 @@ async def sse_frames(events: AsyncIterator[Event], *, run_id: str | None = None)
     yield end_frame(last_run)
 
 
-async def text_chunks(events: AsyncIterator[object]) -> AsyncIterator[str]:
+async def text_chunks(
+    events: AsyncIterator[object], describe: Callable[[BaseException], dict[str, Any]] | None = None
+) -> AsyncIterator[str]:
     """Only the text of the text deltas, for plain-text streaming (`curl -N`); failures end with a line.
 
-    Anything in the stream that is not a Delta (a Done, or a server's gap notice) is skipped.
+    Anything in the stream that is not a Delta (a Done) is skipped; the stream must not have gaps (a server
+    gives its plain-text responses every event of their run). `describe` replaces `error_payload` for the
+    failure line; a `reference` in its payload is shown too.
     """
     try:
         async for event in events:
@@ -134,11 +148,18 @@ async def text_chunks(events: AsyncIterator[object]) -> AsyncIterator[str]:
     except asyncio.CancelledError:
         raise
     except Exception as error:
-        yield f"\n[error: {error_payload(error)['message']}]\n"
+        payload = (describe or error_payload)(error)
+        message, reference = payload["message"], payload.get("reference")
+        if reference and reference not in message:
+            message = f"{message} (reference {reference})"
+        yield f"\n[error: {message}]\n"
 
 
 def parse_frames(text: str) -> list[dict[str, str]]:
-    """Split SSE text into frames (`event`, `id`, `data` fields; comments dropped). Handy for clients."""
+    """Split SSE text into frames (`event`, `id`, `data` fields). Handy for clients.
+
+    Comments and blocks that only set `retry` are dropped (a browser dispatches no event for them).
+    """
     frames = []
     for block in re.split(r"\r\n\r\n|\r\r|\n\n", text):
         fields: dict[str, str] = {}
@@ -148,6 +169,6 @@ def parse_frames(text: str) -> list[dict[str, str]]:
             name, _, value = line.partition(":")
             value = value[1:] if value.startswith(" ") else value
             fields[name] = fields[name] + "\n" + value if name == "data" and name in fields else value
-        if fields:
+        if fields and set(fields) != {"retry"}:
             frames.append(fields)
     return frames

@@ -8,7 +8,9 @@ from __future__ import annotations
 import importlib.abc
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 from openai_sse_server import OpenAISSEServer
@@ -149,3 +151,40 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     finally:
         if enabled:
             gc.enable()
+
+
+# Servers for the server security and limit tests (tests/server_kit.py)
+# ---------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def kit_workflows(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Every workflow of tests/test_server.py, written to an absolute folder."""
+    from server_kit import write_workflows
+
+    folder: Path = write_workflows(tmp_path_factory.mktemp("kit") / "workflows")
+    assert folder.is_absolute()
+    return folder
+
+
+@pytest.fixture
+def start_server(kit_workflows: Path) -> Iterator[Callable[..., Any]]:
+    """Start servers: `start_server(folder=None, uvicorn_config=None, **create_app_options)`.
+
+    Each is uvicorn on 127.0.0.1 in a thread (`server_kit.ThreadServer`); they stop when the test ends.
+    """
+    from server_kit import ThreadServer
+
+    from pipeline_ex.server import create_app
+
+    started: list[Any] = []
+
+    def start(folder: Path | None = None, uvicorn_config: dict[str, Any] | None = None, **options: Any) -> Any:
+        options.setdefault("api_key", "")
+        running = ThreadServer(create_app(folder or kit_workflows, **options), **(uvicorn_config or {})).start()
+        started.append(running)
+        return running
+
+    yield start
+    for running in started:
+        running.stop()

@@ -39,6 +39,7 @@ pytestmark = pytest.mark.streaming
 SSE = {"Accept": "text/event-stream"}
 TEXT = {"Accept": "text/plain"}
 JSON = {"Accept": "application/json"}
+JSON_BODY = {"Content-Type": "application/json"}  # runs start only from JSON bodies
 
 FAST_CHUNKS = ["Hello", ", ", "world", "!"]
 SLOW_CHUNKS = [f"s{n} " for n in range(30)]  # 30 chunks, 30 ms apart
@@ -479,7 +480,7 @@ def test_typed_inputs_are_converted_and_defaults_filled(client: httpx.Client) ->
 
 
 def test_an_empty_body_runs_with_the_defaults(client: httpx.Client) -> None:
-    response = client.post("/workflows/fast/run")
+    response = client.post("/workflows/fast/run", headers=JSON_BODY)
     assert response.status_code == 200 and response.json()["steps"]["answer"]["text"] == "Hello, world!"
 
 
@@ -552,7 +553,7 @@ def test_missing_input_message_does_not_reveal_server_paths(client: httpx.Client
 def test_invalid_json_is_400(client: httpx.Client) -> None:
     response = client.post("/workflows/fast/run", content=b'{"inputs": {', headers={"Content-Type": "application/json"})
     assert assert_clean_error(response, 400)["error"]["message"] == "the request body is not valid JSON"
-    response = client.post("/workflows/fast/run", content=b"\xff\xfe\x00", headers=SSE)
+    response = client.post("/workflows/fast/run", content=b"\xff\xfe\x00", headers={**SSE, **JSON_BODY})
     assert_clean_error(response, 400)
 
 
@@ -565,29 +566,29 @@ def padded_body(size: int) -> bytes:
 
 
 def test_a_body_of_exactly_max_body_is_accepted(client: httpx.Client) -> None:
-    response = client.post("/workflows/fast/run", content=padded_body(MAX_BODY))
+    response = client.post("/workflows/fast/run", content=padded_body(MAX_BODY), headers=JSON_BODY)
     assert response.status_code == 200
 
 
 def test_a_body_over_max_body_is_413_with_content_length(client: httpx.Client) -> None:
     body = padded_body(MAX_BODY + 1)
-    response = client.post("/workflows/fast/run", content=body, headers=SSE)
+    response = client.post("/workflows/fast/run", content=body, headers={**SSE, **JSON_BODY})
     assert response.request.headers["content-length"] == str(MAX_BODY + 1)
     payload = assert_clean_error(response, 413)
     assert payload["error"]["message"] == f"request body larger than {MAX_BODY} bytes"
-    huge = client.post("/v1/chat/completions", content=padded_body(MAX_BODY * 3))
+    huge = client.post("/v1/chat/completions", content=padded_body(MAX_BODY * 3), headers=JSON_BODY)
     assert_clean_error(huge, 413)
 
 
 def test_a_body_over_max_body_is_413_when_chunked(client: httpx.Client) -> None:
     body = padded_body(MAX_BODY + 600)
     chunks = [body[i : i + 500] for i in range(0, len(body), 500)]
-    response = client.post("/workflows/fast/run", content=iter(chunks), headers=SSE)
+    response = client.post("/workflows/fast/run", content=iter(chunks), headers={**SSE, **JSON_BODY})
     assert response.request.headers["transfer-encoding"] == "chunked"
     assert "content-length" not in response.request.headers
     assert_clean_error(response, 413)
     small = padded_body(1000)
-    ok = client.post("/workflows/fast/run", content=iter([small[:400], small[400:]]))
+    ok = client.post("/workflows/fast/run", content=iter([small[:400], small[400:]]), headers=JSON_BODY)
     assert ok.status_code == 200 and ok.request.headers["transfer-encoding"] == "chunked"
 
 
@@ -601,18 +602,25 @@ def test_a_failing_run_is_502_json_without_traceback(client: httpx.Client) -> No
         "mock provider failed after 2 chunks (error_after=2)",
         "step": "answer",
         "run_id": payload["run_id"],
+        "reference": payload["error"]["reference"],  # the server log's line about the failure has it too
     }
 
 
 def test_an_unexpected_failure_is_reported_without_details(client: httpx.Client) -> None:
     response = client.post("/workflows/python_fail/run", json={})
     payload = assert_clean_error(response, 502)
-    assert payload["error"] == {"type": "internal", "message": "the run failed; see the server log"}
+    reference = payload["error"]["reference"]
+    assert payload["error"] == {
+        "type": "internal",
+        "message": f"the run failed; see the server log (reference {reference})",
+        "reference": reference,
+    }
     assert "TypeError" not in response.text and "Context" not in response.text
     with client.stream("POST", "/workflows/python_fail/run", json={}, headers=SSE) as stream:
         frames = list(iter_frames(stream.iter_text()))
     assert [f["event"] for f in frames] == ["error", "end"]
-    assert json.loads(frames[0]["data"]) == payload["error"]
+    streamed = json.loads(frames[0]["data"])
+    assert streamed["type"] == "internal" and streamed["reference"] != reference  # each failure has its own
 
 
 def test_a_failing_sse_run_sends_an_error_frame_then_end(client: httpx.Client) -> None:
@@ -1033,7 +1041,7 @@ def test_an_idle_stream_gets_keepalive_comments(serve: Callable[..., ThreadServe
     between = body.split("event: delta", 2)[1]
     assert ": keepalive\n\n" in between
     assert [f["event"] for f in parse_frames(body)] == ["delta", "delta", "done", "end"]
-    # with the default (15 s) keepalive, the same stream has none
+    # with the default (2 s) keepalive, a stream this fast has none
     with httpx.Client(base_url=running.url, timeout=20) as http:
         assert ": keepalive" not in http.post("/workflows/fast/run", json={}, headers=SSE).text
 
@@ -1133,11 +1141,13 @@ def test_the_cli_server_checks_the_key_from_the_environment(cli_server: CliServe
 def test_the_cli_server_limits_bodies_to_64_kib(cli_server: CliServer) -> None:
     limit = 64 * 1024
     with httpx.Client(base_url=cli_server.url, timeout=20, headers=CLI_AUTH) as http:
-        assert http.post("/workflows/fast/run", content=padded_body(limit)).status_code == 200
+        assert http.post("/workflows/fast/run", content=padded_body(limit), headers=JSON_BODY).status_code == 200
         over = padded_body(limit + 1)
-        payload = assert_clean_error(http.post("/workflows/fast/run", content=over), 413)
+        payload = assert_clean_error(http.post("/workflows/fast/run", content=over, headers=JSON_BODY), 413)
         assert payload["error"]["message"] == f"request body larger than {limit} bytes"
-        chunked = http.post("/workflows/fast/run", content=iter([over[: limit // 2], over[limit // 2 :]]))
+        chunked = http.post(
+            "/workflows/fast/run", content=iter([over[: limit // 2], over[limit // 2 :]]), headers=JSON_BODY
+        )
         assert chunked.request.headers["transfer-encoding"] == "chunked"
         assert_clean_error(chunked, 413)
 
@@ -1296,3 +1306,22 @@ def test_concurrent_sse_streams_and_event_loop_lag(workflows_dir: Path, tmp_path
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+async def test_a_follower_that_lags_while_told_about_a_gap_is_told_about_the_next_one_too() -> None:
+    log = RunLog("r", capacity=3)
+    for seq in (1, 2, 3):
+        log.append(Delta(content="x", step="s", run_id="r", seq=seq))
+    follower = log.follow(0)
+    seen: list[Any] = [await follower.__anext__()]
+    for seq in (4, 5):  # 1..2 are evicted: the next item is a gap
+        log.append(Delta(content="x", step="s", run_id="r", seq=seq))
+    seen.append(await follower.__anext__())
+    assert isinstance(seen[-1], Gap)
+    for seq in range(6, 10):  # the follower is still holding the gap: 3..6 are evicted as well
+        log.append(Delta(content="x", step="s", run_id="r", seq=seq))
+    log.finish(None, None)
+    seen += [item async for item in follower]
+    got = [e.seq for e in seen if not isinstance(e, Gap)]
+    got += [seq for g in seen if isinstance(g, Gap) for seq in range(g.first_seq, g.last_seq + 1)]
+    assert sorted(got) == list(range(1, 10)), seen

@@ -5,41 +5,67 @@
   alone for `text/plain`, the final results for `application/json` (the default).
 - `GET /runs/{run_id}/events` with `Last-Event-ID: <run_id>:<seq>`: the events after `seq` from the
   run's in-memory log (then live, if the run is still going); dropped events are reported as a gap.
-- `POST /v1/chat/completions`: OpenAI-compatible; `model` is the workflow name.
+  A run that finished with nothing left after `seq` answers `204 No Content`, which stops a browser
+  `EventSource` from reconnecting; SSE streams start with a `retry:` field.
+- `POST /v1/chat/completions`: OpenAI-compatible; `model` is the workflow name. `GET /v1/models` lists
+  the workflows as models.
+- `GET /healthz`: liveness, with the number of workflows served.
 - `GET /`: a page to pick a workflow, fill in its inputs and watch the tokens stream.
 
 Requests carry inputs only: they can never choose handlers, providers or models. When a streaming
 client disconnects, its run is cancelled (the provider stream closes), unless it asked for
 `?resumable=true`, in which case the run goes on and can be followed again through `/runs/...`.
+
+Guards (see `security`): loopback `Host` values only unless widened, no requests from other sites, JSON
+bodies only for runs, bounded bodies read within a deadline; at most `max_concurrent_runs` runs at once
+(429 with `Retry-After` beyond). Every client-visible error goes through `sse.error_payload()` or
+`_error()`, names paths relative to the workflows folder, and a failed run's error carries the reference
+id its log line has.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import os
+import re
+import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import anyio
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from pipeline_ex.errors import PipelineError, StepError
+from pipeline_ex.errors import PipelineError
+from pipeline_ex.events import Event
+from pipeline_ex.redaction import redact_text, redacting_logger
 from pipeline_ex.server import openai_api
 from pipeline_ex.server.catalog import WorkflowCatalog
+from pipeline_ex.server.http import DEFAULT_READ_TIMEOUT
 from pipeline_ex.server.page import PAGE
-from pipeline_ex.server.runs import Gap, RunLog, RunRegistry
-from pipeline_ex.server.security import API_KEY_ENV, DEFAULT_MAX_BODY, RequestRejected, check_bearer, read_json_body
+from pipeline_ex.server.runs import Gap, RegistryFull, RunLog, RunRegistry, new_reference
+from pipeline_ex.server.security import (
+    ALLOWED_HOSTS_ENV,
+    API_KEY_ENV,
+    DEFAULT_MAX_BODY,
+    BrowserGuard,
+    RequestRejected,
+    check_bearer,
+    parse_last_event_id,
+    read_json_body,
+)
 from pipeline_ex.sse import (
     DEFAULT_KEEPALIVE,
+    DEFAULT_RETRY_MS,
     HEADERS,
     MEDIA_TYPE,
     end_frame,
@@ -47,14 +73,14 @@ from pipeline_ex.sse import (
     error_payload,
     event_frame,
     gap_frame,
+    retry_frame,
     text_chunks,
     with_keepalive,
 )
-from pipeline_ex.workflow.iterate import astream
 from pipeline_ex.workflow.loader import LoadedWorkflow
 from pipeline_ex.workflow.runner import InputError, resolve_inputs
 
-logger = logging.getLogger("pipeline_ex.server")
+logger = redacting_logger("pipeline_ex.server")  # failures may quote a secret the process holds
 
 
 class RunStreamResponse(StreamingResponse):
@@ -65,6 +91,10 @@ class RunStreamResponse(StreamingResponse):
     would only be closed when garbage collected. Here a task watches for `http.disconnect` the whole
     time, and the body iterator is closed as soon as the response ends, which cancels the run.
     """
+
+    def __init__(self, *args: Any, on_close: Callable[[], None] | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.on_close = on_close
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Stream the body until it ends or the client disconnects; then close the body iterator."""
@@ -84,10 +114,50 @@ class RunStreamResponse(StreamingResponse):
             if close is not None:
                 with anyio.CancelScope(shield=True):
                     await close()
+            if self.on_close is not None:
+                self.on_close()
 
 
-def _error(status: int, message: str, kind: str = "request") -> JSONResponse:
-    return JSONResponse({"error": {"type": kind, "message": message}}, status_code=status)
+DEFAULT_MAX_CONCURRENT_RUNS = 1024
+RETRY_AFTER_SECONDS = 2
+PAGE_HEADERS = {"X-Frame-Options": "DENY", "Content-Security-Policy": "frame-ancestors 'none'"}
+_ABSOLUTE_PATH = re.compile(r"(?<![\w:/.~-])/(?:[^\s/'\"():,]+/)+([^\s/'\"():,]+)")
+
+
+def _error(
+    status: int,
+    message: str,
+    kind: str = "request",
+    *,
+    headers: dict[str, str] | None = None,
+    reference: str | None = None,
+) -> JSONResponse:
+    """The server's JSON error response: `{"error": {"type", "message"[, "reference"]}}`, redacted."""
+    error: dict[str, Any] = {"type": kind, "message": redact_text(message)}
+    if reference is not None:
+        error["reference"] = reference
+    return JSONResponse({"error": error}, status_code=status, headers=headers)
+
+
+class PathScrubber:
+    """Rewrites the server's absolute paths in client-visible text.
+
+    Paths in the workflows folder become relative to it; any other absolute path is cut to its file name.
+    """
+
+    def __init__(self, folder: Path) -> None:
+        roots = {str(folder), str(folder.absolute()), str(folder.resolve())}
+        self._roots = sorted((root.rstrip(os.sep) for root in roots if os.path.isabs(root)), key=len, reverse=True)
+
+    def text(self, text: str) -> str:
+        """`text` with the workflows folder's own paths made relative and any other absolute path cut to its name."""
+        for root in self._roots:
+            text = text.replace(root + os.sep, "").replace(root, ".")
+        return _ABSOLUTE_PATH.sub(r"\1", text)
+
+    def payload(self, payload: dict[str, Any]) -> dict[str, Any]:
+        """A copy of an error payload with every string value scrubbed."""
+        return {key: self.text(value) if isinstance(value, str) else value for key, value in payload.items()}
 
 
 class PipelineServer:
@@ -97,11 +167,15 @@ class PipelineServer:
         self,
         catalog: WorkflowCatalog,
         *,
+        folder: Path,
         mock: bool,
         api_key: str | None,
         max_body: int,
         keepalive: float,
         registry: RunRegistry,
+        max_concurrent_runs: int,
+        read_timeout: float | None,
+        retry_ms: int,
     ) -> None:
         self.catalog = catalog
         self.mock = mock
@@ -109,8 +183,29 @@ class PipelineServer:
         self.max_body = max_body
         self.keepalive = keepalive
         self.registry = registry
+        self.max_concurrent_runs = max_concurrent_runs
+        self.read_timeout = read_timeout
+        self.retry_ms = retry_ms
+        self.scrub = PathScrubber(folder)
+        self.started = int(time.time())
 
     # -- helpers -----------------------------------------------------------------------------------
+
+    def error_response(self, status: int, message: str, kind: str = "request", **options: Any) -> JSONResponse:
+        """`_error()`, with the server's paths scrubbed from the message."""
+        return _error(status, self.scrub.text(message), kind, **options)
+
+    def describe(self, error: BaseException, reference: str | None = None) -> dict[str, Any]:
+        """What a client is told about a failed run: `error_payload()`, paths scrubbed, with its reference."""
+        payload = self.scrub.payload(error_payload(error))
+        if reference is not None:
+            payload["reference"] = reference
+            if payload.get("type") == "internal":
+                payload["message"] = f"{payload['message']} (reference {reference})"
+        return payload
+
+    def _describe_run(self, log: RunLog) -> Any:
+        return lambda error: self.describe(error, log.reference)
 
     def _workflow(self, name: str) -> LoadedWorkflow:
         loaded = self.catalog.workflows.get(name)
@@ -118,8 +213,11 @@ class PipelineServer:
             raise RequestRejected(404, f"no workflow named {name!r}; GET /workflows lists them")
         return loaded
 
+    async def _body(self, request: Request) -> Any:
+        return await read_json_body(request, self.max_body, self.read_timeout)
+
     async def _run_request(self, request: Request, loaded: LoadedWorkflow) -> dict[str, Any]:
-        body = await read_json_body(request, self.max_body)
+        body = await self._body(request)
         if not isinstance(body, dict) or set(body) - {"inputs"}:
             raise RequestRejected(422, 'the body must be {"inputs": {...}}; nothing else can be set per request')
         inputs = body.get("inputs", {})
@@ -130,14 +228,38 @@ class PipelineServer:
         except InputError as error:
             raise RequestRejected(422, str(error)) from None
 
-    async def _frames(self, log: RunLog, after_seq: int, cancel_on_exit: bool) -> AsyncIterator[str]:
+    def _start(self, loaded: LoadedWorkflow, inputs: dict[str, Any], run_id: str, hold: bool = True) -> RunLog:
+        """Admit and start a run, or refuse it with 429.
+
+        With `hold`, its log keeps every event for the response that started it, until that response has
+        read them (or ends).
+        """
+        busy = {"Retry-After": str(RETRY_AFTER_SECONDS)}
+        if self.registry.active >= self.max_concurrent_runs:
+            raise RequestRejected(
+                429,
+                f"the server is already running {self.max_concurrent_runs} runs; retry later "
+                "(pipeline-ex serve --max-concurrent-runs raises the limit)",
+                headers=busy,
+            )
         try:
-            async for item in log.follow(after_seq):
+            return self.registry.start(loaded, inputs, mock=self.mock, run_id=run_id, hold=hold)
+        except RegistryFull as error:
+            raise RequestRejected(
+                429, f"{error}; retry later (pipeline-ex serve --max-runs raises the limit)", headers=busy
+            ) from None
+
+    async def _frames(
+        self, log: RunLog, after_seq: int, cancel_on_exit: bool, primary: bool = False
+    ) -> AsyncIterator[str]:
+        yield retry_frame(self.retry_ms)
+        try:
+            async for item in log.follow(after_seq, primary=primary):
                 yield gap_frame(item.first_seq, item.last_seq) if isinstance(item, Gap) else event_frame(item)
         except asyncio.CancelledError:
             raise
         except Exception as error:
-            yield error_frame(error)
+            yield error_frame(error, self.describe(error, log.reference))
         finally:
             if cancel_on_exit and not log.finished:
                 log.cancel()  # the client is gone: stop the provider stream now
@@ -145,22 +267,48 @@ class PipelineServer:
 
     async def _text(self, log: RunLog) -> AsyncIterator[str]:
         try:
-            async for chunk in text_chunks(log.follow(0)):
+            async for chunk in text_chunks(log.follow(0, primary=True), self._describe_run(log)):
                 yield chunk
         finally:
             if not log.finished:
                 log.cancel()
 
+    async def _events(self, log: RunLog) -> AsyncIterator[Event]:
+        """The events of a run for its primary response (which sees every one of them)."""
+        async for item in log.follow(0, primary=True):
+            assert not isinstance(item, Gap)
+            yield item
+
+    async def _outcome(self, log: RunLog) -> None:
+        """Wait for a run to end, cancelling it if the waiting request goes away."""
+        assert log.task is not None
+        try:
+            await asyncio.shield(log.task)
+        except asyncio.CancelledError:
+            log.cancel()
+            raise
+
     # -- routes ------------------------------------------------------------------------------------
 
     async def page(self, request: Request) -> Response:
-        """The browser page."""
-        return HTMLResponse(PAGE)
+        """The browser page (which may not be framed by another site)."""
+        return HTMLResponse(PAGE, headers=PAGE_HEADERS)
+
+    async def health(self, request: Request) -> Response:
+        """`GET /healthz`: the server is up; how many workflows it serves and runs it is running."""
+        return JSONResponse(
+            {"status": "ok", "workflows": len(self.catalog.workflows), "active_runs": self.registry.active}
+        )
 
     async def list_workflows(self, request: Request) -> Response:
         """`GET /workflows`."""
         check_bearer(request, self.api_key)
         return JSONResponse({"workflows": self.catalog.describe()})
+
+    async def list_models(self, request: Request) -> Response:
+        """`GET /v1/models`: the workflows as OpenAI models."""
+        check_bearer(request, self.api_key)
+        return JSONResponse(openai_api.models(sorted(self.catalog.workflows), self.started))
 
     async def run_workflow(self, request: Request) -> Response:
         """`POST /workflows/{name}/run`."""
@@ -170,65 +318,78 @@ class PipelineServer:
         run_id = uuid.uuid4().hex[:16]
         accept = request.headers.get("accept", "")
         headers = {"X-Run-Id": run_id}
-        log = self.registry.start(loaded, inputs, mock=self.mock, run_id=run_id)
+        streamed = MEDIA_TYPE in accept or "text/plain" in accept
+        log = self._start(loaded, inputs, run_id, hold=streamed)
         if MEDIA_TYPE in accept:
             resumable = request.query_params.get("resumable", "").lower() in ("1", "true", "yes")
-            frames = with_keepalive(self._frames(log, 0, cancel_on_exit=not resumable), self.keepalive)
-            return RunStreamResponse(frames, media_type=MEDIA_TYPE, headers={**HEADERS, **headers})
+            frames = self._frames(log, 0, cancel_on_exit=not resumable, primary=True)
+            return RunStreamResponse(
+                with_keepalive(frames, self.keepalive),
+                media_type=MEDIA_TYPE,
+                headers={**HEADERS, **headers},
+                on_close=log.release,
+            )
         if "text/plain" in accept:
-            return RunStreamResponse(self._text(log), media_type="text/plain; charset=utf-8", headers=headers)
-        assert log.task is not None
-        await asyncio.shield(log.task)
+            return RunStreamResponse(
+                self._text(log), media_type="text/plain; charset=utf-8", headers=headers, on_close=log.release
+            )
+        await self._outcome(log)
         if log.error is not None:
-            payload = error_payload(log.error)
+            payload = self.describe(log.error, log.reference)
             return JSONResponse({"error": payload, "run_id": run_id}, status_code=502, headers=headers)
         assert log.result is not None
         return JSONResponse(log.result.to_json(), headers=headers)
 
     async def run_events(self, request: Request) -> Response:
-        """`GET /runs/{run_id}/events`, resuming after `Last-Event-ID`."""
+        """`GET /runs/{run_id}/events`, resuming after `Last-Event-ID`; 204 when a finished run has no more."""
         check_bearer(request, self.api_key)
         run_id = request.path_params["run_id"]
         log = self.registry.get(run_id)
         if log is None:
             raise RequestRejected(404, f"no run {run_id!r} is kept by this server")
         last = request.headers.get("last-event-id") or request.query_params.get("last_event_id") or f"{run_id}:0"
-        last_run, _, seq_text = last.rpartition(":")
-        if last_run != run_id or not seq_text.isdigit():
-            raise RequestRejected(400, f"Last-Event-ID must be '{run_id}:<seq>', got {last!r}")
-        frames = with_keepalive(self._frames(log, int(seq_text), cancel_on_exit=False), self.keepalive)
+        after_seq = parse_last_event_id(last, run_id)
+        if log.finished and after_seq >= log.last_seq:
+            return Response(status_code=204, headers=HEADERS)  # an EventSource stops reconnecting on 204
+        frames = with_keepalive(self._frames(log, after_seq, cancel_on_exit=False), self.keepalive)
         return RunStreamResponse(frames, media_type=MEDIA_TYPE, headers=HEADERS)
 
     async def chat_completions(self, request: Request) -> Response:
         """`POST /v1/chat/completions`."""
         check_bearer(request, self.api_key)
-        body = await read_json_body(request, self.max_body)
-        if not isinstance(body, dict) or not isinstance(body.get("model"), str):
-            raise RequestRejected(400, "'model' (the workflow name) is required")
-        loaded = self._workflow(body["model"])
+        chat = openai_api.parse_chat_request(await self._body(request))
+        loaded = self._workflow(chat.model)
         try:
-            inputs = resolve_inputs(loaded, openai_api.chat_inputs(loaded, body))
+            inputs = resolve_inputs(loaded, openai_api.chat_inputs(loaded, chat))
         except InputError as error:
             raise RequestRejected(422, str(error)) from None
         run_id = uuid.uuid4().hex[:16]
-        events = astream(loaded, inputs, mock=self.mock, run_id=run_id)
-        if body.get("stream"):
-            include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        log = self._start(loaded, inputs, run_id)
+        if chat.stream:
 
             async def chunks() -> AsyncIterator[str]:
                 try:
-                    async for chunk in openai_api.stream_chunks(events, loaded, include_usage):
+                    async for chunk in openai_api.stream_chunks(
+                        self._events(log), loaded, run_id, chat.include_usage, self._describe_run(log)
+                    ):
                         yield chunk
                 finally:
-                    await events.aclose()
+                    if not log.finished:
+                        log.cancel()
 
-            return RunStreamResponse(chunks(), media_type=MEDIA_TYPE, headers=HEADERS)
+            return RunStreamResponse(
+                with_keepalive(chunks(), self.keepalive), media_type=MEDIA_TYPE, headers=HEADERS, on_close=log.release
+            )
         try:
-            return JSONResponse(await openai_api.complete(events, loaded))
-        except StepError as error:
-            return JSONResponse({"error": error_payload(error)}, status_code=502)
+            return JSONResponse(await openai_api.complete(self._events(log), loaded, run_id))
+        except Exception as error:
+            if error is not log.error:
+                raise
+            return JSONResponse({"error": self.describe(error, log.reference)}, status_code=502)
         finally:
-            await events.aclose()
+            log.release()
+            if not log.finished:
+                log.cancel()
 
 
 def create_app(
@@ -239,33 +400,79 @@ def create_app(
     max_body: int = DEFAULT_MAX_BODY,
     keepalive: float = DEFAULT_KEEPALIVE,
     registry: RunRegistry | None = None,
+    max_runs: int | None = None,
+    log_events: int | None = None,
+    log_bytes: int | None = None,
+    allowed_hosts: Sequence[str] | None = None,
+    max_concurrent_runs: int | None = None,
+    read_timeout: float | None = DEFAULT_READ_TIMEOUT,
+    retry_ms: int = DEFAULT_RETRY_MS,
 ) -> Starlette:
     """Build the Starlette app serving the workflows in a folder.
 
     :param mock: run every LLM step on the mock provider.
     :param api_key: require `Authorization: Bearer <api_key>`; by default `PIPELINE_SERVER_API_KEY`.
     :param max_body: the largest request body accepted, in bytes.
-    :param keepalive: seconds of silence before an SSE keepalive comment.
+    :param keepalive: seconds of silence before an SSE keepalive comment (run and chat streams).
+    :param registry: where runs are kept (its `max_runs`, `log_capacity` and `log_bytes` bound them).
+    :param max_runs: runs kept for resuming, finished or not (for the registry made when none is given).
+    :param log_events: events kept per run log (likewise).
+    :param log_bytes: bytes kept per run log (likewise); the response that started a run sees all of it.
+    :param allowed_hosts: `Host` names accepted besides localhost, 127.0.0.1 and [::1] (`*.domain`
+        patterns, or `*` for any); by default from `PIPELINE_SERVER_ALLOWED_HOSTS` (comma-separated).
+    :param max_concurrent_runs: runs going at once (by default 1024, or the registry's `max_runs` if lower);
+        more get 429 with `Retry-After`.
+    :param read_timeout: seconds a request body may take to arrive (408 after that); None for no limit.
+    :param retry_ms: the SSE `retry:` field, how long an `EventSource` waits before reconnecting.
     """
-    catalog = WorkflowCatalog.from_folder(workflows, mock=mock)
+    bounds = {"max_runs": max_runs, "log_capacity": log_events, "log_bytes": log_bytes}
+    given = {name: value for name, value in bounds.items() if value is not None}
+    if registry is not None and given:
+        raise ValueError(f"pass {', '.join(given)} to the RunRegistry given as registry=, not to create_app")
+    registry = registry if registry is not None else RunRegistry(**given)
+    if max_concurrent_runs is None:
+        max_concurrent_runs = min(DEFAULT_MAX_CONCURRENT_RUNS, registry.max_runs)
+    if max_concurrent_runs < 1 or max_concurrent_runs > registry.max_runs:
+        raise ValueError(
+            f"max_concurrent_runs must be between 1 and the registry's max_runs ({registry.max_runs}), "
+            f"got {max_concurrent_runs}"
+        )
+    folder = Path(workflows)
+    catalog = WorkflowCatalog.from_folder(folder, mock=mock)
     server = PipelineServer(
         catalog,
+        folder=folder,
         mock=mock,
         api_key=api_key if api_key is not None else os.environ.get(API_KEY_ENV) or None,
         max_body=max_body,
         keepalive=keepalive,
-        registry=registry or RunRegistry(),
+        registry=registry,
+        max_concurrent_runs=max_concurrent_runs,
+        read_timeout=read_timeout,
+        retry_ms=retry_ms,
     )
+    hosts = list(allowed_hosts) if allowed_hosts is not None else split_hosts(os.environ.get(ALLOWED_HOSTS_ENV, ""))
 
     async def rejected(request: Request, error: Exception) -> Response:
         assert isinstance(error, RequestRejected)
-        return _error(error.status, error.message)
+        return server.error_response(error.status, error.message, headers=error.headers)
+
+    async def http_error(request: Request, error: Exception) -> Response:
+        assert isinstance(error, HTTPException)  # Starlette's own: no such route, method not allowed
+        return server.error_response(error.status_code, f"{error.detail}: {request.method} {request.url.path}")
 
     async def failed(request: Request, error: Exception) -> Response:
-        incident = uuid.uuid4().hex[:8]
-        logger.error("request %s %s failed (incident %s)", request.method, request.url.path, incident, exc_info=error)
+        reference = new_reference()
+        logger.error(
+            "request %s %s failed (reference %s)",
+            request.method,
+            request.url.path,
+            reference,
+            exc_info=error,
+            extra={"reference": reference},
+        )
         message = str(error) if isinstance(error, PipelineError) else "internal server error"
-        return _error(500, f"{message} (incident {incident})", "internal")
+        return server.error_response(500, f"{message} (reference {reference})", "internal", reference=reference)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -275,13 +482,21 @@ def create_app(
     app = Starlette(
         routes=[
             Route("/", server.page, methods=["GET"]),
+            Route("/healthz", server.health, methods=["GET"]),
             Route("/workflows", server.list_workflows, methods=["GET"]),
             Route("/workflows/{name}/run", server.run_workflow, methods=["POST"]),
             Route("/runs/{run_id}/events", server.run_events, methods=["GET"]),
+            Route("/v1/models", server.list_models, methods=["GET"]),
             Route("/v1/chat/completions", server.chat_completions, methods=["POST"]),
         ],
-        exception_handlers={RequestRejected: rejected, Exception: failed},
+        middleware=[Middleware(BrowserGuard, allowed_hosts=hosts, refuse=server.error_response)],
+        exception_handlers={RequestRejected: rejected, HTTPException: http_error, Exception: failed},
         lifespan=lifespan,
     )
     app.state.pipeline = server
     return app
+
+
+def split_hosts(text: str) -> list[str]:
+    """Host names from a comma-separated list (as `--allowed-hosts` and the environment give them)."""
+    return [name.strip() for name in text.split(",") if name.strip()]

@@ -1,41 +1,103 @@
-"""`POST /v1/chat/completions`: run a workflow as if it were an OpenAI chat model.
+"""`POST /v1/chat/completions` and `GET /v1/models`: run a workflow as if it were an OpenAI chat model.
 
 `model` names the workflow. The last user message becomes the workflow's `prompt` input (or its only
 input). The reply is the text of the workflow's last LLM step; with `stream: true` it arrives as
-`chat.completion.chunk`s, with `usage` (summed over the run's steps) when `stream_options.include_usage`
-is set, and `data: [DONE]` at the end. A failure after the stream started is sent as an error chunk.
+`chat.completion.chunk`s and `data: [DONE]` at the end. When `stream_options.include_usage` is set, every
+chunk carries `"usage": null` except an extra last one with the usage summed over the run's steps (as
+OpenAI documents it). A failure after the stream started is sent as an error chunk. The fields a request
+may set are checked (`parse_chat_request`): a malformed one is a 400 naming the field.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from pipeline_ex.events import Delta, Event, Usage
 from pipeline_ex.server.catalog import answer_step
 from pipeline_ex.server.security import RequestRejected
-from pipeline_ex.sse import error_payload
-from pipeline_ex.workflow.iterate import EventStream
 from pipeline_ex.workflow.loader import LoadedWorkflow
 
 _FINISH = {"stop": "stop", "length": "length", "content_filter": "content_filter", "tool_calls": "tool_calls"}
 
 
-def chat_inputs(loaded: LoadedWorkflow, body: dict[str, Any]) -> dict[str, Any]:
-    """Map a chat request onto the workflow's inputs (only the last user message is used)."""
+@dataclass(frozen=True)
+class ChatRequest:
+    """The parts of a chat completion request the server uses (every other field is accepted and ignored)."""
+
+    model: str
+    prompt: str
+    """The text of the last user message."""
+    stream: bool
+    include_usage: bool
+
+
+def _bad(field: str, problem: str) -> RequestRejected:
+    return RequestRejected(400, f"{field!r} {problem}")
+
+
+def _message_text(content: Any, where: str) -> str | None:
+    if content is None or isinstance(content, str):
+        return content
+    if not isinstance(content, list):
+        raise _bad("content", f"of {where} must be a string or a list of content parts, got {type(content).__name__}")
+    texts = []
+    for number, part in enumerate(content):
+        if not isinstance(part, dict):
+            raise _bad("content", f"part {number} of {where} must be an object, got {type(part).__name__}")
+        if part.get("type", "text") != "text":
+            continue  # images, audio and files are not workflow inputs
+        text = part.get("text")
+        if not isinstance(text, str):
+            raise _bad("content", f"part {number} of {where} needs a string 'text', got {type(text).__name__}")
+        texts.append(text)
+    return "".join(texts)
+
+
+def parse_chat_request(body: Any) -> ChatRequest:
+    """Check the fields of a chat completion request; a malformed one is a 400 that names it."""
+    if not isinstance(body, dict):
+        raise RequestRejected(400, "the body must be a JSON object with 'model' and 'messages'")
+    model = body.get("model")
+    if not isinstance(model, str):
+        raise _bad("model", "(the workflow name, a string) is required")
+    stream = body.get("stream", False)
+    if not isinstance(stream, bool):
+        raise _bad("stream", f"must be true or false, got {json.dumps(stream)[:40]}")
+    options = body.get("stream_options")
+    if options is not None and not isinstance(options, dict):
+        shown = json.dumps(options)[:40]
+        raise _bad("stream_options", f'must be an object such as {{"include_usage": true}}, got {shown}')
+    include_usage = (options or {}).get("include_usage", False)
+    if not isinstance(include_usage, bool):
+        raise _bad("stream_options", "field 'include_usage' must be true or false")
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
-        raise RequestRejected(400, "'messages' must be a non-empty list")
-    user = [m for m in messages if isinstance(m, dict) and m.get("role") == "user"]
-    if not user:
-        raise RequestRejected(400, "'messages' has no user message")
-    content = user[-1].get("content")
-    if isinstance(content, list):  # content parts: keep the text ones
-        content = "".join(part.get("text", "") for part in content if isinstance(part, dict))
-    if not isinstance(content, str):
-        raise RequestRejected(400, "the last user message has no text content")
+        raise _bad("messages", "must be a non-empty list of message objects")
+    prompt: str | None = None
+    found_user = False
+    for number, message in enumerate(messages):
+        if not isinstance(message, dict):
+            raise _bad("messages", f"item {number} must be an object with 'role' and 'content'")
+        role = message.get("role")
+        if not isinstance(role, str):
+            raise _bad("role", f"of message {number} must be a string such as 'user'")
+        text = _message_text(message.get("content"), f"message {number}")
+        if role == "user":
+            found_user, prompt = True, text
+    if not found_user:
+        raise _bad("messages", "has no user message")
+    if prompt is None:
+        raise _bad("content", "of the last user message has no text")
+    return ChatRequest(model=model, prompt=prompt, stream=stream, include_usage=include_usage)
+
+
+def chat_inputs(loaded: LoadedWorkflow, request: ChatRequest) -> dict[str, Any]:
+    """Map a chat request onto the workflow's inputs (only the last user message is used)."""
+    content = request.prompt
     declared = list(loaded.workflow.inputs)
     if "prompt" in declared:
         return {"prompt": content}
@@ -88,34 +150,44 @@ class _Answer:
         return None
 
 
-def _chunk(completion_id: str, model: str, created: int, delta: dict[str, Any], finish: str | None) -> str:
-    payload = {
+def _chunk(
+    completion_id: str, model: str, created: int, delta: dict[str, Any], finish: str | None, include_usage: bool
+) -> str:
+    payload: dict[str, Any] = {
         "id": completion_id,
         "object": "chat.completion.chunk",
         "created": created,
         "model": model,
         "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
     }
+    if include_usage:
+        payload["usage"] = None
     return f"data: {json.dumps(payload)}\n\n"
 
 
-async def stream_chunks(events: EventStream, loaded: LoadedWorkflow, include_usage: bool) -> AsyncIterator[str]:
-    """The SSE body of a streamed chat completion."""
+async def stream_chunks(
+    events: AsyncIterator[Event],
+    loaded: LoadedWorkflow,
+    run_id: str,
+    include_usage: bool,
+    describe: Callable[[BaseException], dict[str, Any]],
+) -> AsyncIterator[str]:
+    """The SSE body of a streamed chat completion; `describe` turns a failure into the error chunk's payload."""
     answer = _Answer(loaded)
     created = int(time.time())
-    completion_id = f"chatcmpl-{events.run_id_hint}"
+    completion_id = f"chatcmpl-{run_id}"
     model = loaded.name
-    yield _chunk(completion_id, model, created, {"role": "assistant", "content": ""}, None)
+    yield _chunk(completion_id, model, created, {"role": "assistant", "content": ""}, None, include_usage)
     try:
         async for event in events:
             text = answer.text_of(event)
             if text is not None:
-                yield _chunk(completion_id, model, created, {"content": text}, None)
+                yield _chunk(completion_id, model, created, {"content": text}, None, include_usage)
     except Exception as error:
-        yield f"data: {json.dumps({'error': error_payload(error)})}\n\n"
+        yield f"data: {json.dumps({'error': describe(error)})}\n\n"
         yield "data: [DONE]\n\n"
         return
-    yield _chunk(completion_id, model, created, {}, answer.finish)
+    yield _chunk(completion_id, model, created, {}, answer.finish, include_usage)
     if include_usage:
         usage_chunk = {
             "id": completion_id,
@@ -129,12 +201,12 @@ async def stream_chunks(events: EventStream, loaded: LoadedWorkflow, include_usa
     yield "data: [DONE]\n\n"
 
 
-async def complete(events: EventStream, loaded: LoadedWorkflow) -> dict[str, Any]:
+async def complete(events: AsyncIterator[Event], loaded: LoadedWorkflow, run_id: str) -> dict[str, Any]:
     """The body of a non-streamed chat completion (raises the run's error, if any)."""
     answer = _Answer(loaded)
     text = [piece async for event in events if (piece := answer.text_of(event)) is not None]
     body: dict[str, Any] = {
-        "id": f"chatcmpl-{events.run_id_hint}",
+        "id": f"chatcmpl-{run_id}",
         "object": "chat.completion",
         "created": int(time.time()),
         "model": loaded.name,
@@ -146,3 +218,11 @@ async def complete(events: EventStream, loaded: LoadedWorkflow) -> dict[str, Any
     if usage is not None:
         body["usage"] = usage
     return body
+
+
+def models(names: list[str], created: int) -> dict[str, Any]:
+    """The body of `GET /v1/models`: each workflow as a model, in OpenAI's list shape."""
+    return {
+        "object": "list",
+        "data": [{"id": name, "object": "model", "created": created, "owned_by": "pipeline-ex"} for name in names],
+    }

@@ -2,23 +2,56 @@
 
 A run is produced by one task (consuming `astream`) and read by any number of followers: the response
 that started it, and clients resuming with `Last-Event-ID`. Followers are woken when events arrive,
-never by polling. When the log drops old events, a follower that asks for them is told about the gap.
+never by polling. The log keeps the newest events within a count and a byte bound; a follower that asks
+for dropped events is told about the gap. The one exception is the response that started the run (its
+*primary* follower): the log keeps every event that response has not read yet, so it never sees a gap;
+the bounds apply again as soon as it has caught up or left.
+
+The registry admits runs: it holds at most `max_runs` (finished ones are forgotten, oldest first, to make
+room; runs still going are never dropped, so a full registry refuses new runs), and a failed run is logged
+with a reference id that the client is also given.
 """
 
 from __future__ import annotations
 
 import asyncio
 import bisect
+import uuid
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from pipeline_ex.errors import RunCancelled
-from pipeline_ex.events import Event
+from pipeline_ex.errors import PipelineError, RunCancelled, StepError
+from pipeline_ex.events import Delta, Event
+from pipeline_ex.redaction import redacting_logger
 from pipeline_ex.workflow.iterate import EventStream, astream
 from pipeline_ex.workflow.loader import LoadedWorkflow
 from pipeline_ex.workflow.runner import RunResult
+
+logger = redacting_logger("pipeline_ex.server")  # failures may quote a secret the process holds
+
+DEFAULT_MAX_RUNS = 2048
+DEFAULT_LOG_EVENTS = 10_000
+DEFAULT_LOG_BYTES = 1 << 20
+_EVENT_OVERHEAD = 160
+"""Roughly what an event costs besides its text (the model object, its ids and its JSON framing)."""
+
+
+def new_reference() -> str:
+    """A reference id for a failure, shown to the client and written to the server log."""
+    return uuid.uuid4().hex[:12]
+
+
+def event_size(event: Event) -> int:
+    """An estimate of an event's memory in the log, in bytes (its text plus a fixed overhead)."""
+    if isinstance(event, Delta):
+        return len(event.content) + _EVENT_OVERHEAD
+    return len(event.response.text) + 4 * _EVENT_OVERHEAD
+
+
+class RegistryFull(PipelineError):
+    """The registry holds `max_runs` runs that are all still going: a new one cannot be admitted."""
 
 
 @dataclass(frozen=True)
@@ -30,21 +63,34 @@ class Gap:
 
 
 class RunLog:
-    """The events of one run, newest `capacity` kept, plus its outcome once it finished."""
+    """The events of one run, the newest `capacity` (and at most `max_bytes`) kept, plus its outcome."""
 
-    def __init__(self, run_id: str, capacity: int) -> None:
+    def __init__(self, run_id: str, capacity: int, max_bytes: int = DEFAULT_LOG_BYTES) -> None:
         self.run_id = run_id
         self.capacity = capacity
+        self.max_bytes = max_bytes
         self._events: list[Event] = []
         self._seqs: list[int] = []
+        self._sizes: list[int] = []
+        self.size_bytes = 0
+        """The estimated size of the events kept (see `event_size`)."""
         self.evicted_through = 0
         """The highest seq no longer kept (0 while nothing was dropped)."""
+        self._held_after: int | None = None
+        """While the primary follower lags: the last seq it read (newer events are never dropped)."""
         self.finished = False
         self.error: BaseException | None = None
+        self.reference: str | None = None
+        """The reference id the failure was logged with, if the run failed."""
         self.result: RunResult | None = None
         self._changed = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
         self.events: EventStream | None = None
+
+    @property
+    def last_seq(self) -> int:
+        """The seq of the newest event (0 before the first)."""
+        return self._seqs[-1] if self._seqs else self.evicted_through
 
     def cancel(self) -> None:
         """Cancel the run; its remaining events (the cancelled Done) still reach the log."""
@@ -53,13 +99,28 @@ class RunLog:
 
     def append(self, event: Event) -> None:
         """Add an event and wake the followers."""
+        size = event_size(event)
         self._events.append(event)
         self._seqs.append(event.seq)
-        if len(self._events) > self.capacity:
-            drop = len(self._events) - self.capacity
-            self.evicted_through = self._seqs[drop - 1]
-            del self._events[:drop], self._seqs[:drop]
+        self._sizes.append(size)
+        self.size_bytes += size
+        if len(self._events) > self.capacity or self.size_bytes > self.max_bytes:
+            self._trim()
         self._wake()
+
+    def _trim(self) -> None:
+        """Drop the oldest events beyond the bounds, except those the primary follower has not read."""
+        count, size, drop = len(self._events), self.size_bytes, 0
+        held = self._held_after
+        while drop < count and (count - drop > self.capacity or size > self.max_bytes):
+            if held is not None and self._seqs[drop] > held:
+                break
+            size -= self._sizes[drop]
+            drop += 1
+        if drop:
+            self.evicted_through = self._seqs[drop - 1]
+            del self._events[:drop], self._seqs[:drop], self._sizes[:drop]
+            self.size_bytes = size
 
     def finish(self, result: RunResult | None, error: BaseException | None) -> None:
         """Record how the run ended and wake the followers."""
@@ -70,17 +131,48 @@ class RunLog:
         self._changed.set()
         self._changed = asyncio.Event()
 
-    async def follow(self, after_seq: int = 0) -> AsyncIterator[Event | Gap]:
-        """Every event with a seq above `after_seq`, as it arrives; then the run's error, if it failed."""
+    async def follow(self, after_seq: int = 0, *, primary: bool = False) -> AsyncIterator[Event | Gap]:
+        """Every event with a seq above `after_seq`, as it arrives; then the run's error, if it failed.
+
+        With `primary` (the response that started the run, following it from the start), the log keeps
+        every event until this follower has read it, so it never gets a `Gap`.
+        """
+        if not primary:
+            async for item in self._follow(after_seq):
+                yield item
+            return
+        self._held_after = after_seq if self._held_after is None else min(after_seq, self._held_after)
+        try:
+            async for item in self._follow(after_seq, hold=True):
+                yield item
+        finally:
+            self.release()
+
+    def hold(self) -> None:
+        """Keep every event from now on until `release()` (or the primary follower) lets go of them."""
+        if self._held_after is None:
+            self._held_after = self.last_seq
+
+    def release(self) -> None:
+        """Let the log drop old events again (the primary response ended, or never started)."""
+        if self._held_after is not None:
+            self._held_after = None
+            self._trim()
+
+    async def _follow(self, after_seq: int, hold: bool = False) -> AsyncIterator[Event | Gap]:
         while True:
             if after_seq < self.evicted_through:  # fell behind the log: say what was lost
-                yield Gap(after_seq + 1, self.evicted_through)
-                after_seq = self.evicted_through
+                through = self.evicted_through  # more may be dropped while the gap is being sent
+                yield Gap(after_seq + 1, through)
+                after_seq = through
+                continue  # look again: the follower may have fallen further behind meanwhile
             start = bisect.bisect_right(self._seqs, after_seq)
             for event in self._events[start:]:
                 if event.seq <= self.evicted_through:
                     break  # dropped while we were yielding: report the gap on the next pass
                 after_seq = event.seq
+                if hold:
+                    self._held_after = after_seq
                 yield event
             if self.finished and bisect.bisect_right(self._seqs, after_seq) == len(self._seqs):
                 if self.error is not None:
@@ -92,22 +184,53 @@ class RunLog:
 
 
 class RunRegistry:
-    """The server's runs by id; the oldest finished ones are forgotten beyond `max_runs`."""
+    """The server's runs by id, at most `max_runs` of them; the oldest finished ones are forgotten first.
 
-    def __init__(self, *, max_runs: int = 256, log_capacity: int = 10_000) -> None:
+    :param max_runs: runs kept, finished or not; when all are still going, `start` raises `RegistryFull`.
+    :param log_capacity: events kept per run log.
+    :param log_bytes: bytes kept per run log (estimated, see `event_size`).
+    """
+
+    def __init__(
+        self,
+        *,
+        max_runs: int = DEFAULT_MAX_RUNS,
+        log_capacity: int = DEFAULT_LOG_EVENTS,
+        log_bytes: int = DEFAULT_LOG_BYTES,
+    ) -> None:
+        if min(max_runs, log_capacity, log_bytes) < 1:
+            raise ValueError("max_runs, log_capacity and log_bytes must be at least 1")
         self.max_runs = max_runs
         self.log_capacity = log_capacity
+        self.log_bytes = log_bytes
+        self.active = 0
+        """Runs started and not finished yet."""
         self._runs: OrderedDict[str, RunLog] = OrderedDict()
+
+    def __len__(self) -> int:
+        """The number of runs kept (finished or not)."""
+        return len(self._runs)
 
     def get(self, run_id: str) -> RunLog | None:
         """The log of a run, if it is still known."""
         return self._runs.get(run_id)
 
-    def start(self, loaded: LoadedWorkflow, inputs: Mapping[str, Any], *, mock: bool, run_id: str) -> RunLog:
-        """Start a run in the background and return its log."""
-        log = RunLog(run_id, self.log_capacity)
+    def start(
+        self, loaded: LoadedWorkflow, inputs: Mapping[str, Any], *, mock: bool, run_id: str, hold: bool = False
+    ) -> RunLog:
+        """Start a run in the background and return its log (held for a primary follower with `hold`).
+
+        :raises RegistryFull: when the registry holds `max_runs` runs and none of them has finished.
+        """
+        self._forget_old(room_for=1)
+        if len(self._runs) >= self.max_runs:
+            raise RegistryFull(f"the server already keeps {self.max_runs} runs that are all still going")
+        log = RunLog(run_id, self.log_capacity, self.log_bytes)
+        if hold:
+            log.hold()
         events = astream(loaded, inputs, mock=mock, run_id=run_id)
         log.events = events
+        workflow = loaded.name
 
         async def produce() -> None:
             try:
@@ -116,6 +239,7 @@ class RunRegistry:
             except (asyncio.CancelledError, RunCancelled):
                 log.finish(None, RunCancelled(f"run {run_id} was cancelled"))
             except Exception as error:
+                _log_failure(log, workflow, error)
                 log.finish(None, error)
             else:
                 if events.cancelled or events.result is None:
@@ -123,16 +247,17 @@ class RunRegistry:
                 else:
                     log.finish(events.result, None)
             finally:
+                self.active -= 1
                 await events.aclose()
 
+        self.active += 1
         log.task = asyncio.ensure_future(produce())
         self._runs[run_id] = log
-        self._forget_old()
         return log
 
-    def _forget_old(self) -> None:
+    def _forget_old(self, room_for: int = 0) -> None:
         for run_id in list(self._runs):
-            if len(self._runs) <= self.max_runs:
+            if len(self._runs) + room_for <= self.max_runs:
                 return
             if self._runs[run_id].finished:
                 del self._runs[run_id]
@@ -143,3 +268,22 @@ class RunRegistry:
         for log in logs:
             log.cancel()
         await asyncio.gather(*(log.task for log in logs if log.task is not None), return_exceptions=True)
+
+
+def _log_failure(log: RunLog, workflow: str, error: BaseException) -> None:
+    """Log a failed run with a new reference id (kept on the log, for the client to be told)."""
+    log.reference = reference = new_reference()
+    extra = {"reference": reference, "run_id": log.run_id, "workflow": workflow}
+    if isinstance(error, StepError):  # the step's own failure (provider, timeout, handler): its message says it
+        logger.warning(
+            "run %s of workflow %r failed (reference %s): %s", log.run_id, workflow, reference, error, extra=extra
+        )
+    else:
+        logger.error(
+            "run %s of workflow %r failed unexpectedly (reference %s)",
+            log.run_id,
+            workflow,
+            reference,
+            exc_info=error,
+            extra=extra,
+        )
