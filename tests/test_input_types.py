@@ -193,13 +193,10 @@ def served(tmp_path: Path) -> Iterator[httpx.Client]:
     [
         (b'{"inputs": {"count": 1.5}}', "input 'count' must be an integer, got 1.5, a number with a fractional part"),
         (b'{"inputs": {"count": true}}', "input 'count' must be an integer, got true, a boolean"),
-        (b'{"inputs": {"count": 1e999}}', "input 'count' must be an integer, got inf, which is not a finite number"),
-        (b'{"inputs": {"ratio": NaN}}', "input 'ratio' must be a number, got nan, which is not a finite number"),
         (b'{"inputs": {"topic": 5}}', "input 'topic' must be a string, got 5, a number"),
         (b'{"inputs": {"loud": 0}}', "input 'loud' must be a boolean, got 0, a number"),
-        (b'{"inputs": {"topic": "\\ud800"}}', "input 'topic' is not text: character 1 is a lone surrogate (\\ud800)"),
     ],
-    ids=["fraction", "bool-for-int", "1e999", "nan", "number-for-string", "int-for-bool", "lone-surrogate"],
+    ids=["fraction", "bool-for-int", "number-for-string", "int-for-bool"],
 )
 def test_http_inputs_of_the_wrong_type_are_422_naming_the_declaration(
     served: httpx.Client, body: bytes, message: str
@@ -209,6 +206,22 @@ def test_http_inputs_of_the_wrong_type_are_422_naming_the_declaration(
     error = response.json()["error"]
     assert error["message"].startswith(message), error
     assert "(declared at typed.yaml:" in error["message"]
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (b'{"inputs": {"count": 1e999}}', "the request body is not valid JSON (1e999 is out of range)"),
+        (b'{"inputs": {"ratio": NaN}}', "the request body is not valid JSON (NaN is not a JSON number)"),
+        (b'{"inputs": {"topic": "\\ud800"}}', "the request body has a string with an unpaired surrogate"),
+    ],
+    ids=["1e999", "nan", "lone-surrogate"],
+)
+def test_http_bodies_that_json_cannot_carry_as_inputs_are_400(served: httpx.Client, body: bytes, message: str) -> None:
+    """Values strict JSON does not allow never reach the inputs: the server refuses the body itself."""
+    response = served.post("/workflows/typed/run", content=body, headers={"Content-Type": "application/json"})
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["message"].startswith(message)
 
 
 def test_http_inputs_of_the_declared_type_run(served: httpx.Client) -> None:

@@ -203,8 +203,11 @@ async def read_json_body(request: Request, limit: int, read_timeout: float | Non
         value = json.loads(body, parse_constant=_reject_constant, parse_float=_finite)
     except RecursionError:
         raise RequestRejected(400, f"the request body is nested too deep (more than {MAX_JSON_DEPTH} levels)") from None
-    except (ValueError, UnicodeDecodeError):
-        raise RequestRejected(400, "the request body is not valid JSON") from None
+    except json.JSONDecodeError as error:
+        where = f"{error.msg} at character {error.pos}"
+        raise RequestRejected(400, f"the request body is not valid JSON ({where})") from None
+    except (ValueError, UnicodeDecodeError) as error:  # NaN, Infinity, 1e999; or not UTF-8
+        raise RequestRejected(400, f"the request body is not valid JSON ({error})") from None
     _check_value(value)
     return value
 
