@@ -257,3 +257,13 @@ def test_log_records_of_pipeline_ex_loggers_are_redacted(
             logger.exception("attempt failed: %s", f"key {HEX_KEY}")
     assert HEX_KEY not in caplog.text
     assert "attempt failed: key ***" in caplog.text and "the proxy said ***" in caplog.text
+
+
+def test_a_token_given_to_create_app_is_a_secret_too(tmp_path: Path) -> None:
+    from pipeline_ex.server import create_app
+
+    token = "explicit-server-token-5d2c"
+    assert redact_text(f"say {token}") == f"say {token}"
+    (tmp_path / "workflows").mkdir()
+    create_app(tmp_path / "workflows", api_key=token)
+    assert redact_text(f"say {token}") == "say ***"

@@ -47,7 +47,7 @@ from starlette.types import Receive, Scope, Send
 
 from pipeline_ex.errors import PipelineError
 from pipeline_ex.events import Event
-from pipeline_ex.redaction import redact_text, redacting_logger
+from pipeline_ex.redaction import redact_text, redacting_logger, register_secret
 from pipeline_ex.server import openai_api
 from pipeline_ex.server.catalog import WorkflowCatalog
 from pipeline_ex.server.http import DEFAULT_READ_TIMEOUT
@@ -439,11 +439,13 @@ def create_app(
         )
     folder = Path(workflows)
     catalog = WorkflowCatalog.from_folder(folder, mock=mock)
+    token = api_key if api_key is not None else os.environ.get(API_KEY_ENV) or None
+    register_secret(token)  # the server's own token never appears in what it says
     server = PipelineServer(
         catalog,
         folder=folder,
         mock=mock,
-        api_key=api_key if api_key is not None else os.environ.get(API_KEY_ENV) or None,
+        api_key=token,
         max_body=max_body,
         keepalive=keepalive,
         registry=registry,

@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import logging
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pipeline_ex.errors import PipelineError
+from pipeline_ex.redaction import redacting_logger
 from pipeline_ex.workflow.loader import LoadedWorkflow, load_workflow
 from pipeline_ex.workflow.schema import LLMStep
 
-logger = logging.getLogger("pipeline_ex.server")
+logger = redacting_logger("pipeline_ex.server")
 
 
 @dataclass
