@@ -19,7 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
-from loopback_server import LoopbackServer
+from server_kit import serving
 
 from pipeline_ex.errors import PipelineError, StepError, WorkflowError
 from pipeline_ex.server.catalog import WorkflowCatalog
@@ -453,7 +453,7 @@ def test_one_bad_workflow_does_not_break_the_catalog(
         "    - {id: a, prompt: 'on {{ inputs.when }}'}\n",
     )
     write(folder / "good.yaml", TOPIC)
-    with caplog.at_level("WARNING", logger="pipeline_ex.server"), LoopbackServer(folder) as server:
+    with caplog.at_level("WARNING", logger="pipeline_ex.server"), serving(folder) as server:
         response = httpx.get(f"{server.url}/workflows", timeout=20)
         problems = server.app.state.pipeline.catalog.problems
     assert response.status_code == 200, response.text

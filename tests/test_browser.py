@@ -2,24 +2,21 @@
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import json
-import os
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import uvicorn
+from browser_kit import launch_chromium, require_chromium
+from server_kit import ThreadServer
 
 from pipeline_ex.server import create_app
 
 pytestmark = pytest.mark.streaming
 
-CHROMIUM = "/usr/bin/chromium"
 REPO = Path(__file__).resolve().parents[1]
 ARTIFACTS = REPO / "test-artifacts"
 CHUNKS = [f"token{n} " for n in range(30)]  # 30 chunks, 50 ms apart: about 1.5 s
@@ -27,38 +24,7 @@ DELAY_MS = 50
 SEPARATOR_CHUNKS = ["before ", "line\u2028separator ", "after"]
 WORKFLOW_NAMES = ["a_quick", "separator", "slow_story"]
 
-if not os.path.exists(CHROMIUM):
-    pytest.skip(f"Chromium is not installed at {CHROMIUM} (CI installs it)", allow_module_level=True)
-
-sync_api = pytest.importorskip("playwright.sync_api")
-
-
-class ThreadServer:
-    """uvicorn serving an app on 127.0.0.1 (a free port) from a background thread."""
-
-    def __init__(self, app: Any) -> None:
-        self.config = uvicorn.Config(app, host="127.0.0.1", port=0, lifespan="on", log_level="warning")
-        self.server = uvicorn.Server(self.config)
-        self.thread = threading.Thread(target=self._run, name="uvicorn-browser-server", daemon=True)
-        self.url = ""
-
-    def _run(self) -> None:
-        with asyncio.Runner(loop_factory=self.config.get_loop_factory()) as runner:
-            runner.run(self.server.serve())
-
-    def __enter__(self) -> ThreadServer:
-        self.thread.start()
-        deadline = time.monotonic() + 20
-        while not self.server.started:
-            if not self.thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("the test server did not start")
-            time.sleep(0.005)
-        self.url = f"http://127.0.0.1:{self.server.servers[0].sockets[0].getsockname()[1]}"
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=20)
+sync_api = require_chromium()
 
 
 def workflow(name: str, step: dict[str, Any], inputs: dict[str, Any]) -> str:
@@ -93,17 +59,7 @@ def server(tmp_path: Path) -> Iterator[ThreadServer]:
 @pytest.fixture
 def page(server: ThreadServer) -> Iterator[Any]:
     with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=CHROMIUM,
-            args=[
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--no-first-run",
-            ],
-        )
+        browser = launch_chromium(playwright)
         try:
             tab = browser.new_page(viewport={"width": 1000, "height": 800})
             tab.set_default_timeout(15_000)

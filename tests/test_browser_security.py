@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import http.server
 import json
-import os
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,19 +13,16 @@ from typing import Any
 
 import httpx
 import pytest
+from browser_kit import launch_chromium, require_chromium
 from server_kit import SSE, ThreadServer, TimedRegistry
 
 from pipeline_ex.server import create_app
 
 pytestmark = pytest.mark.streaming
 
-CHROMIUM = "/usr/bin/chromium"
 REBIND_HOST = "rebind.test"
 
-if not os.path.exists(CHROMIUM):
-    pytest.skip(f"Chromium is not installed at {CHROMIUM} (CI installs it)", allow_module_level=True)
-
-sync_api = pytest.importorskip("playwright.sync_api")
+sync_api = require_chromium()
 
 
 ATTACK = """<!doctype html>
@@ -130,18 +126,7 @@ def folder(tmp_path: Path) -> Path:
 @pytest.fixture
 def browser() -> Iterator[Any]:
     with sync_api.sync_playwright() as playwright:
-        launched = playwright.chromium.launch(
-            executable_path=CHROMIUM,
-            args=[
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--no-first-run",
-                f"--host-resolver-rules=MAP {REBIND_HOST} 127.0.0.1",
-            ],
-        )
+        launched = launch_chromium(playwright, f"--host-resolver-rules=MAP {REBIND_HOST} 127.0.0.1")
         try:
             yield launched
         finally:

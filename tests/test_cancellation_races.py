@@ -17,9 +17,6 @@ from __future__ import annotations
 import _thread
 import asyncio
 import json
-import os
-import socket
-import subprocess
 import sys
 import textwrap
 import time
@@ -32,6 +29,7 @@ import httpx
 import pytest
 from haystack import component
 from haystack.dataclasses import ChatMessage, StreamingChunk
+from server_kit import CliServer
 
 from pipeline_ex import Delta, Done, Event, StreamingRecorder, llm
 from pipeline_ex.llm.providers import PROVIDERS, BuiltGenerator
@@ -338,13 +336,6 @@ async def handle_event(event):
 '''
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-    return port
-
-
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX process handling")
 def test_a_client_that_leaves_while_a_handler_receives_the_done_leaves_the_done_in_the_run_log(
     tmp_path: Path,
@@ -366,29 +357,9 @@ def test_a_client_that_leaves_while_a_handler_receives_the_done_leaves_the_done_
         ).lstrip(),
         encoding="utf-8",
     )
-    port = _free_port()
-    script = Path(sys.executable).with_name("pipeline-ex")
-    env = {**os.environ, "PIPELINE_SERVER_API_KEY": ""}
-    server = subprocess.Popen(
-        [str(script), "serve", "--workflows", "workflows", "--port", str(port)],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    base = f"http://127.0.0.1:{port}"
+    server = CliServer(["--workflows", "workflows"], tmp_path / "serve.log", cwd=tmp_path).start()
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                httpx.get(f"{base}/workflows", timeout=1)
-                break
-            except httpx.TransportError:
-                assert server.poll() is None, server.communicate()
-                assert time.monotonic() < deadline, "the server did not start"
-                time.sleep(0.05)
-        with httpx.Client(base_url=base, timeout=10) as client:
+        with httpx.Client(base_url=server.url, timeout=10) as client:
             request = client.build_request(
                 "POST",
                 "/workflows/slow_done/run",
@@ -409,8 +380,7 @@ def test_a_client_that_leaves_while_a_handler_receives_the_done_leaves_the_done_
             )
         frames = parse_frames(replay.text)
     finally:
-        server.terminate()
-        server.communicate(timeout=30)
+        server.stop()
     kinds = [frame.get("event") for frame in frames]
     assert kinds.count("delta") == 3, kinds
     assert kinds.count("done") == 1, kinds

@@ -84,39 +84,38 @@ def test_sigterm_cancels_the_run_delivers_done_cancelled_and_exits_143(tmp_path:
     assert 3 <= len(events) - 1 < 300
 
 
-def test_a_closed_output_pipe_ends_the_run_quietly_with_141(tmp_path: Path) -> None:
-    _slow_workflow(tmp_path, chunks=200, delay_ms=5)
-    # `pipeline-ex run slow.yaml | head -c 20`, with the shell's own pipe
+def _piped_into_head(folder: Path, run_args: str, head_bytes: int) -> tuple[str, int, str]:
+    """`pipeline-ex run ARGS | head -c N` through bash's own pipe: what head printed, run's exit code, stderr."""
     completed = subprocess.run(
-        f"'{SCRIPT}' run slow.yaml --output-dir out | head -c 20; echo \" status=${{PIPESTATUS[0]}}\"",
+        f"'{SCRIPT}' run {run_args} | head -c {head_bytes}; echo \" status=${{PIPESTATUS[0]}}\"",
         shell=True,
         executable="/bin/bash",
-        cwd=tmp_path,
+        cwd=folder,
         capture_output=True,
         text=True,
         timeout=60,
     )
-    assert completed.stdout.startswith("c0 c1 ")
-    assert completed.stdout.rstrip().endswith("status=141"), completed.stdout
-    assert "Traceback" not in completed.stderr
-    assert "BrokenPipe" not in completed.stderr and "Broken pipe" not in completed.stderr
-    assert "error:" not in completed.stderr, completed.stderr
+    printed, _, status = completed.stdout.rstrip().rpartition(" status=")
+    return printed, int(status), completed.stderr
+
+
+def test_a_closed_output_pipe_ends_the_run_quietly_with_141(tmp_path: Path) -> None:
+    _slow_workflow(tmp_path, chunks=200, delay_ms=5)
+    printed, status, stderr = _piped_into_head(tmp_path, "slow.yaml --output-dir out", 20)
+    assert printed.startswith("c0 c1 ")
+    assert status == 141, stderr
+    assert "Traceback" not in stderr
+    assert "BrokenPipe" not in stderr and "Broken pipe" not in stderr
+    assert "error:" not in stderr, stderr
 
 
 def test_a_closed_pipe_under_json_output_exits_141_too(tmp_path: Path) -> None:
     # a result larger than a pipe's buffer, so that writing it must fail once `head` has gone
     _slow_workflow(tmp_path, chunks=15_000, delay_ms=0, stream_handler="null")
-    completed = subprocess.run(
-        f"'{SCRIPT}' run slow.yaml --json | head -c 1; echo \" status=${{PIPESTATUS[0]}}\"",
-        shell=True,
-        executable="/bin/bash",
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert completed.stdout.rstrip().endswith("status=141"), completed.stdout
-    assert "Traceback" not in completed.stderr
+    printed, status, stderr = _piped_into_head(tmp_path, "slow.yaml --json", 1)
+    assert printed == "{"
+    assert status == 141, stderr
+    assert "Traceback" not in stderr
 
 
 # -- Ctrl-C before the local model's first token -----------------------------------------------------------

@@ -647,36 +647,21 @@ def test_retries_repeat_a_failure_before_the_first_delta(mode: str, openai_serve
 
 
 @pytest.mark.parametrize("mode", ["sync", "async"])
-def test_retries_do_not_repeat_a_failure_after_the_first_delta(mode: str, openai_server: OpenAISSEServer) -> None:
-    openai_server.script(pieces=CHUNKS[:5], error_after=2)
-    recorder = StreamingRecorder()
-    kwargs: dict[str, Any] = {
-        "prompt": PROMPT,
-        "step": STEP,
-        "provider": "openai",
-        "api_base_url": openai_server.url,
-        "max_retries": 0,
-        "retries": 2,
-        "on_event": recorder,
-    }
-    with pytest.raises(ProviderError) as caught:
-        if mode == "sync":
-            pipeline_ex.invoke(**kwargs)
-        else:
-            asyncio.run(pipeline_ex.ainvoke(**kwargs))
-    assert len(openai_server.requests) == 1  # a retry would deliver the same deltas twice
-    done = check_every_handler(recorder, [])
-    assert caught.value.done is done
-    assert "not retried" in str(caught.value)
-    assert done.error is not None and done.error.type == "provider"
-    assert done.response.text == "".join(CHUNKS[:2])
-
-
-@pytest.mark.parametrize("mode", ["sync", "async"])
-def test_a_stream_dropped_after_the_first_delta_is_truncated_and_not_retried(
-    mode: str, openai_server: OpenAISSEServer
+@pytest.mark.parametrize(
+    ("failure", "expected", "error_type"),
+    [
+        pytest.param({"error_after": 2}, ProviderError, "provider", id="provider-error"),
+        pytest.param({"break_after": 2, "framing": "chunked"}, StreamTruncatedError, "truncated", id="dropped"),
+    ],
+)
+def test_retries_do_not_repeat_a_failure_after_the_first_delta(
+    mode: str,
+    failure: dict[str, Any],
+    expected: type[pipeline_ex.StepError],
+    error_type: str,
+    openai_server: OpenAISSEServer,
 ) -> None:
-    openai_server.script(pieces=CHUNKS[:5], break_after=2, framing="chunked")
+    openai_server.script(pieces=CHUNKS[:5], **failure)
     recorder = StreamingRecorder()
     kwargs: dict[str, Any] = {
         "prompt": PROMPT,
@@ -687,16 +672,17 @@ def test_a_stream_dropped_after_the_first_delta_is_truncated_and_not_retried(
         "retries": 2,
         "on_event": recorder,
     }
-    with pytest.raises(StreamTruncatedError) as caught:
+    with pytest.raises(expected) as caught:
         if mode == "sync":
             pipeline_ex.invoke(**kwargs)
         else:
             asyncio.run(pipeline_ex.ainvoke(**kwargs))
+    assert type(caught.value) is expected
     assert len(openai_server.requests) == 1  # a retry would deliver the same deltas twice
     done = check_every_handler(recorder, [])
     assert caught.value.done is done
     assert "not retried" in str(caught.value)
-    assert done.error is not None and done.error.type == "truncated"
+    assert done.error is not None and done.error.type == error_type
     assert done.response.text == "".join(CHUNKS[:2])
 
 

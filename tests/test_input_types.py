@@ -20,7 +20,7 @@ from typing import Any
 
 import httpx
 import pytest
-from loopback_server import LoopbackServer
+from server_kit import serving
 
 from pipeline_ex import run
 from pipeline_ex.errors import WorkflowError
@@ -184,7 +184,7 @@ def served(tmp_path: Path) -> Iterator[httpx.Client]:
     folder = tmp_path / "workflows"
     folder.mkdir()
     (folder / "typed.yaml").write_text(textwrap.dedent(TYPED), encoding="utf-8")
-    with LoopbackServer(folder) as server, httpx.Client(base_url=server.url, timeout=20) as client:
+    with serving(folder) as server, httpx.Client(base_url=server.url, timeout=20) as client:
         yield client
 
 

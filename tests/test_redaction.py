@@ -12,10 +12,8 @@ from __future__ import annotations
 import json
 import logging
 import os
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,6 +21,7 @@ from typing import Any
 import httpx
 import pytest
 from openai_sse_server import OpenAISSEServer
+from server_kit import CliServer
 
 from pipeline_ex import ProviderError, StreamingRecorder, run
 from pipeline_ex.redaction import MIN_SECRET_LENGTH, REDACTED, redact, redact_text, redacting_logger, register_secret
@@ -157,51 +156,24 @@ def fail(ctx):
 '''
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-    return port
-
-
 @pytest.fixture
-def served(echoing_server: OpenAISSEServer, tmp_path: Path) -> Iterator[tuple[httpx.Client, subprocess.Popen[str]]]:
+def served(echoing_server: OpenAISSEServer, tmp_path: Path) -> Iterator[tuple[httpx.Client, CliServer]]:
     folder = tmp_path / "workflows"
     folder.mkdir()
     _workflow(folder, "echo", _openai_step(echoing_server))
     (tmp_path / "token_step.py").write_text(FAILING_PYTHON_STEP, encoding="utf-8")
     _workflow(folder, "python_fail", {"id": "parse", "type": "python", "callable": "token_step.fail"})
-    port = _free_port()
-    env = {**os.environ, "OPENAI_API_KEY": HEX_KEY, "PIPELINE_SERVER_API_KEY": SERVER_TOKEN}
-    server = subprocess.Popen(
-        [str(SCRIPT), "serve", "--workflows", "workflows", "--port", str(port)],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    env = {"OPENAI_API_KEY": HEX_KEY, "PIPELINE_SERVER_API_KEY": SERVER_TOKEN}
     headers = {"Authorization": f"Bearer {SERVER_TOKEN}", "Content-Type": "application/json"}
-    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", headers=headers, timeout=20)
+    server = CliServer(["--workflows", "workflows"], tmp_path / "serve.log", env=env, cwd=tmp_path).start(headers)
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                client.get("/workflows")
-                break
-            except httpx.TransportError:
-                assert server.poll() is None, server.communicate()
-                assert time.monotonic() < deadline, "the server did not start"
-                time.sleep(0.05)
-        yield client, server
+        with httpx.Client(base_url=server.url, headers=headers, timeout=20) as client:
+            yield client, server
     finally:
-        client.close()
-        if server.poll() is None:
-            server.terminate()
-            server.communicate(timeout=30)
+        server.stop()
 
 
-def test_no_http_answer_or_server_log_shows_a_secret(served: tuple[httpx.Client, subprocess.Popen[str]]) -> None:
+def test_no_http_answer_or_server_log_shows_a_secret(served: tuple[httpx.Client, CliServer]) -> None:
     client, server = served
     body = json.dumps({"inputs": {"prompt": "hi"}})
     answers = [
@@ -219,8 +191,8 @@ def test_no_http_answer_or_server_log_shows_a_secret(served: tuple[httpx.Client,
         assert HEX_KEY not in text and SERVER_TOKEN not in text, text
     assert all("***" in text for text in texts), texts  # each answer did carry the (redacted) message
     assert "event: done" in texts[1] and "event: error" in texts[1]
-    server.terminate()
-    log, _ = server.communicate(timeout=30)
+    server.stop()
+    log = server.log.read_text(encoding="utf-8")
     assert HEX_KEY not in log and SERVER_TOKEN not in log
 
 

@@ -14,8 +14,7 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
-from server_kit import SSE, TEXT, ThreadServer, TimedRegistry, assert_error
-from test_server import CliServer, cli_executable, iter_frames
+from server_kit import SSE, TEXT, CliServer, ThreadServer, TimedRegistry, assert_error, cli_executable, iter_frames
 
 from pipeline_ex.sse import parse_frames
 

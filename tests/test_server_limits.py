@@ -14,8 +14,18 @@ from pathlib import Path
 
 import httpx
 import pytest
-from server_kit import JSON_TYPE, SSE, TEXT, ThreadServer, TimedRegistry, assert_error
-from test_server import BURST_CHUNKS, CliServer, check_ids, iter_frames
+from server_kit import (
+    BURST_CHUNKS,
+    JSON_TYPE,
+    SSE,
+    TEXT,
+    CliServer,
+    ThreadServer,
+    TimedRegistry,
+    assert_error,
+    check_ids,
+    iter_frames,
+)
 
 from pipeline_ex.sse import parse_frames
 

@@ -18,8 +18,7 @@ import httpx
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from server_kit import JSON_TYPE, SSE, TEXT, ThreadServer, TimedRegistry, assert_error
-from test_server import CliServer, cli_executable
+from server_kit import JSON_TYPE, SSE, TEXT, CliServer, ThreadServer, TimedRegistry, assert_error, cli_executable
 
 RUN_BODY = json.dumps({"inputs": {"prompt": "hi"}})
 CHAT_BODY = json.dumps({"model": "fast", "messages": [{"role": "user", "content": "hi"}]})
