@@ -220,7 +220,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from pipeline_ex.errors import ExtraNotInstalledError
-    from pipeline_ex.server import is_loopback, serve
+    from pipeline_ex.server import ServerConfigError, is_loopback, serve, split_hosts
 
     folder = Path(args.workflows)
     if not folder.is_dir():
@@ -236,9 +236,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             "bearer token, or bind to 127.0.0.1.",
             file=sys.stderr,
         )
-    allowed_hosts = None
-    if args.allowed_hosts is not None:
-        allowed_hosts = [name.strip() for name in args.allowed_hosts.split(",") if name.strip()]
+    allowed_hosts = None if args.allowed_hosts is None else split_hosts(args.allowed_hosts)
     try:
         serve(
             folder,
@@ -256,7 +254,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     except ExtraNotInstalledError as error:
         _error(str(error))
         return EXIT_USAGE
-    except ValueError as error:
+    except ServerConfigError as error:
         _error(str(error))
         return EXIT_USAGE
     return EXIT_OK

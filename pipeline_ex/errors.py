@@ -6,6 +6,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from pipeline_ex.redaction import redact_text
+
 if TYPE_CHECKING:
     from pipeline_ex.events import Done
 
@@ -106,11 +108,9 @@ class StepError(PipelineError):
     """A step ended with an error. Its `Done` event was delivered before this was raised."""
 
     def __init__(self, message: str, *, step: str, done: Done) -> None:
-        from pipeline_ex.redaction import redact_text  # a provider's error text may echo its key
-
         self.step = step
         self.done = done
-        super().__init__(redact_text(message))
+        super().__init__(redact_text(message))  # a provider's error text may echo its key
 
     @property
     def partial_text(self) -> str:

@@ -19,7 +19,6 @@ the debug log, cassettes and recorder saves, and the log records of pipeline_ex'
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import re
@@ -35,6 +34,10 @@ SECRET_ENV_VARS: frozenset[str] = frozenset(
 
 _secret_env_vars: set[str] = set(SECRET_ENV_VARS)
 _secret_values: set[str] = set()
+_watched: tuple[str, ...] = tuple(sorted(_secret_env_vars))
+"""The secret variables, in a fixed order: their current values are the key of the cached pattern."""
+_registrations = 0
+_cached: tuple[tuple[int, tuple[str | None, ...]], re.Pattern[str]] | None = None
 
 # Whole-key matches only: "prompt_tokens" is a count, "access_token" is a secret.
 _SECRET_KEYS = re.compile(r"(api[_-]?key|authorization|secret|password|(^|[_-])token)$", re.IGNORECASE)
@@ -46,13 +49,20 @@ _SECRET_SHAPES = re.compile(
 
 def register_secret_env(*names: str) -> None:
     """Treat the values of these environment variables as secrets from now on."""
-    _secret_env_vars.update(name for name in names if name)
+    global _watched, _registrations
+    added = {name for name in names if name} - _secret_env_vars
+    if added:
+        _secret_env_vars.update(added)
+        _watched = tuple(sorted(_secret_env_vars))
+        _registrations += 1
 
 
 def register_secret(value: str | None) -> None:
     """Treat `value` as a secret from now on (ignored when empty or shorter than `MIN_SECRET_LENGTH`)."""
-    if value and len(value) >= MIN_SECRET_LENGTH:
+    global _registrations
+    if value and len(value) >= MIN_SECRET_LENGTH and value not in _secret_values:
         _secret_values.add(value)
+        _registrations += 1
 
 
 def secret_values() -> tuple[str, ...]:
@@ -65,17 +75,24 @@ def secret_values() -> tuple[str, ...]:
     return tuple(sorted(found, key=lambda v: (-len(v), v)))
 
 
-@functools.lru_cache(maxsize=16)
-def _pattern(values: tuple[str, ...]) -> re.Pattern[str]:
-    held = "|".join(re.escape(value) for value in values)
-    return re.compile(f"{held}|{_SECRET_SHAPES.pattern}" if held else _SECRET_SHAPES.pattern)
+def _pattern() -> re.Pattern[str]:
+    """The pattern for the secrets held now; rebuilt only when a registration or a variable changed."""
+    global _cached
+    key = (_registrations, tuple(map(os.environ.get, _watched)))
+    cached = _cached
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    held = "|".join(re.escape(value) for value in secret_values())
+    pattern = re.compile(f"{held}|{_SECRET_SHAPES.pattern}" if held else _SECRET_SHAPES.pattern)
+    _cached = (key, pattern)
+    return pattern
 
 
 def redact_text(text: str) -> str:
     """`text` with every secret value the process holds, and every well-known key shape, replaced by `***`."""
     if not text:
         return text
-    return _pattern(secret_values()).sub(REDACTED, text)
+    return _pattern().sub(REDACTED, text)
 
 
 def redact(value: Any, key: str = "") -> Any:
@@ -83,14 +100,18 @@ def redact(value: Any, key: str = "") -> Any:
 
     Strings are redacted by value and shape; any value under a secret-looking key is replaced whole.
     """
+    return _redact(value, key, _pattern())
+
+
+def _redact(value: Any, key: str, pattern: re.Pattern[str]) -> Any:
     if key and _SECRET_KEYS.search(key) and value not in (None, "", 0):
         return REDACTED
     if isinstance(value, str):
-        return redact_text(value)
+        return pattern.sub(REDACTED, value) if value else value
     if isinstance(value, Mapping):
-        return {k: redact(v, str(k)) for k, v in value.items()}
+        return {k: _redact(v, str(k), pattern) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [redact(v) for v in value]
+        return [_redact(v, "", pattern) for v in value]
     return value
 
 

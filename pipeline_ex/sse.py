@@ -78,9 +78,18 @@ def retry_frame(milliseconds: int = DEFAULT_RETRY_MS) -> str:
     return f"retry: {int(milliseconds)}\n\n"
 
 
-def end_frame(run_id: str | None = None) -> str:
-    """The last frame of every stream."""
-    return _frame("end", json.dumps({"run_id": run_id}))
+END_ID = "end"
+"""The seq part of the `end` frame's id once the run has finished: `<run_id>:end`."""
+
+
+def end_frame(run_id: str | None = None, *, finished: bool = False) -> str:
+    """The last frame of every stream.
+
+    With `finished` (the run is over, and this is the last thing there is to say about it) the frame has
+    the id `<run_id>:end`, so a client that reconnects with it as `Last-Event-ID` is told there is nothing
+    left (`204`), even when the run failed after its last event.
+    """
+    return _frame("end", json.dumps({"run_id": run_id}), f"{run_id}:{END_ID}" if finished and run_id else None)
 
 
 def gap_frame(first_missing: int, last_missing: int) -> str:

@@ -311,6 +311,8 @@ def check_ids(frames: list[dict[str, str]], run_id: str) -> list[int]:
             assert prefix == run_id, frame
             assert json.loads(frame["data"])["seq"] == int(seq)
             seqs.append(int(seq))
+        elif frame.get("event") == "end" and "id" in frame:  # a finished run's end frame: `<run_id>:end`
+            assert frame["id"] == f"{run_id}:end", frame
         else:
             assert "id" not in frame, frame
     assert seqs == sorted(set(seqs)), seqs

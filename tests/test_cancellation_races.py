@@ -17,6 +17,7 @@ from __future__ import annotations
 import _thread
 import asyncio
 import json
+import logging
 import sys
 import textwrap
 import time
@@ -321,6 +322,61 @@ def test_ctrl_c_while_a_sync_handler_receives_the_done_reaches_every_handler() -
         llm.invoke(prompt="go", provider="mock", mock_response=list(CHUNKS), on_event=[first, after], step="d")
     done = assert_consistent(first.events, after.events)
     assert done.response.finish_reason == "stop"
+
+
+@component
+class InterruptedWhileClosing:
+    """A sync generator whose `close()` makes SIGINT arrive, as a Ctrl-C during the step's conclusion would."""
+
+    @component.output_types(replies=list[ChatMessage])
+    def run(
+        self, messages: list[ChatMessage], streaming_callback: Any = None, generation_kwargs: Any = None
+    ) -> dict[str, list[ChatMessage]]:
+        for chunk in _chunks():
+            streaming_callback(chunk)
+        return _reply()
+
+    def close(self) -> None:
+        _thread.interrupt_main()
+        total = 0
+        for number in range(20_000):  # bytecodes where the interrupt would otherwise land
+            total += number
+
+
+def test_ctrl_c_while_a_sync_step_concludes_waits_for_the_done(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(
+        PROVIDERS, "closing", lambda model, options: BuiltGenerator(InterruptedWhileClosing(), "closing", "m")
+    )
+    first, second = StreamingRecorder(), StreamingRecorder()
+    with pytest.raises(KeyboardInterrupt):
+        llm.invoke(prompt="go", provider="closing", on_event=[first, second], step="closing")
+    done = assert_consistent(first.events, second.events)
+    assert done.response.text == TEXT  # the stream had ended: its Done reports it, then Ctrl-C propagates
+
+
+class InterruptOnRetry(logging.Handler):
+    """A log handler that makes SIGINT arrive while the step decides to retry (it logs the retry)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if "retrying" in record.getMessage():
+            _thread.interrupt_main()
+            total = 0
+            for number in range(20_000):  # bytecodes where the interrupt would otherwise land
+                total += number
+
+
+def test_ctrl_c_while_a_sync_step_decides_to_retry_still_delivers_the_done() -> None:
+    recorder = StreamingRecorder()
+    handler = InterruptOnRetry()
+    logger = logging.getLogger("pipeline_ex")
+    logger.addHandler(handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            llm.invoke(prompt="go", provider="mock", error_after=0, retries=3, on_event=recorder, step="retry")
+    finally:
+        logger.removeHandler(handler)
+    done = assert_consistent(recorder.events)
+    assert done.response.finish_reason == "cancelled" and done.response.text == ""
 
 
 # -- through the server: a disconnect while an async handler receives the Done -------------------------------

@@ -174,6 +174,18 @@ def test_a_run_whose_file_another_run_rewrote_between_its_steps_fails(tmp_path: 
     assert path.read_text() == "other"
 
 
+def test_runs_that_append_one_after_another_share_the_file(tmp_path: Path) -> None:
+    """`append=True` keeps what the file holds, including what another run wrote between this run's steps."""
+    path = tmp_path / "shared.log"
+    first_run, other_run = Context(), Context()
+    for ctx, text, step in ((first_run, "first ", "a"), (other_run, "other ", "x"), (first_run, "second", "b")):
+        recorder = StreamingRecorder()
+        handlers = [FileHandler(path, append=True), recorder]
+        llm.invoke(ctx, prompt="p", provider="mock", mock_response=[text], on_event=handlers, step=step)
+        assert one_done(recorder).error is None
+    assert path.read_text() == "first other second"
+
+
 # -- two processes ---------------------------------------------------------------------------------------
 
 PROBE_HANDLERS = """

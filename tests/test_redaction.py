@@ -239,3 +239,35 @@ def test_a_token_given_to_create_app_is_a_secret_too(tmp_path: Path) -> None:
     (tmp_path / "workflows").mkdir()
     create_app(tmp_path / "workflows", api_key=token)
     assert redact_text(f"say {token}") == "say ***"
+
+
+def test_an_unexpected_server_failure_is_logged_once_redacted_and_answered_500(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, tmp_path: Path
+) -> None:
+    from server_kit import ThreadServer
+
+    from pipeline_ex.server import create_app
+    from pipeline_ex.server.catalog import WorkflowCatalog
+
+    monkeypatch.setenv("OPENAI_API_KEY", HEX_KEY)
+
+    def broken(self: WorkflowCatalog) -> list[dict[str, Any]]:
+        raise RuntimeError(f"the key {HEX_KEY} was refused")
+
+    monkeypatch.setattr(WorkflowCatalog, "describe", broken)
+    (tmp_path / "workflows").mkdir()
+    running = ThreadServer(create_app(tmp_path / "workflows", api_key=""))  # configures uvicorn's logging
+    server_log = logging.getLogger("uvicorn.error")  # uvicorn's own log does not propagate to caplog's
+    server_log.addHandler(caplog.handler)
+    try:
+        with caplog.at_level(logging.INFO), running:
+            response = httpx.get(f"{running.url}/workflows", timeout=10)
+    finally:
+        server_log.removeHandler(caplog.handler)
+    assert response.status_code == 500
+    error = response.json()["error"]
+    assert error["message"] == f"internal server error (reference {error['reference']})"
+    assert HEX_KEY not in caplog.text and "the key *** was refused" in caplog.text
+    failures = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert len(failures) == 1, [r.getMessage() for r in failures]  # ours, not uvicorn's raw traceback too
+    assert error["reference"] in failures[0].getMessage()

@@ -630,7 +630,7 @@ def test_resume_after_a_disconnect_gets_every_later_event_exactly_once(
         rest = list(iter_frames(response.iter_text()))
     total = len(SLOW_CHUNKS) + 1
     assert check_ids(rest, run_id) == list(range(read + 1, total + 1))  # no duplicate, no hole
-    assert rest[-1] == {"event": "end", "data": json.dumps({"run_id": run_id})}
+    assert rest[-1] == {"event": "end", "id": f"{run_id}:end", "data": json.dumps({"run_id": run_id})}
     assert "gap" not in {f["event"] for f in rest}
     events = events_of(first) + events_of(rest)
     assert text_of(events) == "".join(SLOW_CHUNKS)
@@ -694,7 +694,7 @@ def test_the_live_stream_of_a_run_never_loses_events_silently(serve: Callable[..
     with httpx.Client(base_url=running.url, timeout=20) as http:
         for _ in range(5):
             frames = parse_frames(http.post("/workflows/instant/run", json={}, headers=SSE).text)
-            covered = {int(f["id"].rpartition(":")[2]) for f in frames if "id" in f}
+            covered = {int(f["id"].rpartition(":")[2]) for f in frames if "id" in f and f["event"] != "end"}
             for gap in (json.loads(f["data"]) for f in frames if f["event"] == "gap"):
                 covered |= set(range(gap["from_seq"], gap["to_seq"] + 1))
             assert covered == set(range(1, total + 1)), [f["event"] + ":" + f.get("id", "") for f in frames]

@@ -231,12 +231,20 @@ def test_resuming_a_finished_run_at_its_end_is_204(start_server: Callable[..., T
     with httpx.Client(base_url=server.url, timeout=10) as http:
         for workflow in ("fast", "fail"):
             frames = parse_frames(http.post(f"/workflows/{workflow}/run", json={}, headers=SSE).text)
-            last_id = [f["id"] for f in frames if "id" in f][-1]
-            run_id = last_id.partition(":")[0]
+            end = frames[-1]
+            run_id = end["id"].partition(":")[0]
+            assert end["event"] == "end" and end["id"] == f"{run_id}:end"  # a finished stream's last word
             registry.wait_finished([run_id])
-            done = http.get(f"/runs/{run_id}/events", headers={"Last-Event-ID": last_id})
+            done = http.get(f"/runs/{run_id}/events", headers={"Last-Event-ID": end["id"]})
             assert done.status_code == 204 and done.content == b"", (workflow, done.text)
-            before = last_id.rpartition(":")[0] + ":" + str(int(last_id.rpartition(":")[2]) - 1)
+            last_event = [f["id"] for f in frames if f.get("event") in ("delta", "done")][-1]
+            after_last = http.get(f"/runs/{run_id}/events", headers={"Last-Event-ID": last_event})
+            if workflow == "fast":  # nothing left after its last event
+                assert after_last.status_code == 204
+            else:  # a client that missed the error frame after the last event is still told the run failed
+                assert after_last.status_code == 200
+                assert [f["event"] for f in parse_frames(after_last.text)] == ["error", "end"]
+            before = f"{run_id}:{int(last_event.rpartition(':')[2]) - 1}"
             assert http.get(f"/runs/{run_id}/events", headers={"Last-Event-ID": before}).status_code == 200
 
 

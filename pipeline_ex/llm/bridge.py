@@ -143,7 +143,7 @@ class StreamBridge:
         self.last_chunk_at: float | None = None
         """When the latest chunk arrived; kept only when a `chunk_timeout` needs it."""
         self.gate: InterruptGate | None = None
-        """Holds Ctrl-C back during a fan-out (sync steps on the main thread)."""
+        """Holds Ctrl-C back during a fan-out (sync steps on the main thread), once `use_gate` set it."""
         if debug_log is not None:
             self._emit = self._emit_logged
         else:
@@ -215,14 +215,7 @@ class StreamBridge:
         self.dispatcher.emit(event)
 
     def deliver(self, delta: Delta) -> None:
-        """Deliver one delta to sync handlers; a handler failure stops the stream.
-
-        With an interrupt gate (a sync step on the main thread), Ctrl-C waits until every handler has
-        the delta, so the handlers and the step's text never disagree.
-        """
-        gate = self.gate
-        if gate is not None:
-            gate.holding = True
+        """Deliver one delta to sync handlers; a handler failure stops the stream."""
         # `record`, inlined: this runs once per chunk
         self.delivered += 1
         if self.first_delta_at is None:
@@ -234,10 +227,21 @@ class StreamBridge:
         except HandlerFailure as failure:
             self.failure = failure
             raise StreamAbort from failure
+
+    def use_gate(self, gate: InterruptGate) -> None:
+        """Hold Ctrl-C back during each fan-out (a sync step on the main thread; see `interrupts`)."""
+        self.gate = gate
+        self.deliver = self._deliver_gated  # type: ignore[method-assign]  # chosen once, not per chunk
+
+    def _deliver_gated(self, delta: Delta) -> None:
+        gate = self.gate
+        assert gate is not None
+        gate.closed += 1
+        try:
+            StreamBridge.deliver(self, delta)
         finally:
-            if gate is not None:
-                gate.holding = False
-        if gate is not None and gate.pending:
+            gate.closed -= 1
+        if gate.pending and not gate.closed:
             gate.release()
 
     async def adeliver(self, delta: Delta) -> None:

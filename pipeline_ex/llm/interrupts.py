@@ -1,11 +1,15 @@
-"""Hold Ctrl-C back while a sync step hands an event to its handlers.
+"""Hold Ctrl-C back while a sync step is not waiting on its provider.
 
 Python raises `KeyboardInterrupt` between any two bytecodes of the main thread. Landing in the middle of
 a fan-out, it would leave one handler with a delta the next one never got, while the step's text already
-counts it. While a sync step runs on the main thread, its SIGINT handler is replaced by one that, during
-a fan-out, only notes the interrupt; the bridge raises it as soon as every handler has the event. Outside
-a fan-out, Ctrl-C interrupts at once, as usual (a blocking read from the provider is interrupted too). A
-second Ctrl-C during the same fan-out interrupts at once.
+counts it; landing while the step concludes, it would leave the handlers without their Done. So while a
+sync step runs on the main thread, its SIGINT handler is replaced by an `InterruptGate`: the step is held
+closed from its start to its end, and opened only around the provider call (and the pause between
+retries), where Ctrl-C interrupts at once, as usual (a blocking read from the provider is interrupted
+too). Inside the provider call, each fan-out of a delta closes the gate again. An interrupt that arrives
+while the gate is closed is noted and raised as soon as the gate opens: when the fan-out is over, or when
+the step has delivered its Done. A second Ctrl-C while one is held is raised at once; the dispatcher still
+hands the event being delivered to the remaining handlers before it propagates.
 
 Async runs need none of this: `asyncio.run` turns Ctrl-C into a cancellation, which lands only at an
 `await`, and the dispatcher completes a fan-out that a cancellation interrupted.
@@ -21,17 +25,20 @@ from types import FrameType
 
 
 class InterruptGate:
-    """Notes a Ctrl-C that arrives while `holding` is set, to be raised by `release()`."""
+    """Notes a Ctrl-C that arrives while the gate is closed, to be raised once it opens.
 
-    __slots__ = ("holding", "pending")
+    `closed` counts the nested holds (the step, then a fan-out inside the provider call); 0 is open.
+    """
+
+    __slots__ = ("closed", "pending")
 
     def __init__(self) -> None:
-        self.holding = False
+        self.closed = 1  # held from the start of the step
         self.pending = False
 
     def on_sigint(self, signum: int, frame: FrameType | None) -> None:
         """The SIGINT handler while the gate is installed."""
-        if self.holding and not self.pending:
+        if self.closed and not self.pending:
             self.pending = True
             return
         raise KeyboardInterrupt
@@ -43,14 +50,15 @@ class InterruptGate:
             raise KeyboardInterrupt
 
     @contextmanager
-    def held(self) -> Iterator[None]:
-        """Hold Ctrl-C back inside the block; raise it when the block ends."""
-        self.holding = True
+    def opened(self) -> Iterator[None]:
+        """Let Ctrl-C interrupt at once inside the block (raising first one that was held back)."""
+        self.closed -= 1
         try:
+            if not self.closed:
+                self.release()
             yield
         finally:
-            self.holding = False
-        self.release()
+            self.closed += 1
 
 
 @contextmanager
@@ -77,5 +85,4 @@ def interrupt_gate() -> Iterator[InterruptGate | None]:
         yield gate
     finally:
         signal.signal(signal.SIGINT, previous)
-        gate.holding = False
         gate.release()

@@ -25,7 +25,7 @@ from pipeline_ex.errors import (
     StepTimeoutError,
     StreamTruncatedError,
 )
-from pipeline_ex.events import Delta, Done, ErrorInfo, Response
+from pipeline_ex.events import Delta, Done, ErrorInfo, ErrorType, Response
 from pipeline_ex.llm.bridge import HybridPump, StreamAbort, StreamBridge, in_daemon_thread
 from pipeline_ex.llm.interrupts import interrupt_gate
 from pipeline_ex.llm.normalize import map_finish_reason, normalize_usage, raw_finish_reason
@@ -93,6 +93,11 @@ def _qualname(error: BaseException) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
 
 
+def conversation(system: str | None, prompt: str) -> list[tuple[str, str]]:
+    """The messages a step sends, as (role, text) pairs: what the model is asked, and what a cassette records."""
+    return ([("system", system)] if system else []) + [("user", prompt)]
+
+
 class _StepRun:
     """One execution of an LLM step: the generator, the handlers, and the bridge between them."""
 
@@ -112,7 +117,8 @@ class _StepRun:
 
         self.built = built
         self.policy = policy
-        self.messages = ([ChatMessage.from_system(system)] if system else []) + [ChatMessage.from_user(prompt)]
+        as_message = {"system": ChatMessage.from_system, "user": ChatMessage.from_user}
+        self.messages = [as_message[role](text) for role, text in conversation(system, prompt)]
         self.dispatcher = Dispatcher([spec.bind() for spec in handlers], on_error=policy.on_handler_error)
         can_stream = _can_stream(type(built.generator))
         if stream and not can_stream:
@@ -247,49 +253,40 @@ class _StepRun:
                 error=ErrorInfo(type="cancelled", message="the step was cancelled", exception=_qualname(error)),
             )
             return done, error
-        not_retried = ""
-        if self.policy.retries and bridge.delivered:
-            not_retried = f" (not retried: {bridge.delivered} deltas were already delivered)"
-        dropped = dropped_connection(error) if isinstance(error, Exception) and bridge.tail else None
-        if dropped is not None:  # the stream had started: a reply cut off mid-body, as a truncation
-            done = bridge.build_done(
-                finish_reason="error",
-                usage=None,
-                meta=meta,
-                streamed=streamed,
-                error=ErrorInfo(
-                    type="truncated",
-                    message=f"the provider connection was dropped mid-stream ({type(dropped).__name__}: "
-                    f"{dropped}); the reply is incomplete",
-                    exception=_qualname(error),
-                ),
-            )
-            truncated = StreamTruncatedError(
-                f"step {bridge.step!r}: the provider connection was dropped mid-stream (truncated reply): "
-                f"{type(error).__name__}: {error}{not_retried}",
-                step=bridge.step,
-                done=done,
-            )
-            truncated.__cause__ = error
-            return done, truncated
         if isinstance(error, Exception):
-            kind = "timeout" if _is_timeout(error) else "provider"
+            kind: ErrorType
+            error_class: type[StepError]
+            # the stream had started and the connection broke: a reply cut off mid-body is a truncation
+            dropped = dropped_connection(error) if bridge.tail else None
+            if dropped is not None:
+                kind, error_class = "truncated", StreamTruncatedError
+                what = "the provider connection was dropped mid-stream (truncated reply)"
+                message = (
+                    f"the provider connection was dropped mid-stream ({type(dropped).__name__}: {dropped}); "
+                    "the reply is incomplete"
+                )
+            else:
+                kind = "timeout" if _is_timeout(error) else "provider"
+                error_class = StepTimeoutError if isinstance(error, StepTimeout) else ProviderError
+                what = "timed out" if isinstance(error, StepTimeout) else f"provider {bridge.provider!r} failed"
+                message = str(error) or type(error).__name__
             done = bridge.build_done(
                 finish_reason="error",
                 usage=None,
                 meta=meta,
                 streamed=streamed,
-                error=ErrorInfo(type=kind, message=str(error) or type(error).__name__, exception=_qualname(error)),
+                error=ErrorInfo(type=kind, message=message, exception=_qualname(error)),
             )
-            error_class = StepTimeoutError if isinstance(error, StepTimeout) else ProviderError
-            what = "timed out" if isinstance(error, StepTimeout) else f"provider {bridge.provider!r} failed"
-            provider_error = error_class(
+            not_retried = ""
+            if self.policy.retries and bridge.delivered:
+                not_retried = f" (not retried: {bridge.delivered} deltas were already delivered)"
+            step_error = error_class(
                 f"step {bridge.step!r}: {what}: {type(error).__name__}: {error}{not_retried}",
                 step=bridge.step,
                 done=done,
             )
-            provider_error.__cause__ = error
-            return done, provider_error
+            step_error.__cause__ = error
+            return done, step_error
         done = bridge.build_done(
             finish_reason="cancelled",
             usage=None,
@@ -342,11 +339,14 @@ class _StepRun:
     def execute(self) -> StepResult:
         """Run the step synchronously on the calling thread.
 
-        On the main thread, Ctrl-C is held back while an event is being handed to the handlers, and from
-        the moment the generator returns until every handler has the Done (see `interrupts`).
+        On the main thread, Ctrl-C interrupts only the provider call and the pause between retries; at
+        any other moment (a fan-out, the step's conclusion, the delivery of its Done) it is held back
+        until every handler has what it is being given (see `interrupts`).
         """
         with interrupt_gate() as gate:
-            self.bridge.gate = gate
+            opened = nullcontext if gate is None else gate.opened
+            if gate is not None:
+                self.bridge.use_gate(gate)
             reply: Any = None
             usage: dict[str, Any] | None = None
             error: BaseException | None = None
@@ -354,7 +354,8 @@ class _StepRun:
             while True:
                 attempt += 1
                 try:
-                    reply, usage = self._run_generator(self.bridge.on_chunk if self.streaming else None)
+                    with opened():
+                        reply, usage = self._run_generator(self.bridge.on_chunk if self.streaming else None)
                     if not self.streaming and (delta := self._unstreamed_delta(reply)) is not None:
                         self.bridge.deliver(delta)
                     error = None
@@ -364,21 +365,21 @@ class _StepRun:
                     if decision is not None:
                         if decision == "retry":
                             try:
-                                time.sleep(retry_delay(attempt))
+                                with opened():
+                                    time.sleep(retry_delay(attempt))
                             except BaseException as stop:  # interrupted during the pause
                                 error = stop
                                 break
                         continue
                 break
-            with gate.held() if gate is not None else nullcontext():
-                try:
-                    self.built.close()
-                except Exception:
-                    logger.exception("closing the %s generator failed", self.built.provider)
-                done, to_raise = self._conclude(reply, usage, error)
-                if self.bridge.debug_log is not None:
-                    self.bridge.debug_log.debug("event", **done.model_dump(mode="json"))
-                late = self.dispatcher.emit_done(done)
+            try:
+                self.built.close()
+            except Exception:
+                logger.exception("closing the %s generator failed", self.built.provider)
+            done, to_raise = self._conclude(reply, usage, error)
+            if self.bridge.debug_log is not None:
+                self.bridge.debug_log.debug("event", **done.model_dump(mode="json"))
+            late = self.dispatcher.emit_done(done)
         return self._finish(done, to_raise, late)
 
     async def _attempt_async(self) -> tuple[Any, dict[str, Any] | None]:
@@ -466,7 +467,7 @@ def _select_generator(
     if session.mode in ("record", "replay"):
         from pipeline_ex.modes.request import StepRequest
 
-        messages = ([("system", system)] if system else []) + [("user", prompt)]
+        messages = conversation(system, prompt)
         request = StepRequest.of(step, provider=provider, model=model, messages=messages, options=options)
     if session.mode == "replay":
         from pipeline_ex.modes.cassette_generator import CassetteChatGenerator

@@ -16,13 +16,13 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
+from pipeline_ex.llm.policy import STEP_OPTION_NAMES
 from pipeline_ex.redaction import redact
 
 CONNECTION_OPTIONS = frozenset(
     {"api_base_url", "api_key_env", "organization", "max_retries", "keep_alive", "include_usage"}
 )
 """Options that say where and how to reach a provider, not what to ask it; requests leave them out."""
-_STEP_OPTIONS = frozenset({"timeout", "chunk_timeout", "retries", "on_handler_error"})
 _DIFF_LINES = 12
 _LINE_WIDTH = 120
 
@@ -66,7 +66,7 @@ class StepRequest:
         options: Mapping[str, Any],
     ) -> StepRequest:
         """The request of a step run: its messages as (role, text) pairs and its provider options."""
-        asked = {k: v for k, v in options.items() if k not in CONNECTION_OPTIONS and k not in _STEP_OPTIONS}
+        asked = {k: v for k, v in options.items() if k not in CONNECTION_OPTIONS and k not in STEP_OPTION_NAMES}
         return cls.from_json(
             redact(
                 {

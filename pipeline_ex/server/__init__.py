@@ -11,12 +11,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pipeline_ex.errors import ExtraNotInstalledError
+from pipeline_ex.errors import ExtraNotInstalledError, PipelineError
 
 if TYPE_CHECKING:
     import asyncio
 
     from starlette.applications import Starlette
+
+
+class ServerConfigError(PipelineError):
+    """`serve` was given settings that cannot be used together (the message names them)."""
 
 
 def create_app(workflows: str | Path = "workflows", **options: object) -> Starlette:
@@ -34,6 +38,11 @@ def uvicorn_protocol(http: str = "auto", *, read_timeout: float | None = None) -
     from pipeline_ex.server.http import uvicorn_protocol as build
 
     return build(http, read_timeout=DEFAULT_READ_TIMEOUT if read_timeout is None else read_timeout)
+
+
+def split_hosts(text: str) -> list[str]:
+    """Host names from a comma-separated list (as `--allowed-hosts` and the environment give them)."""
+    return [name.strip() for name in text.split(",") if name.strip()]
 
 
 def is_loopback(host: str) -> bool:
@@ -87,15 +96,18 @@ def serve(
 
     timeout = DEFAULT_READ_TIMEOUT if read_timeout is None else read_timeout
     if allowed_hosts is None:
-        from pipeline_ex.server.app import split_hosts
         from pipeline_ex.server.security import ALLOWED_HOSTS_ENV
 
         allowed_hosts = split_hosts(os.environ.get(ALLOWED_HOSTS_ENV, ""))
     hosts = [*allowed_hosts, *bind_hosts(host)]
     bounds = {"max_runs": max_runs, "log_events": log_events, "log_bytes": log_bytes}
     options.update({name: value for name, value in bounds.items() if value is not None})
-    app = create_app(workflows, mock=mock, allowed_hosts=hosts, read_timeout=timeout, **options)
-    uvicorn.run(app, host=host, port=port, log_level="info", http=uvicorn_protocol(read_timeout=timeout))
+    try:
+        app = create_app(workflows, mock=mock, allowed_hosts=hosts, read_timeout=timeout, **options)
+        protocol = uvicorn_protocol(read_timeout=timeout)
+    except ValueError as error:  # settings that do not go together; uvicorn's own errors are not ours to word
+        raise ServerConfigError(str(error)) from None
+    uvicorn.run(app, host=host, port=port, log_level="info", http=protocol)
 
 
-__all__ = ["create_app", "is_loopback", "serve", "uvicorn_protocol"]
+__all__ = ["ServerConfigError", "create_app", "is_loopback", "serve", "split_hosts", "uvicorn_protocol"]

@@ -5,8 +5,9 @@
   alone for `text/plain`, the final results for `application/json` (the default).
 - `GET /runs/{run_id}/events` with `Last-Event-ID: <run_id>:<seq>`: the events after `seq` from the
   run's in-memory log (then live, if the run is still going); dropped events are reported as a gap.
-  A run that finished with nothing left after `seq` answers `204 No Content`, which stops a browser
-  `EventSource` from reconnecting; SSE streams start with a `retry:` field.
+  A finished run's `end` frame has the id `<run_id>:end`; resuming with it, or after the last event of a
+  run that succeeded, answers `204 No Content`, which stops a browser `EventSource` from reconnecting.
+  SSE streams start with a `retry:` field.
 - `POST /v1/chat/completions`: OpenAI-compatible; `model` is the workflow name. `GET /v1/models` lists
   the workflows as models.
 - `GET /healthz`: liveness, with the number of workflows served.
@@ -43,12 +44,12 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from pipeline_ex.errors import PipelineError
 from pipeline_ex.events import Event
 from pipeline_ex.redaction import redact_text, redacting_logger, register_secret
-from pipeline_ex.server import openai_api
+from pipeline_ex.server import openai_api, split_hosts
 from pipeline_ex.server.catalog import WorkflowCatalog
 from pipeline_ex.server.http import DEFAULT_READ_TIMEOUT
 from pipeline_ex.server.page import PAGE
@@ -204,7 +205,7 @@ class PipelineServer:
                 payload["message"] = f"{payload['message']} (reference {reference})"
         return payload
 
-    def _describe_run(self, log: RunLog) -> Any:
+    def _describe_run(self, log: RunLog) -> Callable[[BaseException], dict[str, Any]]:
         return lambda error: self.describe(error, log.reference)
 
     def _workflow(self, name: str) -> LoadedWorkflow:
@@ -263,7 +264,7 @@ class PipelineServer:
         finally:
             if cancel_on_exit and not log.finished:
                 log.cancel()  # the client is gone: stop the provider stream now
-        yield end_frame(log.run_id)
+        yield end_frame(log.run_id, finished=log.finished)
 
     async def _text(self, log: RunLog) -> AsyncIterator[str]:
         try:
@@ -341,15 +342,15 @@ class PipelineServer:
         return JSONResponse(log.result.to_json(), headers=headers)
 
     async def run_events(self, request: Request) -> Response:
-        """`GET /runs/{run_id}/events`, resuming after `Last-Event-ID`; 204 when a finished run has no more."""
+        """`GET /runs/{run_id}/events`, resuming after `Last-Event-ID`; 204 when there is nothing more to say."""
         check_bearer(request, self.api_key)
         run_id = request.path_params["run_id"]
         log = self.registry.get(run_id)
         if log is None:
             raise RequestRejected(404, f"no run {run_id!r} is kept by this server")
         last = request.headers.get("last-event-id") or request.query_params.get("last_event_id") or f"{run_id}:0"
-        after_seq = parse_last_event_id(last, run_id)
-        if log.finished and after_seq >= log.last_seq:
+        after_seq = parse_last_event_id(last, run_id)  # None: the client saw the stream's end frame
+        if after_seq is None or (log.finished and log.error is None and after_seq >= log.last_seq):
             return Response(status_code=204, headers=HEADERS)  # an EventSource stops reconnecting on 204
         frames = with_keepalive(self._frames(log, after_seq, cancel_on_exit=False), self.keepalive)
         return RunStreamResponse(frames, media_type=MEDIA_TYPE, headers=HEADERS)
@@ -463,7 +464,7 @@ def create_app(
         assert isinstance(error, HTTPException)  # Starlette's own: no such route, method not allowed
         return server.error_response(error.status_code, f"{error.detail}: {request.method} {request.url.path}")
 
-    async def failed(request: Request, error: Exception) -> Response:
+    def failed(request: Request, error: Exception) -> Response:
         reference = new_reference()
         logger.error(
             "request %s %s failed (reference %s)",
@@ -491,14 +492,45 @@ def create_app(
             Route("/v1/models", server.list_models, methods=["GET"]),
             Route("/v1/chat/completions", server.chat_completions, methods=["POST"]),
         ],
-        middleware=[Middleware(BrowserGuard, allowed_hosts=hosts, refuse=server.error_response)],
-        exception_handlers={RequestRejected: rejected, HTTPException: http_error, Exception: failed},
+        middleware=[
+            Middleware(UnexpectedFailures, respond=failed),
+            Middleware(BrowserGuard, allowed_hosts=hosts, refuse=server.error_response),
+        ],
+        exception_handlers={RequestRejected: rejected, HTTPException: http_error},
         lifespan=lifespan,
     )
     app.state.pipeline = server
     return app
 
 
-def split_hosts(text: str) -> list[str]:
-    """Host names from a comma-separated list (as `--allowed-hosts` and the environment give them)."""
-    return [name.strip() for name in text.split(",") if name.strip()]
+class UnexpectedFailures:
+    """ASGI middleware: an unexpected exception is answered with the server's JSON 500 and not re-raised.
+
+    `respond` logs it (through the redacting logger, with a reference the client also sees) and builds
+    the answer. Starlette's own `ServerErrorMiddleware` re-raises after its handler has answered, so that
+    the server can log the error too: uvicorn would then log the raw traceback, secrets and all. A failure
+    after the response started only ends the response.
+    """
+
+    def __init__(self, app: Callable[[Scope, Receive, Send], Any], *, respond: Callable[..., Response]) -> None:
+        self.app = app
+        self.respond = respond
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Run the app; answer (or end) a request whose handling raised."""
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception as error:
+            response = self.respond(Request(scope), error)
+            if not started:
+                await response(scope, receive, send)

@@ -29,6 +29,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from pipeline_ex.sse import END_ID
+
 API_KEY_ENV = "PIPELINE_SERVER_API_KEY"
 ALLOWED_HOSTS_ENV = "PIPELINE_SERVER_ALLOWED_HOSTS"
 DEFAULT_MAX_BODY = 64 * 1024
@@ -212,9 +214,14 @@ async def read_json_body(request: Request, limit: int, read_timeout: float | Non
     return value
 
 
-def parse_last_event_id(value: str, run_id: str) -> int:
-    """The seq in a `Last-Event-ID` of `<run_id>:<seq>` (ASCII digits only); 400 otherwise."""
+def parse_last_event_id(value: str, run_id: str) -> int | None:
+    """The seq in a `Last-Event-ID` of `<run_id>:<seq>` (ASCII digits only); 400 otherwise.
+
+    None for `<run_id>:end`, the id of a finished stream's end frame: the client has seen everything.
+    """
     last_run, _, seq_text = value.rpartition(":")
+    if last_run == run_id and seq_text == END_ID:
+        return None
     if last_run != run_id or not _SEQ.fullmatch(seq_text):
         shown = value if len(value) <= 80 else value[:80] + "..."
         raise RequestRejected(400, f"Last-Event-ID must be '{run_id}:<seq>' (seq in ASCII digits), got {shown!r}")

@@ -103,18 +103,11 @@ class Dispatcher:
 
         An interruption inside a handler is re-raised after every handler received the Done.
         """
-        first: HandlerFailure | None = None
-        interrupted: BaseException | None = None
-        for name, fn in self._pairs:
-            try:
-                fn(done)
-            except Exception as error:
-                first = first or HandlerFailure(name, error)
-            except BaseException as stop:
-                interrupted = interrupted or stop
-        if interrupted is not None:
-            raise interrupted
-        return first
+        try:
+            self.emit(done)
+        except HandlerFailure as failure:
+            return failure
+        return None
 
     async def aemit_done(self, done: Done) -> HandlerFailure | None:
         """Deliver the Done to every handler even if one fails; return the first failure.
@@ -122,21 +115,11 @@ class Dispatcher:
         A cancellation that lands while an async handler receives the Done is re-raised only after
         every other handler received it too.
         """
-        first: HandlerFailure | None = None
-        interrupted: BaseException | None = None
-        for handler in self.handlers:
-            try:
-                if handler.is_async:
-                    await handler.fn(done)
-                else:
-                    handler.fn(done)
-            except Exception as error:
-                first = first or HandlerFailure(handler.name, error)
-            except BaseException as stop:
-                interrupted = interrupted or stop
-        if interrupted is not None:
-            raise interrupted
-        return first
+        try:
+            await self.aemit(done)
+        except HandlerFailure as failure:
+            return failure
+        return None
 
 
 def _logging_once(handler: BoundHandler) -> BoundHandler:

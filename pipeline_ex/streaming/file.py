@@ -60,8 +60,8 @@ def _stamp(fd: int) -> _Stamp:
 def _claim(file: io.FileIO, path: Path, run_id: str, append: bool) -> None:
     """Lock the open file for this step and truncate it at the run's first write (unless appending).
 
-    :raises FileInUseError: another step holds the lock, or another run wrote the file since this run's
-        previous step wrote it.
+    :raises FileInUseError: another step holds the lock, or (unless appending, which adds to whatever the
+        file holds by design) another run wrote the file since this run's previous step wrote it.
     """
     if not _lock(file.fileno()):
         raise FileInUseError(
@@ -78,7 +78,7 @@ def _claim(file: io.FileIO, path: Path, run_id: str, append: bool) -> None:
     if first:
         if not append:
             os.ftruncate(file.fileno(), 0)
-    elif left is not None and _stamp(file.fileno()) != left:
+    elif not append and left is not None and _stamp(file.fileno()) != left:
         raise FileInUseError(f"{path}: another run wrote it after this run's previous step did; {_ADVICE}")
 
 
@@ -104,7 +104,8 @@ class FileHandler:
     its Done. A step of another run (in this process or another one) that reaches the file meanwhile
     fails with `FileInUseError`, so its step fails with `HandlerError`, every handler still gets its Done,
     and the file keeps only the first run's output. So does a run whose file another run rewrote between
-    two of its steps. Give each run its own path.
+    two of its steps, unless the handler appends: `append` is for files that runs add to one after
+    another (a shared log). Give runs that may overlap their own paths.
 
     Options:
         path: the file to write; parent directories are created.

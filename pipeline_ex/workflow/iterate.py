@@ -99,11 +99,6 @@ class EventStream:
         event: Event = item
         return event
 
-    @property
-    def run_id_hint(self) -> str:
-        """The run id given to `astream(run_id=...)`, or "" when the run picks its own."""
-        return self._run_id or ""
-
     def cancel(self) -> None:
         """Cancel the run but keep iterating: its steps' `Done(cancelled)` events still arrive."""
         if self._task is not None and not self._task.done():
