@@ -84,8 +84,66 @@ class Done(_FrozenModel):
 Event = Delta | Done
 """Any event a step emits."""
 
-EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(Annotated[Event, Field(discriminator="type")])
-"""Validates and parses events from dicts or JSON, dispatching on the `type` field."""
+StepKind = Literal["llm", "python", "set", "parallel", "for_each", "loop", "workflow"]
+"""What kind of step a lifecycle event is about."""
+
+StepStatus = Literal["ok", "skipped", "failed", "cancelled"]
+"""How a step ended: `skipped` is a step whose `when:` was false."""
+
+RunStatus = Literal["ok", "failed", "cancelled"]
+"""How a run ended."""
+
+
+class StepStarted(_FrozenModel):
+    """A step of any kind (groups included) started; its `step` is the path its events carry."""
+
+    type: Literal["step_started"] = "step_started"
+    step: str
+    run_id: str
+    seq: int
+    kind: StepKind
+    attempt: int = 1
+    """1 for the first run of the step; later attempts follow a redelivery."""
+
+
+class StepFinished(_FrozenModel):
+    """A step of any kind ended: after its `Done` for an LLM step, after all its children for a group."""
+
+    type: Literal["step_finished"] = "step_finished"
+    step: str
+    run_id: str
+    seq: int
+    status: StepStatus
+    duration_ms: float
+    error: ErrorInfo | None = None
+    """Why the step failed or was cancelled."""
+
+
+class RunFinished(_FrozenModel):
+    """The last event of a run, on success, failure and cancellation alike."""
+
+    type: Literal["run_finished"] = "run_finished"
+    run_id: str
+    seq: int
+    status: RunStatus
+    usage: Usage | None = None
+    """The tokens of every LLM step instance added up; None when no provider reported usage."""
+    duration_ms: float = 0.0
+    error: ErrorInfo | None = None
+    """Why the run failed or was cancelled."""
+
+
+LifecycleEvent = StepStarted | StepFinished | RunFinished
+"""An event about a run's structure, which run-level observers receive when they ask for it."""
+
+RunEvent = Delta | Done | StepStarted | StepFinished | RunFinished
+"""Any event a run emits: its steps' Delta and Done events and its lifecycle events."""
+
+EVENT_ADAPTER: TypeAdapter[RunEvent] = TypeAdapter(Annotated[RunEvent, Field(discriminator="type")])
+"""Validates and parses events (lifecycle events too) from dicts or JSON, dispatching on the `type` field."""
+
+LIFECYCLE_TYPES = (StepStarted, StepFinished, RunFinished)
+"""The lifecycle event classes, for `isinstance` checks."""
 
 
 class _SharedFieldsSet(set[str]):

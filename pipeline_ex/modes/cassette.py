@@ -136,7 +136,12 @@ class Cassette:
             requests = [StepRequest.from_json(r) if r is not None else None for _, _, r in records]
         except ValueError as error:
             raise CassetteError(f"cassette {self.path}: {error}; {RERECORD}") from error
-        for (offset, event, _), request in zip(records, requests, strict=True):
+        for number, ((offset, event, _), request) in enumerate(zip(records, requests, strict=True), start=1):
+            if not isinstance(event, Delta | Done):
+                raise CassetteError(
+                    f"cassette {self.path}: record {number} is a {event.type} event; a cassette holds only "
+                    f"the Delta and Done events of steps; {RERECORD}"
+                )
             key = (event.run_id, event.step)
             if isinstance(event, Delta):
                 previous = last_offset.get(key)

@@ -12,11 +12,11 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from pipeline_ex.events import EVENT_ADAPTER, Event
+from pipeline_ex.events import EVENT_ADAPTER, RunEvent
 from pipeline_ex.redaction import redact
 
 
-def record_line(offset_ms: float, event: Event, request: Mapping[str, Any] | None = None) -> str:
+def record_line(offset_ms: float, event: RunEvent, request: Mapping[str, Any] | None = None) -> str:
     """One line of a recording: the event and its time offset in ms (the JSONL both recordings use).
 
     :param request: the request the step answered, written with its Done in cassettes.
@@ -28,7 +28,7 @@ def record_line(offset_ms: float, event: Event, request: Mapping[str, Any] | Non
     return json.dumps(record, ensure_ascii=False) + "\n"
 
 
-def read_records(path: str | Path) -> Iterator[tuple[float, Event, dict[str, Any] | None]]:
+def read_records(path: str | Path) -> Iterator[tuple[float, RunEvent, dict[str, Any] | None]]:
     """The (offset in ms, event, recorded request or None) triples of a recording file.
 
     :raises ValueError: naming the file and line of anything that is not a recorded event.
@@ -49,7 +49,7 @@ def read_records(path: str | Path) -> Iterator[tuple[float, Event, dict[str, Any
             yield offset, event, request
 
 
-def read_recording(path: str | Path) -> Iterator[tuple[float, Event]]:
+def read_recording(path: str | Path) -> Iterator[tuple[float, RunEvent]]:
     """The (offset in ms, event) pairs of a recording file (a cassette's requests are skipped).
 
     :raises ValueError: naming the file and line of anything that is not a recorded event.
