@@ -41,6 +41,21 @@ def _show_warning(message: Warning | str, category: type[Warning], *_: Any, **__
     print(f"{label}: {message}", file=sys.stderr)
 
 
+class _Progress:
+    """Prints `[2/3] summary` on a terminal's stderr as each top-level step of a longer workflow starts."""
+
+    lifecycle = True
+
+    def __init__(self, step_ids: list[str]) -> None:
+        self.order = {step_id: index for index, step_id in enumerate(step_ids, start=1)}
+        self.shown = len(step_ids) > 1 and sys.stderr.isatty()
+
+    def handle_event(self, event: Any) -> None:
+        """Print the position of a top-level step that starts."""
+        if getattr(event, "type", None) == "step_started" and event.step in self.order:
+            print(f"[{self.order[event.step]}/{len(self.order)}] {event.step}", file=sys.stderr, flush=True)
+
+
 def _parse_inputs(pairs: Sequence[str]) -> dict[str, str]:
     inputs: dict[str, str] = {}
     for pair in pairs:
@@ -72,11 +87,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     except WorkflowError as error:
         _stderr(error)
         return EXIT_USAGE
-    total = len(loaded.steps)
-
-    def progress(index: int, count: int, step_id: str) -> None:
-        if total > 1 and sys.stderr.isatty():
-            print(f"[{index}/{count}] {step_id}", file=sys.stderr, flush=True)
+    progress = _Progress([step.id for step in loaded.steps])
 
     import asyncio
     import signal
@@ -105,8 +116,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
                 inputs,
                 mock=args.mock,
                 output_dir=args.output_dir,
-                _default_handler=console,
-                _progress=progress,
+                default_handler=console,
+                on_event=progress if progress.shown else None,
             )
         finally:
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline_ex.debug import stream_debug_enabled
-from pipeline_ex.modes.session import TestSession, active_override, session_from_env
+from pipeline_ex.modes.session import TestSession, session_for_run
 
 
 @dataclass
@@ -24,6 +24,9 @@ class Context:
     :param steps: results of the steps run so far, by step id (what templates see as `steps`).
     :param vars: variables set by `set` steps (what templates see as `vars`).
     :param name: the run's name (the workflow's); names its cassette in record and replay modes.
+    :param session: the run's test mode (live, mock, record, replay), decided once where the run starts
+        (`run`, `arun`, `stream`, `astream`, the CLI, the server); when None, the first step decides it
+        from the test fixtures and `PIPELINE_TEST_MODE`.
     """
 
     inputs: dict[str, Any] = field(default_factory=dict)
@@ -34,8 +37,8 @@ class Context:
     steps: dict[str, Any] = field(default_factory=dict)
     vars: dict[str, Any] = field(default_factory=dict)
     name: str = "invoke"
+    session: TestSession | None = field(default=None, repr=False)
     _seq: itertools.count[int] = field(default_factory=lambda: itertools.count(1), repr=False)
-    _session: TestSession | None = field(default=None, repr=False)
 
     def next_seq(self) -> int:
         """The next event number of this run; strictly increasing across all its steps."""
@@ -47,10 +50,7 @@ class Context:
         return self._seq.__next__
 
     def test_session(self) -> TestSession:
-        """The test mode of this run: a test fixture's session, else `PIPELINE_TEST_MODE` (read once)."""
-        override = active_override()
-        if override is not None:
-            return override
-        if self._session is None:
-            self._session = session_from_env(self.name)
-        return self._session
+        """The test mode of this run (see `session`); decided on first use when the run did not set it."""
+        if self.session is None:
+            self.session = session_for_run(self.name)
+        return self.session

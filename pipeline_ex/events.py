@@ -19,8 +19,8 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 FinishReason = Literal["stop", "length", "content_filter", "tool_calls", "error", "cancelled", "other"]
 """Why a step's generation ended, normalised across providers (the raw value stays in `Response.meta`)."""
 
-ErrorType = Literal["provider", "truncated", "timeout", "handler", "cancelled"]
-"""The kind of failure recorded in `ErrorInfo.type`."""
+ErrorType = Literal["provider", "truncated", "timeout", "handler", "cancelled", "step"]
+"""The kind of failure recorded in `ErrorInfo.type` (`step`: a python step, a template or a nested input)."""
 
 
 class _FrozenModel(BaseModel):

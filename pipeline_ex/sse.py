@@ -20,7 +20,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from pipeline_ex.errors import PipelineError, RunCancelled, StepError
-from pipeline_ex.events import Delta, Event
+from pipeline_ex.events import Delta, RunEvent
 from pipeline_ex.redaction import redact_text
 
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")
@@ -39,12 +39,12 @@ def _frame(event: str, data: str, event_id: str | None = None) -> str:
     return "\n".join(lines) + "\n\n"
 
 
-def event_id(event: Event) -> str:
+def event_id(event: RunEvent) -> str:
     """The SSE id of an event, `<run_id>:<seq>`, which `Last-Event-ID` sends back to resume."""
     return f"{event.run_id}:{event.seq}"
 
 
-def event_frame(event: Event) -> str:
+def event_frame(event: RunEvent) -> str:
     """One SSE frame for an event."""
     return _frame(event.type, event.model_dump_json(), event_id(event))
 
@@ -127,7 +127,7 @@ async def with_keepalive(frames: AsyncIterator[str], keepalive: float = DEFAULT_
             await close()
 
 
-async def sse_frames(events: AsyncIterator[Event], *, run_id: str | None = None) -> AsyncIterator[str]:
+async def sse_frames(events: AsyncIterator[RunEvent], *, run_id: str | None = None) -> AsyncIterator[str]:
     """Frame a run's events as SSE: one frame per event, an error frame on failure, then the end frame."""
     last_run = run_id
     try:

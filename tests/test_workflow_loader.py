@@ -39,7 +39,7 @@ def _local_installed() -> bool:
 
 def _mode_forced() -> bool:
     """Whether the whole test run is in a mode (PIPELINE_TEST_MODE=mock/replay) that makes mock=False moot."""
-    offline = getattr(loader, "offline_mode_requested", loader.mock_mode_requested)
+    offline = loader.offline_mode_requested
     return bool(offline(False))
 
 

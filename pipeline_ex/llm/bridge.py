@@ -3,8 +3,9 @@
 - sync: the generator's `run` calls `StreamBridge.on_chunk` on the caller's thread, which delivers the
   events to the handlers right there.
 - native async: `run_async` awaits `StreamBridge.on_chunk_async` on the event loop.
-- hybrid: a sync-only generator runs in a worker thread. `HybridPump.on_chunk` turns chunks into events
-  on that thread and queues them; the event loop delivers them. The worker never waits for the loop and
+- hybrid: a sync-only generator runs in a worker thread. `HybridPump.on_chunk` queues the chunks' text
+  on that thread; the event loop numbers them (so `seq` follows delivery order even when several steps
+  run at once) and delivers them. The worker never waits for the loop and
   the loop is woken only when the queue goes from empty to non-empty, so there is no polling and no
   per-chunk `run_coroutine_threadsafe` round trip.
 
@@ -301,7 +302,7 @@ class HybridPump:
         self.bridge = bridge
         self.loop = loop
         self.finish_before_exit = finish_before_exit
-        self.pending: deque[Delta] = deque()
+        self.pending: deque[tuple[str, Literal["text", "reasoning"]]] = deque()
         self.produced: list[str] = []
         self.aborted = False
         self._wake = asyncio.Event()
@@ -318,11 +319,11 @@ class HybridPump:
         content = chunk.content
         if content:
             self.produced.append(content)
-            self.pending.append(bridge.make_delta(content))
+            self.pending.append((content, "text"))
             queued = True
         reasoning = chunk.reasoning
         if reasoning is not None and reasoning.reasoning_text:
-            self.pending.append(bridge.make_delta(reasoning.reasoning_text, "reasoning"))
+            self.pending.append((reasoning.reasoning_text, "reasoning"))
             queued = True
         bridge.tail.append(chunk)
         if bridge.debug_log is not None:
@@ -334,12 +335,13 @@ class HybridPump:
     async def _drain(self) -> None:
         bridge = self.bridge
         pending = self.pending
+        make = bridge.make_delta
         if bridge.dispatcher.is_async or bridge.debug_log is not None:
             while pending:
-                await bridge.adeliver(pending.popleft())
+                await bridge.adeliver(make(*pending.popleft()))
         else:
             while pending:
-                bridge.deliver(pending.popleft())
+                bridge.deliver(make(*pending.popleft()))
 
     async def run(self, work: Callable[[], Any]) -> Any:
         """Run `work` in a worker thread, delivering its events until it returns; return its result.

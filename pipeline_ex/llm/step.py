@@ -456,6 +456,7 @@ def _select_generator(
     options: dict[str, Any],
     handlers: list[HandlerSpec],
     system: str | None = None,
+    mock_response: str | list[str] | None = None,
 ) -> BuiltGenerator:
     """Build the step's generator as the run's test mode says: live, mock, record or replay.
 
@@ -478,6 +479,8 @@ def _select_generator(
         return BuiltGenerator(CassetteChatGenerator(recording, session.replay_speed), response.provider, response.model)
     if session.mode == "mock" or provider == "mock":
         mock_options = {k: v for k, v in options.items() if k in _MOCK_KEYS}
+        if mock_response is not None:
+            mock_options["mock_response"] = mock_response
         scripted = session.script.pick(prompt) if session.script is not None else None
         if scripted is not None:
             mock_options.update(scripted.provider_options())
@@ -517,10 +520,19 @@ def _prepare(
         merged.update(defaults.get("options") or {})
     merged.update(options)
     policy = StepPolicy.take_from(merged)
+    mock_response = merged.pop("mock_response", None)  # the reply a mock run gives; never sent to a provider
     handlers = _handler_specs(on_event, ctx)
     system = system if system is not None else defaults.get("system")
     built = _select_generator(
-        ctx, step, prompt, provider_name, model or defaults.get("model"), merged, handlers, system=system
+        ctx,
+        step,
+        prompt,
+        provider_name,
+        model or defaults.get("model"),
+        merged,
+        handlers,
+        system=system,
+        mock_response=mock_response,
     )
     return _StepRun(
         ctx,

@@ -103,6 +103,27 @@ def session_from_env(run_name: str, *, named_after: str = "the workflow's name")
 _ACTIVE: ContextVar[TestSession | None] = ContextVar("pipeline_ex_test_session", default=None)
 
 
+def session_for_run(run_name: str, *, mock: bool = False) -> TestSession:
+    """The test mode of a run that starts now: decided once, here, and carried on the run's `Context`.
+
+    A test fixture's session comes first (the `llm_mock` and cassette fixtures), then
+    `PIPELINE_TEST_MODE`. `mock=True` (`--mock`, `run(..., mock=True)`) makes it a mock run either way,
+    keeping a fixture's scripted replies.
+
+    :raises TestModeError: for an invalid `PIPELINE_TEST_MODE` or `PIPELINE_REPLAY_SPEED`.
+    """
+    override = _ACTIVE.get()
+    if not mock:
+        return override if override is not None else session_from_env(run_name)
+    if override is not None and override.mode == "mock":
+        return override
+    return TestSession(
+        mode="mock",
+        script=override.script if override is not None else None,
+        label=override.label if override is not None else "",
+    )
+
+
 def active_override() -> TestSession | None:
     """The session a test fixture set for the current context, if any."""
     return _ACTIVE.get()

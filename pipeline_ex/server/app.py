@@ -47,7 +47,7 @@ from starlette.routing import Route
 from starlette.types import Message, Receive, Scope, Send
 
 from pipeline_ex.errors import PipelineError
-from pipeline_ex.events import Event
+from pipeline_ex.events import RunEvent
 from pipeline_ex.redaction import redact_text, redacting_logger, register_secret
 from pipeline_ex.server import openai_api, split_hosts
 from pipeline_ex.server.catalog import WorkflowCatalog
@@ -274,7 +274,7 @@ class PipelineServer:
             if not log.finished:
                 log.cancel()
 
-    async def _events(self, log: RunLog) -> AsyncIterator[Event]:
+    async def _events(self, log: RunLog) -> AsyncIterator[RunEvent]:
         """The events of a run for its primary response (which sees every one of them)."""
         async for item in log.follow(0, primary=True):
             assert not isinstance(item, Gap)

@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from pipeline_ex.events import Delta, Event, Usage
+from pipeline_ex.events import Delta, Done, RunEvent, Usage
 from pipeline_ex.server.catalog import answer_step
 from pipeline_ex.server.security import RequestRejected
 from pipeline_ex.workflow.loader import LoadedWorkflow
@@ -140,10 +140,12 @@ class _Answer:
         self.usage: Usage | None = None
         self.finish = "stop"
 
-    def text_of(self, event: Event) -> str | None:
+    def text_of(self, event: RunEvent) -> str | None:
         """The event's contribution to the answer text, if any (and note what a Done reports)."""
         if isinstance(event, Delta):
             return event.content if event.step == self.step and event.kind == "text" else None
+        if not isinstance(event, Done):
+            return None  # lifecycle events carry no text
         self.usage = _add(self.usage, event.response.usage)
         if event.step == self.step:
             self.finish = _FINISH.get(event.response.finish_reason, "stop")
@@ -166,7 +168,7 @@ def _chunk(
 
 
 async def stream_chunks(
-    events: AsyncIterator[Event],
+    events: AsyncIterator[RunEvent],
     loaded: LoadedWorkflow,
     run_id: str,
     include_usage: bool,
@@ -201,7 +203,7 @@ async def stream_chunks(
     yield "data: [DONE]\n\n"
 
 
-async def complete(events: AsyncIterator[Event], loaded: LoadedWorkflow, run_id: str) -> dict[str, Any]:
+async def complete(events: AsyncIterator[RunEvent], loaded: LoadedWorkflow, run_id: str) -> dict[str, Any]:
     """The body of a non-streamed chat completion (raises the run's error, if any)."""
     answer = _Answer(loaded)
     text = [piece async for event in events if (piece := answer.text_of(event)) is not None]

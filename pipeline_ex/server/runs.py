@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pipeline_ex.errors import PipelineError, RunCancelled, StepError
-from pipeline_ex.events import Delta, Event
+from pipeline_ex.events import Delta, Done, RunEvent
 from pipeline_ex.redaction import redacting_logger
 from pipeline_ex.workflow.iterate import EventStream, astream
 from pipeline_ex.workflow.loader import LoadedWorkflow
@@ -43,11 +43,13 @@ def new_reference() -> str:
     return uuid.uuid4().hex[:12]
 
 
-def event_size(event: Event) -> int:
+def event_size(event: RunEvent) -> int:
     """An estimate of an event's memory in the log, in bytes (its text plus a fixed overhead)."""
     if isinstance(event, Delta):
         return len(event.content) + _EVENT_OVERHEAD
-    return len(event.response.text) + 4 * _EVENT_OVERHEAD
+    if isinstance(event, Done):
+        return len(event.response.text) + 4 * _EVENT_OVERHEAD
+    return 2 * _EVENT_OVERHEAD
 
 
 class RegistryFull(PipelineError):
@@ -69,7 +71,7 @@ class RunLog:
         self.run_id = run_id
         self.capacity = capacity
         self.max_bytes = max_bytes
-        self._events: list[Event] = []
+        self._events: list[RunEvent] = []
         self._seqs: list[int] = []
         self._sizes: list[int] = []
         self.size_bytes = 0
@@ -97,7 +99,7 @@ class RunLog:
         if self.events is not None and not self.finished:
             self.events.cancel()
 
-    def append(self, event: Event) -> None:
+    def append(self, event: RunEvent) -> None:
         """Add an event and wake the followers."""
         size = event_size(event)
         self._events.append(event)
@@ -131,7 +133,7 @@ class RunLog:
         self._changed.set()
         self._changed = asyncio.Event()
 
-    async def follow(self, after_seq: int = 0, *, primary: bool = False) -> AsyncIterator[Event | Gap]:
+    async def follow(self, after_seq: int = 0, *, primary: bool = False) -> AsyncIterator[RunEvent | Gap]:
         """Every event with a seq above `after_seq`, as it arrives; then the run's error, if it failed.
 
         With `primary` (the response that started the run, following it from the start), the log keeps
@@ -159,7 +161,7 @@ class RunLog:
             self._held_after = None
             self._trim()
 
-    async def _follow(self, after_seq: int, hold: bool = False) -> AsyncIterator[Event | Gap]:
+    async def _follow(self, after_seq: int, hold: bool = False) -> AsyncIterator[RunEvent | Gap]:
         while True:
             if after_seq < self.evicted_through:  # fell behind the log: say what was lost
                 through = self.evicted_through  # more may be dropped while the gap is being sent

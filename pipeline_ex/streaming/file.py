@@ -28,6 +28,9 @@ _runs_started: OrderedDict[tuple[str, str], _Stamp | None] = OrderedDict()
 """(run id, file) pairs this process already wrote, so later steps of the same run append (bounded)."""
 _runs_lock = threading.Lock()
 _RUNS_REMEMBERED = 4096
+_held: dict[tuple[str, str], tuple[io.FileIO, list[int]]] = {}
+"""(run id, file) -> (the open, locked file, [how many of the run's steps write it now]): steps of one
+run that run at the same time (a parallel group, a for_each) share the run's lock and descriptor."""
 _ADVICE = "give each run its own path"
 
 
@@ -101,7 +104,8 @@ class FileHandler:
     name the same file (say from `defaults:`), append to it.
 
     One run per file: a step holds an exclusive, non-blocking `flock` on the file from its first event to
-    its Done. A step of another run (in this process or another one) that reaches the file meanwhile
+    its Done; steps of the same run that run at the same time share it (in JSONL each line names its
+    step; text from concurrent steps is mixed, so give them their own paths). A step of another run (in this process or another one) that reaches the file meanwhile
     fails with `FileInUseError`, so its step fails with `HandlerError`, every handler still gets its Done,
     and the file keeps only the first run's output. So does a run whose file another run rewrote between
     two of its steps, unless the handler appends: `append` is for files that runs add to one after
@@ -127,6 +131,13 @@ class FileHandler:
         """The current step could not have the file: write nothing until its Done."""
 
     def _open(self, run_id: str) -> io.FileIO:
+        key = (run_id, str(self.path.resolve()))
+        with _runs_lock:
+            shared = _held.get(key)
+            if shared is not None:  # another step of this run is writing it right now
+                shared[1][0] += 1
+                self._file = shared[0]
+                return shared[0]
         # Opened for appending, never truncated here: the file may be another run's until it is locked.
         file = io.FileIO(self.path, "ab")  # unbuffered; closed on Done
         try:
@@ -134,8 +145,24 @@ class FileHandler:
         except BaseException:
             file.close()
             raise
+        with _runs_lock:
+            _held[key] = (file, [1])
         self._file = file
         return file
+
+    def _close(self, file: io.FileIO, run_id: str) -> None:
+        """This step is done with the file: fsync it; the run's last step writing it releases it."""
+        os.fsync(file.fileno())
+        self._file = None
+        key = (run_id, str(self.path.resolve()))
+        with _runs_lock:
+            shared = _held.get(key)
+            if shared is not None and shared[0] is file:
+                shared[1][0] -= 1
+                if shared[1][0] > 0:
+                    return
+                del _held[key]
+        _release(file, self.path, run_id)
 
     def handle_event(self, event: Event) -> None:
         """Write the event; on Done, fsync and close the file (which releases its lock)."""
@@ -154,8 +181,7 @@ class FileHandler:
         elif isinstance(event, Delta) and event.kind == "text":
             file.write(event.content.encode())
         if isinstance(event, Done):
-            os.fsync(file.fileno())
-            _release(file, self.path, event.run_id)
+            self._close(file, event.run_id)
 
 
 class JsonlFileHandler(FileHandler):

@@ -3,11 +3,15 @@
 Text (a `--input` value, a form field, any `str`) is read as the declared type, with pydantic's lax
 parsing: `"42"` is an integer, `"yes"` a boolean. A value that is not text must already have the type:
 `True` is not an integer, `inf` and `nan` are not numbers, and a whole number sent as a float (`1.0`,
-as some JSON clients send every number) is the integer `1`, as in JSON Schema.
+as some JSON clients send every number) is the integer `1`, as in JSON Schema. `list` and `object`
+inputs hold JSON values: text is read as JSON (`--input topics='["a", "b"]'`), and other values must be a
+list (or a mapping with text keys) of JSON values.
 """
 
 from __future__ import annotations
 
+import json
+import math
 from typing import Annotated, Any
 
 from pydantic import AllowInfNan, TypeAdapter, ValidationError
@@ -25,10 +29,19 @@ _VALUE_TYPES: dict[str, tuple[type, ...]] = {
     "integer": (str, int, float),
     "number": (str, int, float),
     "boolean": (str, bool),
+    "list": (str, list, tuple),
+    "object": (str, dict),
 }
 """The Python types a value of each declared type may arrive as (`bool` only for booleans)."""
 
-_EXPECTED = {"string": "a string", "integer": "an integer", "number": "a number", "boolean": "a boolean"}
+_EXPECTED = {
+    "string": "a string",
+    "integer": "an integer",
+    "number": "a number",
+    "boolean": "a boolean",
+    "list": "a list",
+    "object": "an object (a mapping)",
+}
 _NOT_READ = {
     "string": "",
     "integer": ", which is not a whole number",
@@ -62,8 +75,46 @@ def _described(value: Any) -> str:
     return f"{_shown(value)}, a {type(value).__name__}"
 
 
+def _json_problem(value: Any, where: str) -> str | None:
+    """What makes `value` not a JSON value (naming where in it), or None."""
+    if value is None or isinstance(value, str | bool | int):
+        return None
+    if isinstance(value, float):
+        return None if math.isfinite(value) else f"{where} is {value!r}, which JSON cannot carry"
+    if isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            problem = _json_problem(item, f"{where}[{index}]")
+            if problem is not None:
+                return problem
+        return None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                return f"{where} has the key {key!r}, which is not text"
+            problem = _json_problem(item, f"{where}.{key}")
+            if problem is not None:
+                return problem
+        return None
+    return f"{where} is a {type(value).__name__}, which is not a JSON value"
+
+
+def _json_value(kind: str, value: Any) -> Any:
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError as error:
+            raise InputValueError(f"must be {_EXPECTED[kind]} written as JSON, got {_shown(value)} ({error})") from None
+        wanted = list if kind == "list" else dict
+        if not isinstance(value, wanted):
+            raise InputValueError(f"must be {_EXPECTED[kind]} written as JSON, got {_described(value)}")
+    problem = _json_problem(value, "the value")
+    if problem is not None:
+        raise InputValueError(f"must hold JSON values only: {problem}")
+    return list(value) if isinstance(value, tuple) else value
+
+
 def typed_value(kind: str, value: Any) -> Any:
-    """`value` as a value of the declared input type `kind` (`string`, `integer`, `number`, `boolean`).
+    """`value` as a value of the declared input type `kind` (string, integer, number, boolean, list, object).
 
     :raises InputValueError: saying what was expected and what was given, or that text is not text (it
         holds a lone surrogate, as a command-line argument that is not UTF-8 does).
@@ -78,6 +129,8 @@ def typed_value(kind: str, value: Any) -> Any:
     allowed = _VALUE_TYPES[kind]
     if not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed):
         raise InputValueError(f"must be {_EXPECTED[kind]}, got {_described(value)}")
+    if kind in ("list", "object"):
+        return _json_value(kind, value)
     text = value.strip() if isinstance(value, str) and kind == "boolean" else value
     try:
         return _READERS[kind].validate_python(text)

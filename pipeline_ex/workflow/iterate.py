@@ -22,8 +22,9 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 from pipeline_ex.errors import PipelineError, RunCancelled
-from pipeline_ex.events import Event
+from pipeline_ex.events import RunEvent
 from pipeline_ex.workflow.loader import LoadedWorkflow
+from pipeline_ex.workflow.observers import LifecycleObserver, as_list
 from pipeline_ex.workflow.runner import RunResult, arun
 
 _END = object()
@@ -42,13 +43,15 @@ class EventStream:
         *,
         mock: bool,
         on_event: Any = None,
+        lifecycle: bool = False,
         output_dir: str | os.PathLike[str] | None = None,
         run_id: str | None = None,
     ) -> None:
         self._args = (workflow, inputs)
         self._run_id = run_id
         self._mock = mock
-        self._extra = [] if on_event is None else (list(on_event) if isinstance(on_event, list | tuple) else [on_event])
+        self._lifecycle = lifecycle
+        self._extra = as_list(on_event)
         self._output_dir = output_dir
         self._queue: asyncio.Queue[Any] = asyncio.Queue()
         self._task: asyncio.Task[RunResult] | None = None
@@ -66,12 +69,13 @@ class EventStream:
 
     def _start(self) -> None:
         workflow, inputs = self._args
+        into_queue = LifecycleObserver(self._queue.put_nowait) if self._lifecycle else self._queue.put_nowait
         self._task = asyncio.ensure_future(
             arun(
                 workflow,
                 inputs,
                 mock=self._mock,
-                on_event=[*self._extra, self._queue.put_nowait],
+                on_event=[*self._extra, into_queue],
                 output_dir=self._output_dir,
                 run_id=self._run_id,
             )
@@ -79,7 +83,7 @@ class EventStream:
         queue = self._queue  # not `self`: the running task must not keep this stream alive
         self._task.add_done_callback(lambda _: queue.put_nowait(_END))
 
-    async def __anext__(self) -> Event:
+    async def __anext__(self) -> RunEvent:
         if self._finished:
             raise StopAsyncIteration
         if self._task is None:
@@ -96,7 +100,7 @@ class EventStream:
                 raise RunCancelled("the run was cancelled; its steps' Done events were delivered")
             self.result = self._task.result()  # raises the run's error, after its Done was yielded
             raise StopAsyncIteration
-        event: Event = item
+        event: RunEvent = item
         return event
 
     def cancel(self) -> None:
@@ -135,14 +139,20 @@ def astream(
     *,
     mock: bool = False,
     on_event: Any = None,
+    lifecycle: bool = False,
     output_dir: str | os.PathLike[str] | None = None,
     run_id: str | None = None,
 ) -> EventStream:
     """Run a workflow and iterate over its events with `async for`.
 
     The run starts on the first iteration. See the module docstring for cancellation and errors.
+
+    :param lifecycle: also yield `StepStarted`, `StepFinished` and `RunFinished` (and give them to the
+        `on_event` handlers).
     """
-    return EventStream(workflow, inputs, mock=mock, on_event=on_event, output_dir=output_dir, run_id=run_id)
+    return EventStream(
+        workflow, inputs, mock=mock, on_event=on_event, lifecycle=lifecycle, output_dir=output_dir, run_id=run_id
+    )
 
 
 def stream(
@@ -151,13 +161,18 @@ def stream(
     *,
     mock: bool = False,
     on_event: Any = None,
+    lifecycle: bool = False,
     output_dir: str | os.PathLike[str] | None = None,
-) -> Iterator[Event]:
+) -> Iterator[RunEvent]:
     """Run a workflow on a background event loop and iterate over its events with `for`.
 
     Leaving the loop early (break, an exception, or `close()`) cancels the run and waits for it.
+
+    :param lifecycle: also yield `StepStarted`, `StepFinished` and `RunFinished`.
     """
-    return _SyncStream(astream(workflow, inputs, mock=mock, on_event=on_event, output_dir=output_dir))
+    return _SyncStream(
+        astream(workflow, inputs, mock=mock, on_event=on_event, lifecycle=lifecycle, output_dir=output_dir)
+    )
 
 
 class _SyncStream:
@@ -175,9 +190,9 @@ class _SyncStream:
         self._consumed = False
         self._closed = False
         self._ready = threading.Event()
-        self._iterator: Iterator[Event] | None = None
+        self._iterator: Iterator[RunEvent] | None = None
 
-    def __iter__(self) -> Iterator[Event]:
+    def __iter__(self) -> Iterator[RunEvent]:
         if self._consumed:
             raise PipelineError("this event stream was already consumed; call stream() again for a new run")
         self._consumed = True
@@ -185,14 +200,14 @@ class _SyncStream:
             return iter(())
         return self._generate()
 
-    def __next__(self) -> Event:
+    def __next__(self) -> RunEvent:
         if self._iterator is None:
             if self._closed:
                 raise StopIteration
             self._iterator = iter(self)
         return next(self._iterator)
 
-    def _generate(self) -> Iterator[Event]:
+    def _generate(self) -> Iterator[RunEvent]:
         try:
             self._start()
             while True:

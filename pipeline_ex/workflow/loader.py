@@ -32,18 +32,25 @@ from pipeline_ex.llm.policy import STEP_OPTION_NAMES
 from pipeline_ex.llm.providers import check_provider
 from pipeline_ex.modes.session import active_override, mode_from_env
 from pipeline_ex.streaming.resolve import HandlerSpec, ensure_cwd_importable, resolve_handler
-from pipeline_ex.workflow import templates
+from pipeline_ex.workflow.checks import TemplateChecker
 from pipeline_ex.workflow.inputs import InputValueError, typed_value
 from pipeline_ex.workflow.schema import (
+    STEP_LIST_FIELDS,
     STEP_MODELS,
+    AnyStep,
     Defaults,
+    ForEachStep,
     GenerationFields,
     InputSpec,
     LLMStep,
+    LoopSpec,
+    LoopStep,
+    ParallelStep,
     PythonStep,
-    SetStep,
     StepLimits,
     Workflow,
+    WorkflowStep,
+    children_of,
 )
 from pipeline_ex.workflow.yaml_source import (
     Path,
@@ -63,34 +70,49 @@ def _active_mode() -> str:
     return override.mode if override is not None else mode_from_env()
 
 
-def mock_mode_requested(mock: bool) -> bool:
-    """Whether a run should use the mock provider: `mock=True`, `PIPELINE_TEST_MODE=mock` or `llm_mock`."""
-    return mock or _active_mode() == "mock"
-
-
 def offline_mode_requested(mock: bool) -> bool:
-    """Whether provider packages and keys are not needed: mock runs and cassette replays."""
-    return mock_mode_requested(mock) or _active_mode() == "replay"
+    """Whether a workflow loads for a run that needs no provider packages or keys: mock runs and replays."""
+    return mock or _active_mode() in ("mock", "replay")
 
 
 @dataclass
 class LoadedStep:
     """A validated step with everything resolved that can be resolved before running it."""
 
-    spec: LLMStep | PythonStep | SetStep
+    spec: AnyStep
     path: Path
+    """Where the step is in the workflow body (`("steps", 1, "parallel", 0)`)."""
     handlers: list[HandlerSpec] = field(default_factory=list)
     stream: bool = True
     provider: str | None = None
     model: str | None = None
     system: str | None = None
     options: dict[str, Any] = field(default_factory=dict)
+    """Provider options, step options (`timeout`, ...) and `mock_response` (used only by mock runs)."""
     function: Callable[..., Any] | None = None
+    children: list[LoadedStep] = field(default_factory=list)
+    """The steps of a `parallel` group, or the body of a `for_each` or `loop`."""
+    nested: LoadedWorkflow | None = None
+    """The workflow a `workflow:` step runs."""
+    provider_at: Path = ()
+    """Where the step's provider is set (for errors about it)."""
 
     @property
     def id(self) -> str:
         """The step id."""
         return self.spec.id
+
+    @property
+    def kind(self) -> str:
+        """The step's kind: llm, python, set, parallel, for_each, loop or workflow."""
+        return self.spec.type
+
+    def walk(self) -> list[LoadedStep]:
+        """The step and every step inside it (not inside nested workflows), in file order."""
+        found = [self]
+        for child in self.children:
+            found.extend(child.walk())
+        return found
 
 
 @dataclass
@@ -102,7 +124,8 @@ class LoadedWorkflow:
     steps: list[LoadedStep]
     prefix: Path | None
     """Where the workflow body sits in the file: ("workflow",), (), or None for a bare list of steps."""
-    mock: bool
+    checked_offline: bool
+    """Loaded for a mock run or a replay: provider packages and API keys were not checked."""
 
     @property
     def name(self) -> str:
@@ -117,6 +140,10 @@ class LoadedWorkflow:
     def location(self, *path: str | int, at_key: bool = False) -> Location:
         """Where a key path (relative to the workflow body) is in the file."""
         return self.source.location(yaml_path(self.prefix, path), at_key=at_key)
+
+    def all_steps(self) -> list[LoadedStep]:
+        """Every step of the workflow, groups and their children included, in file order."""
+        return [found for step in self.steps for found in step.walk()]
 
 
 def yaml_path(prefix: Path | None, path: Path) -> Path:
@@ -159,22 +186,35 @@ class _Checker:
 def _model_at(loc: tuple[str | int, ...]) -> type[BaseModel] | None:
     """The schema model that owns the last key of a pydantic error location."""
     model: type[BaseModel] | None = Workflow
+    in_steps = False
+    in_inputs = False
     for part in loc[:-1]:
-        if model is Workflow and part == "defaults":
-            model = Defaults
-        elif model is Workflow and part == "steps":
-            model = None
-        elif model is None and part in STEP_MODELS:
-            model = STEP_MODELS[str(part)]
-        elif model is Workflow and part == "inputs":
-            model = None
-        elif model is None and isinstance(part, str) and loc[0] == "inputs":
+        if in_steps:
+            if isinstance(part, int):
+                continue
+            in_steps = False
+            model = STEP_MODELS.get(str(part))
+            if model is None:
+                return None
+        elif in_inputs:
+            in_inputs = False
             model = InputSpec
-        elif model is None and isinstance(part, int):
-            continue
+        elif model is Workflow and part == "defaults":
+            model = Defaults
+        elif model is Workflow and part == "inputs":
+            in_inputs = True
+        elif part in STEP_LIST_FIELDS and model in (Workflow, ParallelStep, ForEachStep, LoopStep):
+            in_steps = True
+        elif model is LoopStep and part == "loop":
+            model = LoopSpec
         else:
             return model if part in ("options", "stream_handler_options") else None
-    return model
+    return None if in_steps or in_inputs else model
+
+
+def _field_names(model: type[BaseModel]) -> list[str]:
+    """The keys a model takes, as a file writes them (its aliases: `as`, not `as_`)."""
+    return [info.alias or name for name, info in model.model_fields.items()]
 
 
 def _data_path(loc: tuple[str | int, ...], data: Any) -> Path:
@@ -185,14 +225,20 @@ def _data_path(loc: tuple[str | int, ...], data: Any) -> Path:
     """
     path: list[str | int] = []
     node = data
+    last_was_index = False
     for part in loc:
+        if part in STEP_MODELS and len(path) >= 2 and path[-2] in STEP_LIST_FIELDS and isinstance(path[-1], int):
+            if last_was_index:
+                last_was_index = False
+                continue  # the name of the step kind pydantic tried, not a key of the file
+        last_was_index = isinstance(part, int)
         if isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
             node = node[part]
             path.append(part)
         elif isinstance(node, dict) and isinstance(part, str) and part in node:
             path.append(part)
             node = node[part]
-        elif isinstance(node, dict) and part in STEP_MODELS and len(path) >= 2 and path[-2] == "steps":
+        elif isinstance(node, dict) and part in STEP_MODELS and len(path) >= 2 and path[-2] in STEP_LIST_FIELDS:
             continue
         elif isinstance(node, dict) and isinstance(part, str):
             path.append(part)  # a missing key
@@ -216,7 +262,7 @@ _MESSAGES: dict[tuple[str, str | int], str] = {
 
 
 def _is_step_path(path: Path) -> bool:
-    return len(path) == 2 and path[0] == "steps" and isinstance(path[1], int)
+    return len(path) >= 2 and path[-2] in STEP_LIST_FIELDS and isinstance(path[-1], int)
 
 
 @functools.lru_cache(maxsize=1024)
@@ -240,7 +286,7 @@ def _schema_issues(error: ValidationError, body: Any, checker: _Checker) -> None
         if kind == "extra_forbidden":
             key = str(last)
             model = _model_at(loc)
-            known = list(model.model_fields) if model is not None else []
+            known = _field_names(model) if model is not None else []
             close = _close_key(key, tuple(known))
             hint = f" (did you mean {close!r}?)" if close else (f"; allowed: {', '.join(known)}" if known else "")
             checker.add(path, f"unknown key {key!r}{hint}", at_key=True)
@@ -248,7 +294,7 @@ def _schema_issues(error: ValidationError, body: Any, checker: _Checker) -> None
             checker.add(path[:-1], f"missing required key {last!r}")
         elif kind == "step_type" and not isinstance(item.get("input"), dict):
             checker.add(path, "a step must be a mapping with an id, a type and its settings")
-        elif kind == "step_type" or (kind == "literal_error" and len(path) == 3 and _is_step_path(path[:2])):
+        elif kind == "step_type" or (kind == "literal_error" and path[-1:] == ("type",) and _is_step_path(path[:-1])):
             where = path if kind == "literal_error" else (*path, "type")
             checker.add(where, "unknown step type; expected one of: " + ", ".join(STEP_MODELS))
         elif (kind, last) in _MESSAGES:
@@ -307,58 +353,6 @@ def _normalize_legacy(raw: dict[str, Any], path: Path, checker: _Checker) -> Non
         checker.alias((*path, legacy), (*path, current))
 
 
-def _deletions(name: str) -> set[str]:
-    """`name`, and `name` with any one character deleted."""
-    return {name, *(name[:at] + name[at + 1 :] for at in range(len(name)))}
-
-
-class _EarlierNames:
-    """The names defined so far, in order, with "did you mean" lookups that stay cheap for many names.
-
-    difflib compares a name with every candidate, so asking it about each of n steps is quadratic in n.
-    Up to `EXACT` names, difflib is asked about all of them, as everywhere else. Past that, the candidates
-    are the names within one edit (a typo, a missing or extra character, two swapped ones), found in an
-    index of each name with one character deleted, and difflib ranks those. difflib has no index, hence
-    this one.
-    """
-
-    EXACT = 64
-    INDEXED_LENGTH = 64
-    LISTED = 10
-
-    def __init__(self) -> None:
-        self.order: list[str] = []
-        self.known: set[str] = set()
-        self._by_deletion: dict[str, list[str]] = {}
-
-    def add(self, name: str) -> None:
-        if name in self.known:
-            return
-        self.known.add(name)
-        self.order.append(name)
-        if len(name) <= self.INDEXED_LENGTH:
-            for variant in _deletions(name):
-                self._by_deletion.setdefault(variant, []).append(name)
-
-    def close_match(self, name: str) -> str | None:
-        if len(self.order) <= self.EXACT:
-            candidates = sorted(self.order)
-        elif len(name) <= self.INDEXED_LENGTH:
-            candidates = sorted({found for variant in _deletions(name) for found in self._by_deletion.get(variant, ())})
-        else:
-            return None
-        close = difflib.get_close_matches(name, candidates, n=1)
-        return close[0] if close else None
-
-    def listing(self) -> str:
-        """The names, for a message: all of them sorted, or the last few and how many there are."""
-        if not self.order:
-            return ": none (this is the first step)"
-        if len(self.order) <= self.LISTED:
-            return ": " + ", ".join(sorted(self.order))
-        return f" include {', '.join(self.order[-self.LISTED :])} ({len(self.order)} in all)"
-
-
 def _check_input_defaults(workflow: Workflow, checker: _Checker) -> None:
     """Each input default must have the input's type; one written as text is read as that type."""
     for name, spec in workflow.inputs.items():
@@ -376,73 +370,25 @@ def _check_input_defaults(workflow: Workflow, checker: _Checker) -> None:
             checker.add(("inputs", name, "default"), f"the default {problem}{hint}")
 
 
-def _check_templates(workflow: Workflow, checker: _Checker) -> None:
-    env_globals = set(templates.environment().globals)
-    env_filters = set(templates.environment().filters)
-    known_inputs = set(workflow.inputs)
-    earlier_steps = _EarlierNames()
-    all_steps = {step.id for step in workflow.steps}
-    known_vars: set[str] = set()
-
-    def check(source: str, path: Path) -> None:
-        try:
-            found = templates.references(source)
-        except templates.TemplateSyntaxError as error:
-            checker.add(path, f"template syntax error on template line {error.lineno}: {error.message}")
-            return
-        except (RecursionError, ValueError, MemoryError) as error:
-            checker.add(path, f"template cannot be parsed: {type(error).__name__}: {error}"[:300])
-            return
-        for name in sorted(found.by_root["steps"] - earlier_steps.known):
-            if name in all_steps:
-                later, hint = " (it runs later)", ""
-            else:
-                close = earlier_steps.close_match(name)
-                later, hint = "", f"; did you mean {close!r}?" if close else "; earlier steps" + earlier_steps.listing()
-            checker.add(path, f"template reads steps.{name}, but no earlier step has id {name!r}{later}{hint}")
-        for name in sorted(found.by_root["inputs"] - known_inputs):
-            checker.add(path, f"template reads inputs.{name}, but the workflow declares no input {name!r}")
-        for name in sorted(found.by_root["vars"] - known_vars):
-            checker.add(path, f"template reads vars.{name}, but no earlier 'set' step sets it")
-        for name in sorted(found.unknown_roots - env_globals):
-            checker.add(path, f"template reads {name!r}; templates can use inputs, steps and vars")
-        for name in sorted(found.filters - env_filters):
-            checker.add(path, f"template uses an unknown filter {name!r}")
-
-    if workflow.defaults.system:
-        check(workflow.defaults.system, ("defaults", "system"))  # the first step renders it with no earlier steps
-    for index, step in enumerate(workflow.steps):
-        if isinstance(step, LLMStep):
-            check(step.prompt, ("steps", index, "prompt"))
-            if step.system:
-                check(step.system, ("steps", index, "system"))
-        elif isinstance(step, SetStep):
-            for name, value in step.vars.items():
-                if isinstance(value, str):
-                    check(value, ("steps", index, "vars", name))
-            known_vars.update(step.vars)
-        earlier_steps.add(step.id)
-
-
 def _one_line(message: str) -> str:
     return "; ".join(part.strip() for part in message.splitlines() if part.strip())
 
 
-def _resolve_step_handlers(step: LLMStep, index: int, defaults: Defaults, checker: _Checker) -> list[HandlerSpec]:
+def _resolve_step_handlers(step: LLMStep, path: Path, defaults: Defaults, checker: _Checker) -> list[HandlerSpec]:
     owner: Path
     options_path: Path
     if step.stream_handler is not None:
-        refs, options, owner = step.stream_handler, step.stream_handler_options, ("steps", index)
-        options_path = ("steps", index, "stream_handler_options")
+        refs, options, owner = step.stream_handler, step.stream_handler_options, path
+        options_path = (*path, "stream_handler_options")
     elif defaults.stream_handler is not None:
         refs, options, owner = defaults.stream_handler, defaults.stream_handler_options, ("defaults",)
         options_path = ("defaults", "stream_handler_options")
         if step.stream_handler_options is not None:
             options = step.stream_handler_options
-            options_path = ("steps", index, "stream_handler_options")
+            options_path = (*path, "stream_handler_options")
     else:
         if step.stream_handler_options:
-            checker.add(("steps", index, "stream_handler_options"), "given without a stream_handler", at_key=True)
+            checker.add((*path, "stream_handler_options"), "given without a stream_handler", at_key=True)
         return []
     ref_list = [refs] if isinstance(refs, str) else list(refs)
     if len(ref_list) > 1 and options:
@@ -464,14 +410,14 @@ def _resolve_step_handlers(step: LLMStep, index: int, defaults: Defaults, checke
     return specs
 
 
-def _provider_options(step: LLMStep, defaults: Defaults, provider: str | None, mock: bool) -> dict[str, Any]:
+def _provider_options(step: LLMStep, defaults: Defaults, provider: str | None) -> dict[str, Any]:
+    """The options a step's provider is called with; `mock_response` too, which only mock runs use."""
     options: dict[str, Any] = {}
-    custom = step.generator is not None and not mock
-    if not mock or provider == "mock":  # a step on the mock provider keeps its own options in mock runs
-        if step.generator is None and (step.provider is None or step.provider == defaults.provider):
-            options.update(defaults.options or {})
-        options.update(step.options or {})
-    if custom and step.generator is not None:
+    custom = step.generator is not None
+    if step.generator is None and (step.provider is None or step.provider == defaults.provider):
+        options.update(defaults.options or {})
+    options.update(step.options or {})
+    if step.generator is not None:
         options.update(step.generator.model_dump())
     sampling: dict[str, Any] = {}
     for key in _INHERITED_KEYS:
@@ -482,23 +428,22 @@ def _provider_options(step: LLMStep, defaults: Defaults, provider: str | None, m
             (sampling if custom and key in GenerationFields.model_fields else options)[key] = value
     if sampling:  # a custom generator takes sampling options in its own names, as generation_kwargs
         options["generation_kwargs"] = {**sampling, **options.get("generation_kwargs", {})}
-    if (mock or provider == "mock") and step.mock_response is not None:
+    if step.mock_response is not None:
         options["mock_response"] = step.mock_response
     return options
 
 
-def _resolve_python(step: PythonStep, index: int, checker: _Checker) -> Callable[..., Any] | None:
+def _resolve_python(step: PythonStep, path: Path, checker: _Checker) -> Callable[..., Any] | None:
     module_name, _, attribute = step.callable.replace(":", ".").rpartition(".")
-    path: Path = ("steps", index, "callable")
     ensure_cwd_importable()
     try:
         module = importlib.import_module(module_name) if module_name else None
         function: Any = getattr(module, attribute) if module is not None else None
     except Exception as error:
-        checker.add(path, f"cannot import {step.callable!r}: {type(error).__name__}: {error}")
+        checker.add((*path, "callable"), f"cannot import {step.callable!r}: {type(error).__name__}: {error}")
         return None
     if not callable(function):
-        checker.add(path, f"{step.callable!r} is not a callable; give 'package.module.function'")
+        checker.add((*path, "callable"), f"{step.callable!r} is not a callable; give 'package.module.function'")
         return None
     resolved: Callable[..., Any] = function
     return resolved
@@ -527,82 +472,187 @@ def _output_file_problem(relative: str, step_id: str) -> str | None:
 
 def _check_output_folders(loaded: list[LoadedStep], checker: _Checker) -> None:
     """One step's output file must not be a folder another step writes into."""
-    folders: dict[tuple[str, ...], int] = {}
-    files: dict[tuple[str, ...], int] = {}
-    for index, item in enumerate(loaded):
+    folders: dict[tuple[str, ...], LoadedStep] = {}
+    files: dict[tuple[str, ...], LoadedStep] = {}
+    for item in loaded:
         target = item.spec.output_to_file if isinstance(item.spec, LLMStep) else None
-        if target is None or _output_file_problem(target, item.id) is not None:
+        if target is None or "{" in target or _output_file_problem(target, item.id) is not None:
             continue
         parts = PurePosixPath(target.replace("\\", "/")).parts
-        files.setdefault(parts, index)
+        files.setdefault(parts, item)
         for end in range(1, len(parts)):
-            folders.setdefault(parts[:end], index)
-    for parts, index in files.items():
+            folders.setdefault(parts[:end], item)
+    for parts, item in files.items():
         if parts in folders:
             other = folders[parts]
             checker.add(
-                ("steps", index, "output_to_file"),
-                f"{'/'.join(parts)!r} is the folder that steps[{other}] ({loaded[other].id!r}) writes into; "
+                (*item.path, "output_to_file"),
+                f"{'/'.join(parts)!r} is the folder that {format_path(other.path)} ({other.id!r}) writes into; "
                 "give this step another file name",
             )
 
 
-def _load_steps(workflow: Workflow, checker: _Checker, mock: bool, offline: bool) -> list[LoadedStep]:
-    defaults = workflow.defaults
-    loaded: list[LoadedStep] = []
-    seen: dict[str, int] = {}
-    for index, step in enumerate(workflow.steps):
-        if step.id in seen:
-            checker.add(("steps", index, "id"), f"duplicate step id {step.id!r} (first used by steps[{seen[step.id]}])")
-        seen.setdefault(step.id, index)
-        item = LoadedStep(step, ("steps", index))
+class _StepLoader:
+    """Resolves every step of one file (groups' children too) and the workflows its steps nest."""
+
+    def __init__(self, workflow: Workflow, checker: _Checker, *, offline: bool, mock: bool, stack: tuple[str, ...]):
+        self.workflow = workflow
+        self.defaults = workflow.defaults
+        self.checker = checker
+        self.offline = offline
+        self.mock = mock
+        self.stack = stack
+        self.seen: dict[str, Path] = {}
+
+    def steps(self, steps: list[AnyStep], base: Path, *, repeated: str | None = None) -> list[LoadedStep]:
+        """Load a list of steps; `repeated` names the for_each or loop whose body they are."""
+        return [self.step(step, (*base, index), repeated) for index, step in enumerate(steps)]
+
+    def step(self, step: AnyStep, path: Path, repeated: str | None) -> LoadedStep:
+        checker = self.checker
+        if step.id in self.seen:
+            first = format_path(self.seen[step.id])
+            message = f"duplicate step id {step.id!r} (first used by {first}); ids are unique in a file"
+            checker.add((*path, "id"), message)
+        self.seen.setdefault(step.id, path)
+        item = LoadedStep(step, path)
         if isinstance(step, LLMStep):
-            item.stream = (
-                step.stream if step.stream is not None else (defaults.stream if defaults.stream is not None else True)
-            )
-            item.handlers = _resolve_step_handlers(step, index, defaults, checker)
-            if step.generator is not None and step.provider is not None:
-                checker.add(
-                    ("steps", index, "generator"), "give either 'provider' or 'generator', not both", at_key=True
-                )
-            provider = "generator" if step.generator is not None else (step.provider or defaults.provider)
-            item.model = step.model or defaults.model
-            item.system = step.system if step.system is not None else defaults.system
-            item.options = _provider_options(step, defaults, provider, mock)
-            provider_path: Path = (
-                ("steps", index, "generator")
-                if step.generator is not None
-                else ("steps", index, "provider")
-                if step.provider
-                else (("defaults", "provider") if defaults.provider else ("steps", index))
-            )
-            real_options = _provider_options(step, defaults, provider, mock=False) if mock else item.options
-            real_options = {k: v for k, v in real_options.items() if k not in STEP_OPTION_NAMES}
-            try:
-                item.provider = check_provider(provider, real_options, offline=offline)
-            except ProviderNotInstalledError as error:
-                checker.add(provider_path, str(error))
-            except ProviderConfigError as error:
-                checker.add(provider_path, _one_line(str(error)))
-            if mock:
-                item.provider = "mock"
-            problem = None if step.output_to_file is None else _output_file_problem(step.output_to_file, step.id)
-            if problem is not None:
-                checker.add(("steps", index, "output_to_file"), problem)
+            self._llm(item, step, path, repeated)
         elif isinstance(step, PythonStep):
-            item.function = _resolve_python(step, index, checker)
-        loaded.append(item)
-    _check_output_folders(loaded, checker)
-    return loaded
+            item.function = _resolve_python(step, path, checker)
+        elif isinstance(step, WorkflowStep):
+            item.nested = self._nested(step, path)
+        found = children_of(step)
+        if found is not None:
+            key, children = found
+            inner = repeated
+            if isinstance(step, ForEachStep | LoopStep):
+                inner = f"{'for_each' if isinstance(step, ForEachStep) else 'loop'} {step.id!r}"
+            item.children = self.steps(children, (*path, key), repeated=inner)
+        return item
+
+    def _llm(self, item: LoadedStep, step: LLMStep, path: Path, repeated: str | None) -> None:
+        defaults, checker = self.defaults, self.checker
+        inherited = defaults.stream if defaults.stream is not None else True
+        item.stream = step.stream if step.stream is not None else inherited
+        item.handlers = _resolve_step_handlers(step, path, defaults, checker)
+        if step.generator is not None and step.provider is not None:
+            checker.add((*path, "generator"), "give either 'provider' or 'generator', not both", at_key=True)
+        provider = "generator" if step.generator is not None else (step.provider or defaults.provider)
+        item.model = step.model or defaults.model
+        item.system = step.system if step.system is not None else defaults.system
+        item.options = _provider_options(step, defaults, provider)
+        provider_path: Path = (
+            (*path, "generator")
+            if step.generator is not None
+            else (*path, "provider")
+            if step.provider
+            else (("defaults", "provider") if defaults.provider else path)
+        )
+        item.provider_at = provider_path
+        item.provider = _checked_provider(provider, item, checker, offline=self.offline)
+        target = step.output_to_file
+        if target is None:
+            return
+        if "{" in target:
+            return  # a template: checked (inside the output folder, a file name) once it is rendered
+        problem = _output_file_problem(target, step.id)
+        if problem is None and repeated is not None:
+            problem = (
+                f"{target!r} would be written by every run of {repeated}; put the item or iteration in the "
+                "name, such as 'drafts/{{ topic }}.md'"
+            )
+        if problem is not None:
+            checker.add((*path, "output_to_file"), problem)
+
+    def _nested(self, step: WorkflowStep, path: Path) -> LoadedWorkflow | None:
+        """Load the workflow a step nests, relative to this file; check its inputs and recursion."""
+        checker = self.checker
+        here = FilePath(checker.source.file)
+        folder = here.parent if checker.source.file != "<workflow>" else FilePath.cwd()
+        target = (folder / step.workflow).resolve()
+        where = (*path, "workflow")
+        if str(target) in self.stack:
+            chain = " -> ".join(FilePath(f).name for f in (*self.stack, str(target)))
+            checker.add(where, f"workflow files include each other in a loop ({chain}); a workflow cannot nest itself")
+            return None
+        if not target.is_file():
+            checker.add(where, f"{step.workflow!r} is not a file (looked for {target.name} next to {here.name})")
+            return None
+        try:
+            nested = _load_file(str(folder / step.workflow), mock=self.mock, stack=(*self.stack, str(target)))
+        except WorkflowError as error:
+            checker.add(where, f"{step.workflow!r} has {len(error.issues)} problem(s), listed below")
+            for issue in error.issues:
+                if issue not in checker._seen:
+                    checker._seen.add(issue)
+                    checker.issues.append(issue)
+            return None
+        except (OSError, UnicodeError, ValueError) as error:
+            checker.add(where, f"{step.workflow!r} cannot be read: {error}")
+            return None
+        declared = nested.workflow.inputs
+        for name in step.inputs:
+            if name not in declared:
+                close = _close_key(name, tuple(declared))
+                hint = f" (did you mean {close!r}?)" if close else f"; it declares: {', '.join(declared) or 'none'}"
+                checker.add((*path, "inputs", name), f"{step.workflow!r} has no input {name!r}{hint}", at_key=True)
+        for name, spec in declared.items():
+            if name not in step.inputs and "default" not in spec.model_fields_set:
+                checker.add((*path, "inputs"), f"{step.workflow!r} needs the input {name!r}, which is not given")
+            elif name in step.inputs and not isinstance(step.inputs[name], str):
+                try:
+                    typed_value(spec.type, step.inputs[name])
+                except InputValueError as problem:
+                    checker.add((*path, "inputs", name), f"{step.workflow!r} input {name!r} {problem}")
+        return nested
 
 
-def parse_workflow(text: str, file: str = "<workflow>", *, mock: bool = False) -> LoadedWorkflow:
-    """Load a workflow from YAML text. `file` is the name used in messages.
+def _checked_provider(provider: str | None, item: LoadedStep, checker: _Checker, *, offline: bool) -> str | None:
+    """The provider's name, once its package and settings are checked (not its key, when `offline`)."""
+    real_options = {k: v for k, v in item.options.items() if k not in STEP_OPTION_NAMES and k != "mock_response"}
+    try:
+        return check_provider(provider, real_options, offline=offline)
+    except ProviderNotInstalledError as error:
+        checker.add(item.provider_at, str(error))
+    except ProviderConfigError as error:
+        checker.add(item.provider_at, _one_line(str(error)))
+    return provider
 
-    :raises WorkflowError: listing every problem found, each with file:line:column and key path.
+
+def check_live_providers(loaded: LoadedWorkflow) -> None:
+    """Check what a workflow loaded for a mock run or a replay needs for a live one: packages and keys.
+
+    :raises WorkflowError: listing every provider that cannot be called, with file:line.
     """
+    checker = _Checker(loaded.source, loaded.prefix)
+    for item in loaded.all_steps():
+        if isinstance(item.spec, LLMStep):
+            provider = "generator" if item.spec.generator is not None else item.provider
+            _checked_provider(provider, item, checker, offline=False)
+        if item.nested is not None:
+            try:
+                check_live_providers(item.nested)
+            except WorkflowError as error:
+                checker.issues.extend(error.issues)
+    if checker.issues:
+        raise WorkflowError(sorted(checker.issues, key=_issue_order(loaded.file)))
+
+
+def _normalize_steps(steps: Any, base: Path, checker: _Checker) -> None:
+    """Fold legacy keys in every step of a list, the children of groups too."""
+    if not isinstance(steps, list):
+        return
+    for index, raw in enumerate(steps):
+        if isinstance(raw, dict):
+            _normalize_legacy(raw, (*base, index), checker)
+            for key in STEP_LIST_FIELDS:
+                if isinstance(raw.get(key), list):
+                    _normalize_steps(raw[key], (*base, index, key), checker)
+
+
+def _parse(text: str, file: str, *, mock: bool, stack: tuple[str, ...]) -> LoadedWorkflow:
     offline = offline_mode_requested(mock)
-    mock = mock_mode_requested(mock)
     source = load_yaml(text, file)
     checker = _Checker(source, ())
     body, prefix = _split_body(source, checker)
@@ -610,38 +660,64 @@ def parse_workflow(text: str, file: str = "<workflow>", *, mock: bool = False) -
     if checker.issues or body is None:
         raise WorkflowError(checker.issues)
     if isinstance(body, dict):
-        steps = body.get("steps")
-        if isinstance(steps, list):
-            for index, raw in enumerate(steps):
-                if isinstance(raw, dict):
-                    _normalize_legacy(raw, ("steps", index), checker)
+        _normalize_steps(body.get("steps"), ("steps",), checker)
         if isinstance(body.get("defaults"), dict):
             _normalize_legacy(body["defaults"], ("defaults",), checker)
     try:
         workflow = Workflow.model_validate(body)
     except ValidationError as error:
         _schema_issues(error, body, checker)
-        raise WorkflowError(sorted(checker.issues, key=_issue_order)) from None
+        raise WorkflowError(sorted(checker.issues, key=_issue_order(file))) from None
     _check_input_defaults(workflow, checker)
-    _check_templates(workflow, checker)
-    steps = _load_steps(workflow, checker, mock, offline)
+    TemplateChecker(workflow, checker.add).check_all()
+    loader = _StepLoader(workflow, checker, offline=offline, mock=mock, stack=stack)
+    steps = loader.steps(workflow.steps, ("steps",))
+    _check_output_folders([found for step in steps for found in step.walk()], checker)
     if checker.issues:
-        raise WorkflowError(sorted(checker.issues, key=_issue_order))
-    return LoadedWorkflow(workflow, source, steps, prefix, mock)
+        raise WorkflowError(sorted(checker.issues, key=_issue_order(file)))
+    return LoadedWorkflow(workflow, source, steps, prefix, offline)
 
 
-def _issue_order(issue: Issue) -> tuple[int, int]:
-    return issue.location.line or 0, issue.location.column or 0
+def parse_workflow(text: str, file: str = "<workflow>", *, mock: bool = False) -> LoadedWorkflow:
+    """Load a workflow from YAML text. `file` names it in messages; nested workflow files are found next to it.
+
+    :param mock: check it for a mock run: provider packages and API keys are not required.
+    :raises WorkflowError: listing every problem found, each with file:line:column and key path.
+    """
+    here = str(FilePath(file).resolve()) if file != "<workflow>" else file
+    return _parse(text, file, mock=mock, stack=(here,))
+
+
+def _issue_order(file: str) -> Callable[[Issue], tuple[bool, str, int, int]]:
+    """Issues of this file first, then those of the files it nests, each in line order."""
+
+    def order(issue: Issue) -> tuple[bool, str, int, int]:
+        other = (issue.location.file or file) != file
+        return other, issue.location.file or "", issue.location.line or 0, issue.location.column or 0
+
+    return order
+
+
+def _load_file(name: str, *, mock: bool, stack: tuple[str, ...]) -> LoadedWorkflow:
+    return _parse(read_workflow_text(name), name, mock=mock, stack=stack)
 
 
 def load_workflow(path: str | os.PathLike[str], *, mock: bool = False) -> LoadedWorkflow:
-    """Load and check a workflow file (handlers and providers are resolved now, before any run).
+    """Load and check a workflow file and the files it nests (handlers and providers are resolved now).
 
     :param mock: check it for a mock run: provider packages and API keys are not required.
     :raises WorkflowError: listing every problem found, each with file:line:column and key path.
     """
     name = os.fspath(path)
-    return parse_workflow(read_workflow_text(name), name, mock=mock)
+    return _load_file(name, mock=mock, stack=(str(FilePath(name).resolve()),))
 
 
-__all__ = ["LoadedStep", "LoadedWorkflow", "format_path", "load_workflow", "mock_mode_requested", "parse_workflow"]
+__all__ = [
+    "LoadedStep",
+    "LoadedWorkflow",
+    "check_live_providers",
+    "format_path",
+    "load_workflow",
+    "offline_mode_requested",
+    "parse_workflow",
+]

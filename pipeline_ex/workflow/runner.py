@@ -9,24 +9,24 @@ from __future__ import annotations
 import asyncio
 import difflib
 import os
-from collections.abc import Callable, Mapping
+import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pipeline_ex.context import Context
-from pipeline_ex.errors import Issue, PipelineError, StepError, WorkflowError
-from pipeline_ex.streaming.resolve import HandlerSpec
-from pipeline_ex.workflow import templates
+from pipeline_ex.errors import PipelineError, StepError
+from pipeline_ex.events import ErrorInfo, RunFinished, RunStatus, Usage
+from pipeline_ex.modes.session import session_for_run
+from pipeline_ex.streaming.resolve import HandlerSpec, resolve_handler
+from pipeline_ex.workflow.engine import Engine, Scope
 from pipeline_ex.workflow.inputs import InputValueError, typed_value
-from pipeline_ex.workflow.loader import LoadedStep, LoadedWorkflow, load_workflow, parse_workflow
-from pipeline_ex.workflow.schema import LLMStep, PythonStep, SetStep
-from pipeline_ex.workflow.yaml_source import escaped, lone_surrogate
-
-OUTPUT_DIR_ENV = "PIPELINE_OUTPUT_DIR"
-DEFAULT_OUTPUT_DIR = "outputs"
-
-ProgressCallback = Callable[[int, int, str], None]
+from pipeline_ex.workflow.loader import LoadedStep, LoadedWorkflow, check_live_providers, load_workflow
+from pipeline_ex.workflow.observers import RunObservers
+from pipeline_ex.workflow.outputs import output_directory, output_path
+from pipeline_ex.workflow.results import GROUP_RESULTS, jsonable, result_json
+from pipeline_ex.workflow.schema import LLMStep, PythonStep
 
 
 class InputError(PipelineError):
@@ -40,57 +40,36 @@ class InputError(PipelineError):
 
 @dataclass
 class RunResult:
-    """What a run produced: each LLM step's `StepResult`, python step values, variables and files."""
+    """What a run produced: each step's result, python step values, variables and files."""
 
     run_id: str
     workflow: str
     steps: dict[str, Any] = field(default_factory=dict)
-    """LLM step id -> `StepResult`."""
+    """Step id -> result: an LLM step's `StepResult` (parallel children too, by their own ids), a group's
+    result (`ForEachResult`, `LoopResult`, `ParallelResult`, `NestedResult`), `SkippedResult` or `FailedResult`."""
     values: dict[str, Any] = field(default_factory=dict)
     """Python step id -> the value its callable returned."""
     vars: dict[str, Any] = field(default_factory=dict)
     outputs: dict[str, Path] = field(default_factory=dict)
-    """Step id -> the file `output_to_file` wrote."""
+    """Step path -> the file `output_to_file` wrote."""
+    status: RunStatus = "ok"
 
     @property
     def text(self) -> str:
-        """The text of the last LLM step."""
-        last = list(self.steps.values())[-1:] or [None]
-        return last[0].text if last[0] is not None else ""
+        """The text of the last LLM step that ran at the top level."""
+        texts = [value.text for value in self.steps.values() if hasattr(value, "done")]
+        return texts[-1] if texts else ""
 
     def to_json(self) -> dict[str, Any]:
-        """A JSON-ready summary: every step's text, finish reason, usage and timing."""
-        steps: dict[str, Any] = {}
-        for step_id, result in self.steps.items():
-            done = result.done
-            steps[step_id] = {
-                "text": done.response.text,
-                "finish_reason": done.response.finish_reason,
-                "model": done.response.model,
-                "provider": done.response.provider,
-                "usage": done.response.usage.model_dump() if done.response.usage else None,
-                "streamed": done.streamed,
-                "ttft_ms": done.ttft_ms,
-                "duration_ms": done.duration_ms,
-            }
+        """A JSON-ready summary: every step's text, finish reason, usage and timing; groups with their children."""
         return {
             "run_id": self.run_id,
             "workflow": self.workflow,
-            "steps": steps,
-            "values": {k: _jsonable(v) for k, v in self.values.items()},
-            "vars": {k: _jsonable(v) for k, v in self.vars.items()},
+            "steps": {step_id: result_json(result) for step_id, result in self.steps.items()},
+            "values": {k: jsonable(v) for k, v in self.values.items()},
+            "vars": {k: jsonable(v) for k, v in self.vars.items()},
             "outputs": {k: str(v) for k, v in self.outputs.items()},
         }
-
-
-def _jsonable(value: Any) -> Any:
-    if value is None or isinstance(value, str | int | float | bool):
-        return value
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    return repr(value)
 
 
 def resolve_inputs(loaded: LoadedWorkflow, given: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -130,160 +109,41 @@ def _declared_at(loaded: LoadedWorkflow, name: str) -> str:
     return f"{Path(where.file or '').name}:{where.line}"
 
 
-def _output_path(output_dir: Path, relative: str, step_id: str) -> Path:
-    """Where a step's `output_to_file` goes; checked against what is on disk now.
-
-    :raises PipelineError: naming the step and the path, when the path is outside the output directory,
-        is a directory, or has a file where a folder of the path should be.
-    """
-    target = (output_dir / relative).resolve()
-    if not target.is_relative_to(output_dir.resolve()):
-        raise PipelineError(f"step {step_id!r}: output_to_file {relative!r} points outside {output_dir}")
-    shown = output_dir / relative  # as the user gave the folder, so a server's messages hold no absolute path
-    if target.is_dir():
-        raise PipelineError(
-            f"step {step_id!r}: output_to_file {relative!r} is a directory ({shown}); "
-            "give a file name, or move the directory away"
-        )
-    for folder in shown.parents:
-        if folder.exists():
-            if not folder.is_dir():
-                raise PipelineError(
-                    f"step {step_id!r}: output_to_file {relative!r} cannot be written: {folder} is a file, "
-                    "not a directory; choose another output directory or file name"
-                )
-            break
-    return target
+def check_outputs(loaded: LoadedWorkflow, output_dir: Path) -> None:
+    """Fail before the first step when an `output_to_file` cannot be written as things are on disk."""
+    for item in loaded.all_steps():
+        target = item.spec.output_to_file if isinstance(item.spec, LLMStep) else None
+        if target is not None and "{" not in target:
+            output_path(output_dir, target, item.id)
 
 
-class _Runner:
-    def __init__(
-        self,
-        loaded: LoadedWorkflow,
-        ctx: Context,
-        *,
-        output_dir: Path,
-        default_handler: HandlerSpec | None,
-        progress: ProgressCallback | None,
-    ) -> None:
-        self.loaded = loaded
-        self.ctx = ctx
-        self.output_dir = output_dir
-        self.default_handler = default_handler
-        self.progress = progress
-        self.result = RunResult(ctx.run_id, loaded.name)
+def _record_top(result: RunResult) -> Any:
+    def record(item: LoadedStep, value: Any) -> None:
+        if isinstance(item.spec, PythonStep):
+            result.values[item.id] = value
+        elif hasattr(value, "done") or isinstance(value, GROUP_RESULTS) or item.kind == "llm":
+            result.steps[item.id] = value
 
-    def _template_values(self) -> dict[str, Any]:
-        return {"inputs": self.ctx.inputs, "steps": self.ctx.steps, "vars": self.ctx.vars}
+    return record
 
-    def _render(self, source: str, item: LoadedStep, key: str) -> str:
-        try:
-            text = templates.render(source, self._template_values())
-        except Exception as error:
-            raise WorkflowError(
-                [Issue(self.loaded.location(*item.path, key), f"template failed: {type(error).__name__}: {error}")]
-            ) from error
-        at = lone_surrogate(text)
-        if at is not None:
-            message = (
-                f"the rendered {key} has a lone surrogate ({escaped(text[at])}) at character {at + 1}, which is "
-                "not text; it comes from a value the template reads (a python step's result?)"
-            )
-            raise WorkflowError([Issue(self.loaded.location(*item.path, key), message)])
-        return text
 
-    async def _llm(self, item: LoadedStep, step: LLMStep) -> None:
-        from pipeline_ex.llm.step import ainvoke
+def _total_usage(usage: list[Usage]) -> Usage | None:
+    if not usage:
+        return None
 
-        handlers: list[Any] = list(item.handlers)
-        if not handlers and self.default_handler is not None:
-            handlers = [self.default_handler]
-        prompt = self._render(step.prompt, item, "prompt")
-        system = self._render(item.system, item, "system") if item.system else None
-        try:
-            result = await ainvoke(
-                self.ctx,
-                prompt=prompt,
-                provider=item.provider,
-                model=item.model,
-                system=system,
-                stream=item.stream,
-                on_event=handlers,
-                step=step.id,
-                **item.options,
-            )
-        except StepError as error:
-            try:
-                self._write_output(step, error.done.response.text)
-            except PipelineError as output_error:
-                error.add_note(str(output_error))  # the step's own failure stays the error raised
-            raise
-        self.ctx.steps[step.id] = result
-        self.result.steps[step.id] = result
-        self._write_output(step, result.text)
+    def total(name: str) -> int | None:
+        counts = [getattr(u, name) for u in usage if getattr(u, name) is not None]
+        return sum(counts) if counts else None
 
-    def _write_output(self, step: LLMStep, text: str) -> None:
-        if step.output_to_file is None:
-            return
-        target = _output_path(self.output_dir, step.output_to_file, step.id)
-        try:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_text(text, encoding="utf-8")
-        except (OSError, UnicodeError) as error:
-            reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
-            raise PipelineError(
-                f"step {step.id!r}: output_to_file {step.output_to_file!r} cannot be written to "
-                f"{self.output_dir / step.output_to_file}: {reason}"
-            ) from error
-        self.result.outputs[step.id] = target
-
-    async def _python(self, item: LoadedStep, step: PythonStep) -> None:
-        assert item.function is not None
-        value = item.function(self.ctx, **step.args)
-        if asyncio.iscoroutine(value):
-            value = await value
-        self.ctx.steps[step.id] = value
-        self.result.values[step.id] = value
-
-    def _set(self, item: LoadedStep, step: SetStep) -> None:
-        for name, value in step.vars.items():
-            rendered = self._render(value, item, f"vars.{name}") if isinstance(value, str) else value
-            self.ctx.vars[name] = rendered
-        self.result.vars = dict(self.ctx.vars)
-
-    def check_outputs(self) -> None:
-        """Fail before the first step when an `output_to_file` cannot be written as things are on disk."""
-        for item in self.loaded.steps:
-            if isinstance(item.spec, LLMStep) and item.spec.output_to_file is not None:
-                _output_path(self.output_dir, item.spec.output_to_file, item.id)
-
-    async def run(self) -> RunResult:
-        self.check_outputs()
-        total = len(self.loaded.steps)
-        for index, item in enumerate(self.loaded.steps, start=1):
-            if self.progress is not None:
-                self.progress(index, total, item.id)
-            step = item.spec
-            if isinstance(step, LLMStep):
-                await self._llm(item, step)
-            elif isinstance(step, PythonStep):
-                await self._python(item, step)
-            else:
-                self._set(item, step)
-        return self.result
+    return Usage(
+        input_tokens=total("input_tokens"), output_tokens=total("output_tokens"), total_tokens=total("total_tokens")
+    )
 
 
 def _as_loaded(workflow: str | os.PathLike[str] | LoadedWorkflow, mock: bool) -> LoadedWorkflow:
     if isinstance(workflow, LoadedWorkflow):
-        if mock and not workflow.mock:
-            return parse_workflow(workflow.source.text, workflow.file, mock=True)
         return workflow
     return load_workflow(workflow, mock=mock)
-
-
-def output_directory(output_dir: str | os.PathLike[str] | None) -> Path:
-    """The output directory: the argument, else `PIPELINE_OUTPUT_DIR`, else `./outputs`."""
-    return Path(output_dir or os.environ.get(OUTPUT_DIR_ENV) or DEFAULT_OUTPUT_DIR)
 
 
 async def arun(
@@ -292,10 +152,10 @@ async def arun(
     *,
     mock: bool = False,
     on_event: Any = None,
+    lifecycle: bool = False,
     output_dir: str | os.PathLike[str] | None = None,
     run_id: str | None = None,
-    _default_handler: HandlerSpec | None = None,
-    _progress: ProgressCallback | None = None,
+    default_handler: Any = None,
 ) -> RunResult:
     """Run a workflow on the running event loop and return its `RunResult`.
 
@@ -304,19 +164,81 @@ async def arun(
     :param mock: run every LLM step on the mock provider (as `PIPELINE_TEST_MODE=mock` does).
     :param on_event: an extra handler (or list) that receives every event of every step, in addition
         to the handlers the workflow configures.
+    :param lifecycle: `on_event` handlers also receive `StepStarted`, `StepFinished` and `RunFinished`
+        (a handler class that declares `lifecycle = True` always does).
     :param output_dir: where `output_to_file` writes (default: `PIPELINE_OUTPUT_DIR`, then `./outputs`).
     :param run_id: the id every event carries (a fresh one by default).
-    :raises StepError: after the failing step's Done was delivered.
+    :param default_handler: the handler (a reference, as `on_event` takes) of steps that configure none;
+        `pipeline-ex run` uses the console.
+    :raises StepError: after the failing step's Done was delivered (and `RunFinished`).
     """
     loaded = _as_loaded(workflow, mock)
-    extra = [] if on_event is None else (list(on_event) if isinstance(on_event, list | tuple) else [on_event])
-    ctx = Context(inputs=resolve_inputs(loaded, inputs), handlers=extra, name=loaded.name)
+    ctx = Context(inputs=resolve_inputs(loaded, inputs), name=loaded.name)
+    ctx.session = session_for_run(loaded.name, mock=mock)
+    if ctx.session.mode in ("live", "record") and loaded.checked_offline:
+        check_live_providers(loaded)
     if run_id is not None:
         ctx.run_id = run_id
-    runner = _Runner(
-        loaded, ctx, output_dir=output_directory(output_dir), default_handler=_default_handler, progress=_progress
+    observers = RunObservers.of(on_event, lifecycle=lifecycle)
+    ctx.handlers = observers.step_handlers
+    folder = output_directory(output_dir)
+    check_outputs(loaded, folder)
+    fallback = None
+    if default_handler is not None:
+        fallback = default_handler if isinstance(default_handler, HandlerSpec) else resolve_handler(default_handler)
+    engine = Engine(ctx, observers, default_handler=fallback)
+    result = RunResult(ctx.run_id, loaded.name)
+    scope = Scope(loaded, ctx.inputs, ctx.vars, ctx.steps, ctx.steps, folder, on_record=_record_top(result))
+    started = time.perf_counter()
+    status: RunStatus = "ok"
+    error_info: ErrorInfo | None = None
+    try:
+        await engine.run_steps(loaded.steps, scope)
+    except asyncio.CancelledError:
+        status, error_info = "cancelled", ErrorInfo(type="cancelled", message="the run was cancelled")
+        raise
+    except BaseException as error:
+        status = "cancelled" if isinstance(error, KeyboardInterrupt) else "failed"
+        error_info = _run_error(error)
+        raise
+    finally:
+        result.vars = dict(ctx.vars)
+        result.outputs = dict(engine.outputs)
+        result.status = status
+        finished = RunFinished(
+            run_id=ctx.run_id,
+            seq=ctx.next_seq(),
+            status=status,
+            usage=_total_usage(engine.usage),
+            duration_ms=(time.perf_counter() - started) * 1000,
+            error=error_info,
+        )
+        await _emit_last(observers, finished)
+    return result
+
+
+async def _emit_last(observers: RunObservers, finished: RunFinished) -> None:
+    """Deliver `RunFinished`, also while the run is being cancelled."""
+    if finished.status != "cancelled":
+        await observers.emit(finished)
+        return
+    task = asyncio.ensure_future(observers.emit(finished))
+    while not task.done():
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            continue
+    task.result()
+
+
+def _run_error(error: BaseException) -> ErrorInfo:
+    if isinstance(error, StepError) and error.done.error is not None:
+        return error.done.error
+    if isinstance(error, KeyboardInterrupt):
+        return ErrorInfo(type="cancelled", message="interrupted")
+    return ErrorInfo(
+        type="step", message=str(error)[:2000], exception=f"{type(error).__module__}.{type(error).__qualname__}"
     )
-    return await runner.run()
 
 
 def run(
@@ -325,15 +247,27 @@ def run(
     *,
     mock: bool = False,
     on_event: Any = None,
+    lifecycle: bool = False,
     output_dir: str | os.PathLike[str] | None = None,
+    default_handler: Any = None,
 ) -> RunResult:
     """Run a workflow to completion and return its `RunResult` (see `arun`).
 
-    Ctrl-C cancels the running step, which delivers its `Done(finish_reason="cancelled")` before
+    Ctrl-C cancels the running steps, which deliver their `Done(finish_reason="cancelled")` before
     `KeyboardInterrupt` propagates.
     """
     try:
         asyncio.get_running_loop()
     except RuntimeError:
-        return asyncio.run(arun(workflow, inputs, mock=mock, on_event=on_event, output_dir=output_dir))
+        return asyncio.run(
+            arun(
+                workflow,
+                inputs,
+                mock=mock,
+                on_event=on_event,
+                lifecycle=lifecycle,
+                output_dir=output_dir,
+                default_handler=default_handler,
+            )
+        )
     raise PipelineError("run() was called inside a running event loop; use 'await arun(...)' there")

@@ -11,7 +11,15 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, TypeAdapter
 
 STEP_ID_PATTERN = r"^[A-Za-z_][A-Za-z0-9_\-]*$"
+NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
 HandlerRef = Annotated[str, Field(min_length=1)]
+MAX_PARALLEL = 1000
+"""The most step instances one group may run at once."""
+MAX_ITERATIONS = 1000
+"""The most iterations a loop may be given."""
+OnError = Literal["fail_fast", "continue"]
+Condition = str | bool
+"""`when:` and `until:`: `true`/`false`, or one template expression such as `{{ 'risk' in steps.cons.text }}`."""
 
 
 class _Strict(BaseModel):
@@ -23,9 +31,10 @@ class InputSpec(_Strict):
 
     default: Any = None
     description: str | None = None
-    type: Literal["string", "integer", "number", "boolean"] = "string"
+    type: Literal["string", "integer", "number", "boolean", "list", "object"] = "string"
     """The type every value of the input has, the default included: text (`--input k=v`, a form field) is
-    read as this type, and other values must already have it (`true` is not an integer)."""
+    read as this type (JSON text for `list` and `object`), and other values must already have it (`true`
+    is not an integer)."""
 
 
 class GenerationFields(_Strict):
@@ -84,6 +93,8 @@ class LLMStep(GenerationFields, StepLimits, StreamingFields):
 
     id: str = Field(pattern=STEP_ID_PATTERN)
     type: Literal["llm"] = "llm"
+    when: Condition | None = None
+    """Run the step only when this holds; otherwise it is skipped (`steps.<id>.skipped`)."""
     prompt: str
     system: str | None = None
     provider: str | None = None
@@ -103,6 +114,7 @@ class PythonStep(_Strict):
 
     id: str = Field(pattern=STEP_ID_PATTERN)
     type: Literal["python"]
+    when: Condition | None = None
     callable: str = Field(min_length=1)
     args: dict[str, Any] = Field(default_factory=dict)
 
@@ -112,21 +124,114 @@ class SetStep(_Strict):
 
     id: str = Field(pattern=STEP_ID_PATTERN)
     type: Literal["set"]
+    when: Condition | None = None
     vars: dict[str, Any]
+
+
+class ParallelStep(_Strict):
+    """Run the child steps at the same time; each keeps its own id (`steps.<child>`)."""
+
+    id: str = Field(pattern=STEP_ID_PATTERN)
+    type: Literal["parallel"] = "parallel"
+    when: Condition | None = None
+    parallel: list[Step] = Field(min_length=1)
+    on_error: OnError = "fail_fast"
+    """`fail_fast` cancels the running siblings at the first failure; `continue` records it and goes on."""
+    max_parallel: int | None = Field(default=None, ge=1, le=MAX_PARALLEL)
+    """The most children running at once (all of them by default)."""
+
+
+class ForEachStep(_Strict):
+    """Run the body once per item of a list, up to `max_parallel` items at a time."""
+
+    id: str = Field(pattern=STEP_ID_PATTERN)
+    type: Literal["for_each"] = "for_each"
+    when: Condition | None = None
+    for_each: str | list[Any]
+    """A YAML list, or one template expression that gives a list (`{{ inputs.topics }}`)."""
+    as_: str = Field(default="item", alias="as", pattern=NAME_PATTERN)
+    """The name the body's templates use for the current item."""
+    max_parallel: int = Field(default=1, ge=1, le=MAX_PARALLEL)
+    on_error: OnError = "fail_fast"
+    steps: list[Step] = Field(min_length=1)
+
+
+class LoopSpec(_Strict):
+    """When a loop stops: `until` holds after an iteration, or `max_iterations` have run."""
+
+    until: Condition | None = None
+    max_iterations: int = Field(ge=1, le=MAX_ITERATIONS)
+
+
+class LoopStep(_Strict):
+    """Run the body again and again until `loop.until` holds, at most `loop.max_iterations` times."""
+
+    id: str = Field(pattern=STEP_ID_PATTERN)
+    type: Literal["loop"] = "loop"
+    when: Condition | None = None
+    loop: LoopSpec
+    steps: list[Step] = Field(min_length=1)
+
+
+class WorkflowStep(_Strict):
+    """Run another workflow file as one step (`steps.<id>.steps.<child>`)."""
+
+    id: str = Field(pattern=STEP_ID_PATTERN)
+    type: Literal["workflow"] = "workflow"
+    when: Condition | None = None
+    workflow: str = Field(min_length=1)
+    """The file, relative to the file that names it."""
+    inputs: dict[str, Any] = Field(default_factory=dict)
+    """Its inputs; strings are templates, and one `{{ expression }}` passes its value as it is (a list)."""
+
+
+GROUP_KEYS = ("parallel", "for_each", "loop", "workflow")
+"""The keys that make a step a group (or nested workflow) without a `type:`."""
 
 
 def _step_kind(value: Any) -> str | None:
     if isinstance(value, dict):
-        kind = value.get("type", "llm")
+        kind = value.get("type")
+        if kind is None:
+            kind = next((key for key in GROUP_KEYS if key in value), "llm")
         return kind if isinstance(kind, str) else None
     return getattr(value, "type", None)
 
 
 Step = Annotated[
-    Annotated[LLMStep, Tag("llm")] | Annotated[PythonStep, Tag("python")] | Annotated[SetStep, Tag("set")],
+    Annotated[LLMStep, Tag("llm")]
+    | Annotated[PythonStep, Tag("python")]
+    | Annotated[SetStep, Tag("set")]
+    | Annotated[ParallelStep, Tag("parallel")]
+    | Annotated[ForEachStep, Tag("for_each")]
+    | Annotated[LoopStep, Tag("loop")]
+    | Annotated[WorkflowStep, Tag("workflow")],
     Discriminator(_step_kind, custom_error_type="step_type", custom_error_message="unknown step type"),
 ]
-STEP_MODELS: dict[str, type[BaseModel]] = {"llm": LLMStep, "python": PythonStep, "set": SetStep}
+AnyStep = LLMStep | PythonStep | SetStep | ParallelStep | ForEachStep | LoopStep | WorkflowStep
+STEP_MODELS: dict[str, type[BaseModel]] = {
+    "llm": LLMStep,
+    "python": PythonStep,
+    "set": SetStep,
+    "parallel": ParallelStep,
+    "for_each": ForEachStep,
+    "loop": LoopStep,
+    "workflow": WorkflowStep,
+}
+STEP_LIST_FIELDS = ("steps", "parallel")
+"""The keys whose value is a list of steps."""
+
+for _model in (ParallelStep, ForEachStep, LoopStep):
+    _model.model_rebuild()
+
+
+def children_of(step: AnyStep) -> tuple[str, list[AnyStep]] | None:
+    """The key and the list of child steps of a group step, or None for a step without children."""
+    if isinstance(step, ParallelStep):
+        return "parallel", step.parallel
+    if isinstance(step, ForEachStep | LoopStep):
+        return "steps", step.steps
+    return None
 
 
 class Workflow(_Strict):

@@ -1,7 +1,11 @@
 """Prompt templates: Jinja2 in a sandboxed environment, with references checked before a run starts.
 
 Templates see `inputs.<name>`, `steps.<id>` (an LLM step's result: `.text`, `.response`; a python
-step's returned value) and `vars.<name>`. Undefined names are errors, never empty strings.
+step's returned value; a group's result) and `vars.<name>`, and inside a `for_each` body the item's name.
+Undefined names are errors, never empty strings.
+
+Conditions (`when:`, `until:`), `for_each:` lists and nested workflow inputs may be one expression,
+`{{ ... }}` and nothing else: `evaluate` gives its value as it is (a bool, a list), not as text.
 """
 
 from __future__ import annotations
@@ -12,15 +16,32 @@ from functools import lru_cache
 from typing import Any
 
 from jinja2 import StrictUndefined, Template, TemplateSyntaxError, nodes
+from jinja2.environment import TemplateExpression
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 ROOTS = ("inputs", "steps", "vars")
 
 
+class _NamesFirstEnvironment(ImmutableSandboxedEnvironment):
+    """Jinja2's sandbox, where `a.b` on a mapping reads its key `b` before any attribute of that name.
+
+    Jinja2 looks attributes up first, so `inputs.items` would be the dict's `items` method rather than
+    the input named `items`; here names in the workflow always win.
+    """
+
+    def getattr(self, obj: Any, attribute: str) -> Any:
+        if isinstance(obj, Mapping):
+            try:
+                return obj[attribute]
+            except (KeyError, TypeError):
+                pass
+        return super().getattr(obj, attribute)
+
+
 @lru_cache(maxsize=1)
 def environment() -> ImmutableSandboxedEnvironment:
     """The shared sandboxed Jinja2 environment (no access to unsafe attributes, no mutation)."""
-    return ImmutableSandboxedEnvironment(undefined=StrictUndefined, keep_trailing_newline=True, autoescape=False)
+    return _NamesFirstEnvironment(undefined=StrictUndefined, keep_trailing_newline=True, autoescape=False)
 
 
 @dataclass
@@ -68,4 +89,47 @@ def render(source: str, values: Mapping[str, Any]) -> str:
     return _compiled(source).render(values)
 
 
-__all__ = ["ROOTS", "References", "TemplateSyntaxError", "environment", "references", "render"]
+def expression_source(source: str) -> str | None:
+    """The expression of a template that is one `{{ expression }}` and nothing else, or None.
+
+    :raises TemplateSyntaxError: when the template does not parse.
+    """
+    tree = environment().parse(source)
+    body = tree.body
+    if len(body) != 1 or not isinstance(body[0], nodes.Output) or len(body[0].nodes) != 1:
+        return None
+    if isinstance(body[0].nodes[0], nodes.TemplateData):
+        return None
+    stripped = source.strip()
+    if not (stripped.startswith("{{") and stripped.endswith("}}")):
+        return None
+    inner = stripped[2:-2].strip("-+ \t\n")
+    return inner
+
+
+@lru_cache(maxsize=512)
+def _compiled_expression(source: str) -> TemplateExpression:
+    return environment().compile_expression(source, undefined_to_none=False)
+
+
+def evaluate(source: str, values: Mapping[str, Any]) -> Any:
+    """The value of a one-expression template (see `expression_source`); other templates render to text."""
+    inner = expression_source(source)
+    if inner is None:
+        return render(source, values)
+    value = _compiled_expression(inner)(**values)
+    if isinstance(value, StrictUndefined):
+        str(value)  # raises the UndefinedError that names what is missing
+    return value
+
+
+__all__ = [
+    "ROOTS",
+    "References",
+    "TemplateSyntaxError",
+    "environment",
+    "evaluate",
+    "expression_source",
+    "references",
+    "render",
+]

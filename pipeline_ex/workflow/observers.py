@@ -1,0 +1,108 @@
+"""Run-level observers: the extra handlers a run is given, and which of them receive lifecycle events.
+
+A step's own `stream_handler` receives only that step's `Delta` and `Done`. The handlers given to a run
+(`on_event=`, and those a test fixture adds) receive every step's events, and lifecycle events too
+(`StepStarted`, `StepFinished`, `RunFinished`) when they ask for them:
+- the run is started with `lifecycle=True`, or
+- the handler's class declares `lifecycle = True` (`StreamingRecorder` does).
+
+An observer that receives lifecycle events watches the whole run, so it is made once per run (a class is
+instantiated once), not once per step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from pipeline_ex.errors import PipelineError
+from pipeline_ex.events import LifecycleEvent
+from pipeline_ex.streaming.ambient import ambient_handlers
+from pipeline_ex.streaming.dispatch import BoundHandler, Dispatcher, HandlerFailure
+from pipeline_ex.streaming.resolve import HandlerSpec, resolve_handler
+
+
+def as_list(on_event: Any) -> list[Any]:
+    """`on_event` as a list of handler references (None is no handler; a list or tuple is many)."""
+    if on_event is None:
+        return []
+    return list(on_event) if isinstance(on_event, list | tuple) else [on_event]
+
+
+def wants_lifecycle(handler: Any) -> bool:
+    """Whether a handler (an object, its bound method, or its class) declares `lifecycle = True`."""
+    owner = getattr(handler, "__self__", handler)
+    return getattr(owner, "lifecycle", False) is True
+
+
+class LifecycleObserver:
+    """Wraps a callable so that it receives lifecycle events as well (what `lifecycle=True` does)."""
+
+    lifecycle = True
+
+    def __init__(self, target: Any) -> None:
+        self.handle_event = target
+
+
+@dataclass
+class RunObservers:
+    """The run-level handlers of one run: what every step also delivers to, and who gets lifecycle events.
+
+    :param step_handlers: handler references each step adds to its own (they go on the run's `Context`).
+    :param lifecycle: the observers that receive lifecycle events, bound once for the run.
+    """
+
+    step_handlers: list[Any] = field(default_factory=list)
+    lifecycle: list[BoundHandler] = field(default_factory=list)
+    _dispatcher: Dispatcher | None = None
+
+    @classmethod
+    def of(cls, on_event: Any, *, lifecycle: bool) -> RunObservers:
+        """Sort a run's `on_event` handlers (and the ambient ones) into per-step and lifecycle observers."""
+        observers = cls()
+        for ref in as_list(on_event):
+            spec = ref if isinstance(ref, HandlerSpec) else resolve_handler(ref)
+            bound = spec.bind()
+            if lifecycle or wants_lifecycle(ref) or wants_lifecycle(bound.fn):
+                observers.lifecycle.append(bound)
+                observers.step_handlers.append(HandlerSpec(spec.name, spec.is_async, _same(bound)))
+            else:
+                observers.step_handlers.append(spec)
+        for ref in ambient_handlers():  # the steps add these themselves; only their lifecycle events are ours
+            handler = getattr(ref, "handle_event", ref)
+            if wants_lifecycle(handler) and callable(handler):
+                spec = resolve_handler(ref)
+                observers.lifecycle.append(spec.bind())
+        if observers.lifecycle:
+            observers._dispatcher = Dispatcher(observers.lifecycle)
+        return observers
+
+    async def emit(self, event: LifecycleEvent) -> None:
+        """Deliver a lifecycle event to every observer that asked for them.
+
+        :raises PipelineError: naming the observer and the event, when an observer raises.
+        """
+        dispatcher = self._dispatcher
+        if dispatcher is None:
+            return
+        try:
+            if dispatcher.is_async:
+                await dispatcher.aemit(event)  # type: ignore[arg-type]
+            else:
+                dispatcher.emit(event)  # type: ignore[arg-type]
+        except HandlerFailure as failure:
+            where = getattr(event, "step", None) or "the run"
+            raise PipelineError(f"{failure} (on the {event.type} event of {where})") from failure.error
+
+
+def _same(bound: BoundHandler) -> Any:
+    def make() -> Any:
+        return bound.fn
+
+    return make
+
+
+def lifecycle_observers(handlers: Sequence[Any]) -> list[Any]:
+    """Wrap each handler so that it receives lifecycle events too."""
+    return [LifecycleObserver(getattr(h, "handle_event", h)) for h in handlers]
