@@ -1,4 +1,7 @@
-"""`ConsoleHandler`: stream text to the terminal as it arrives, then one summary line per step."""
+"""`ConsoleHandler`: stream text to the terminal as it arrives, then one summary line per step.
+
+Steps that run at the same time print through a shared console board instead (`console_board`).
+"""
 
 from __future__ import annotations
 
@@ -8,6 +11,8 @@ from typing import Literal, TextIO
 
 from pipeline_ex.events import Delta, Done, Event
 from pipeline_ex.redaction import redact_text
+from pipeline_ex.streaming.concurrency import current_region
+from pipeline_ex.streaming.console_board import StepSlot, board_for
 
 _DIM = "\x1b[2m"
 _RED = "\x1b[31m"
@@ -17,6 +22,10 @@ _RESET = "\x1b[0m"
 def _wants_color(stream: TextIO) -> bool:
     if os.environ.get("NO_COLOR"):  # any non-empty value, as no-color.org defines it
         return False
+    return _isatty(stream)
+
+
+def _isatty(stream: TextIO) -> bool:
     isatty = getattr(stream, "isatty", None)
     return bool(isatty and isatty())
 
@@ -26,6 +35,21 @@ class ConsoleHandler:
 
     On Done it writes one summary line to stderr: step, finish reason, tokens, time to first token and
     tokens per second. Colour is used only when stderr is a terminal and `NO_COLOR` is not set.
+
+    Steps that run at the same time (the children of a `parallel` group, the bodies of a `for_each`)
+    never interleave their tokens. A handler created inside a concurrent region (see
+    `pipeline_ex.streaming.concurrency`) holds its step's text instead and shares the region's console
+    board (`pipeline_ex.streaming.console_board`) with the other step instances of the root region:
+
+    - When the output is not a terminal, the step's text is printed whole when its Done arrives, under a
+      header line naming its path (`── sections[2].draft ──`), then its summary line on stderr.
+    - On a terminal, a live display shows one row per running step instance (spinner, path, tokens so
+      far, the tail of its text). When a step's Done arrives, its row leaves the display and its text is
+      printed whole above it under the same header, then its summary line (through the display, when
+      stderr is the terminal too). The display stops when the root region ends.
+
+    A step that fails or is cancelled prints the text it had, and its summary line names the error.
+    Whether a handler streams or holds its text is decided once, when it is created.
 
     Options:
         to: "stdout" (default) or "stderr", where the streamed text goes.
@@ -47,6 +71,12 @@ class ConsoleHandler:
         self.color = _wants_color(self._err) if color is None else color
         self.show_reasoning = show_reasoning
         self._ends_with_newline = True
+        region = current_region()
+        if region is not None:
+            self._board = board_for(region)
+            self._slot: StepSlot | None = None
+            self._live = _isatty(self._out)
+            self.handle_event = self._handle_in_region  # type: ignore[method-assign]
 
     def handle_event(self, event: Event) -> None:
         """Print a delta's text, or the summary for a Done."""
@@ -69,6 +99,22 @@ class ConsoleHandler:
         self._out.write(text)
         self._out.flush()
         self._ends_with_newline = text.endswith("\n")
+
+    def _handle_in_region(self, event: Event) -> None:
+        """Keep a delta's text on the board, or print the step's text and summary for a Done."""
+        slot = self._slot
+        if slot is None:
+            live = self._live and isinstance(event, Delta)  # no row for a step that ends before any delta
+            slot = self._slot = self._board.join(event.step, out=self._out, err=self._err, color=self.color, live=live)
+        if isinstance(event, Delta):
+            if event.kind == "text":
+                slot.add(event.content)
+            elif self.show_reasoning:
+                slot.add(event.content, reasoning=True)
+            else:
+                slot.count()
+            return
+        self._board.finish(slot, summary_line(event) if self.summary else None, failed=event.error is not None)
 
 
 def summary_line(done: Done) -> str:
