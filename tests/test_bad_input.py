@@ -298,7 +298,7 @@ def test_a_directory_made_during_the_run_is_a_pipeline_error_naming_the_step(
         '    - id: second\n      prompt: "More."\n      output_to_file: notes\n'
     )
     with pytest.raises(PipelineError) as caught:
-        run(parse_workflow(text, "files.yaml", mock=True), output_dir=out)
+        run(parse_workflow(text, "files.yaml", mock=True), mock=True, output_dir=out)
     assert not isinstance(caught.value, StepError | WorkflowError)
     assert str(caught.value).startswith("step 'second': output_to_file 'notes' is a directory")
     assert "give a file name" in str(caught.value)
@@ -370,7 +370,7 @@ def test_a_lone_surrogate_from_the_command_line_is_an_input_error(tmp_path: Path
 def test_a_lone_surrogate_from_python_is_an_input_error(value: str) -> None:
     loaded = parse_workflow(TOPIC, "topic.yaml", mock=True)
     with pytest.raises(InputError, match=r"input 'topic' is not text: character \d+ is a lone surrogate \(\\ud"):
-        run(loaded, {"topic": value})
+        run(loaded, {"topic": value}, mock=True)
 
 
 def test_a_lone_surrogate_made_by_a_python_step_is_caught_before_the_prompt_is_sent(

@@ -7,6 +7,7 @@ per LLM step instance (one Done, joined deltas equal its text, `seq` increasing 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -390,7 +391,7 @@ def test_seq_strictly_increases_across_many_concurrent_instances(tmp_path: Path)
     recorder.assert_complete()
     assert len(recorder.dones) == 400
     seqs = [e.seq for e in recorder.timeline]
-    assert all(a < b for a, b in zip(seqs, seqs[1:], strict=False))
+    assert all(a < b for a, b in itertools.pairwise(seqs))
 
 
 # -- loops and nested workflows --------------------------------------------------------------------
@@ -484,11 +485,23 @@ def test_a_nested_workflow_runs_as_one_step_with_its_own_inputs(tmp_path: Path) 
             "template reads steps.a, but step 'a' runs at the same time (parallel group 'g'",
         ),
         (
-            "- id: e\n  for_each: [1]\n  steps:\n    - {id: d, prompt: x}\n- {id: after, prompt: '{{ steps.d.text }}'}\n",
+            (
+                "- id: e\n"
+                "  for_each: [1]\n"
+                "  steps:\n"
+                "    - {id: d, prompt: x}\n"
+                "- {id: after, prompt: '{{ steps.d.text }}'}\n"
+            ),
             "'d' runs once per item of for_each 'e': read steps.e.items[i].d",
         ),
         (
-            "- id: r\n  loop: {max_iterations: 2}\n  steps:\n    - {id: c, prompt: x}\n- {id: z, prompt: '{{ steps.c.text }}'}\n",
+            (
+                "- id: r\n"
+                "  loop: {max_iterations: 2}\n"
+                "  steps:\n"
+                "    - {id: c, prompt: x}\n"
+                "- {id: z, prompt: '{{ steps.c.text }}'}\n"
+            ),
             "'c' runs once per iteration of loop 'r': read steps.r.last.c",
         ),
         (
@@ -534,7 +547,15 @@ def test_loading_checks_groups_before_any_call(body: str, message: str) -> None:
 
 
 def test_for_each_over_an_input_that_is_not_a_list_is_caught_at_load() -> None:
-    text = "workflow:\n  name: x\n  inputs: {topics: {}}\n  steps:\n    - id: e\n      for_each: '{{ inputs.topics }}'\n      steps: [{id: d, prompt: x}]\n"
+    text = (
+        "workflow:\n"
+        "  name: x\n"
+        "  inputs: {topics: {}}\n"
+        "  steps:\n"
+        "    - id: e\n"
+        "      for_each: '{{ inputs.topics }}'\n"
+        "      steps: [{id: d, prompt: x}]\n"
+    )
     with pytest.raises(WorkflowError) as caught:
         parse_workflow(text, "list.yaml", mock=True)
     assert "list.yaml:6" in str(caught.value)
@@ -542,7 +563,16 @@ def test_for_each_over_an_input_that_is_not_a_list_is_caught_at_load() -> None:
 
 
 def test_for_each_over_a_value_that_is_not_a_list_fails_with_its_location(tmp_path: Path) -> None:
-    body = "workflow:\n  name: x\n  inputs: {n: {type: object, default: {a: 1}}}\n  defaults: {provider: mock}\n  steps:\n    - id: e\n      for_each: '{{ inputs.n.a }}'\n      steps: [{id: d, prompt: x}]\n"
+    body = (
+        "workflow:\n"
+        "  name: x\n"
+        "  inputs: {n: {type: object, default: {a: 1}}}\n"
+        "  defaults: {provider: mock}\n"
+        "  steps:\n"
+        "    - id: e\n"
+        "      for_each: '{{ inputs.n.a }}'\n"
+        "      steps: [{id: d, prompt: x}]\n"
+    )
     with pytest.raises(WorkflowError) as caught:
         run(workflow(tmp_path, body))
     assert "flow.yaml:7" in str(caught.value) and "for_each needs a list, but it gave a number: 1" in str(caught.value)
@@ -578,7 +608,14 @@ def test_nested_workflows_are_checked_at_load(tmp_path: Path) -> None:
 def test_list_and_object_inputs_are_checked_when_the_run_starts(tmp_path: Path) -> None:
     from pipeline_ex.workflow.runner import InputError
 
-    body = "workflow:\n  name: x\n  inputs: {n: {type: list}, o: {type: object, default: {}}}\n  defaults: {provider: mock}\n  steps:\n    - {id: a, prompt: '{{ inputs.n | length }} {{ inputs.o }}'}\n"
+    body = (
+        "workflow:\n"
+        "  name: x\n"
+        "  inputs: {n: {type: list}, o: {type: object, default: {}}}\n"
+        "  defaults: {provider: mock}\n"
+        "  steps:\n"
+        "    - {id: a, prompt: '{{ inputs.n | length }} {{ inputs.o }}'}\n"
+    )
     path = workflow(tmp_path, body)
     assert run(path, {"n": '["a", "b"]', "o": {"k": [1]}}).steps["a"].text == "Mock reply to: 2 {'k': [1]}"
     with pytest.raises(InputError, match="input 'n' must be a list written as JSON"):

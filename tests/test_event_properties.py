@@ -80,7 +80,7 @@ def mock_hybrid(monkeypatch):
     """Register `mock_hybrid`: the scripted mock generator, forced to run hybrid (so `error_after` works)."""
 
     def builder(model: str | None, options: dict[str, Any]) -> BuiltGenerator:
-        generator = ScriptedChatGenerator(options["mock_response"], error_after=options.get("error_after"))
+        generator = ScriptedChatGenerator(options["chunks"], error_after=options.get("error_after"))
         return BuiltGenerator(generator, "mock_hybrid", "mock", async_mode="hybrid")
 
     monkeypatch.setitem(PROVIDERS, "mock_hybrid", builder)
@@ -186,8 +186,11 @@ def test_provider_failure_keeps_the_partial_text(mock_hybrid, case, mode):
         if mode == "invoke":
             llm.invoke(provider="mock", **options)
         else:
-            provider = "mock" if mode == "ainvoke" else "mock_hybrid"
-            asyncio.run(llm.ainvoke(provider=provider, **options))
+            if mode == "ainvoke":
+                asyncio.run(llm.ainvoke(provider="mock", **options))
+            else:  # a provider of its own, whose options are its own: the chunks are not a mock reply
+                options["chunks"] = options.pop("mock_response")
+                asyncio.run(llm.ainvoke(provider="mock_hybrid", **options))
     check_failure(recorder.events, chunks, k, info.value)
     recorder.assert_complete()
 

@@ -48,7 +48,7 @@ def typed() -> LoadedWorkflow:
 
 
 def prompt_of(loaded: LoadedWorkflow, inputs: dict[str, Any]) -> str:
-    return run(loaded, inputs).steps["answer"].text.removeprefix("Mock reply to: ")
+    return run(loaded, inputs, mock=True).steps["answer"].text.removeprefix("Mock reply to: ")
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -139,7 +139,7 @@ def test_stream_yields_exactly_what_the_yaml_handler_and_on_event_recorder_get(t
     events = list(pipeline_ex.stream(workflow, {"topic": "owls"}, on_event=recorder))
     assert events == recorder.events == read_jsonl(events_file)
     recorder.assert_complete()
-    assert [e.seq for e in events] == list(range(1, len(events) + 1))
+    assert [e.seq for e in recorder.timeline] == list(range(1, len(recorder.timeline) + 1))  # lifecycle too
     assert [(e.type, e.step) for e in events if isinstance(e, Done)] == [("done", "draft"), ("done", "summary")]
     assert "".join(d.content for d in deltas(events) if d.step == "draft") == "Tides rise and fall."
     summary = next(e for e in events if isinstance(e, Done) and e.step == "summary")

@@ -496,3 +496,43 @@ def test_handler_name_spelled_unusually_is_rewritten_correctly(value: str) -> No
     text = f"- id: a\n  prompt: x\n  stream_handler: {value}\n"
     out = migrated(text)
     assert yaml.safe_load(out)[0]["stream_handler"] == "Pipeline.Streaming.ConsoleHandler"
+
+
+def test_legacy_keys_inside_groups_are_found_and_rewritten() -> None:
+    text = textwrap.dedent(
+        """\
+        workflow:
+          name: groups
+          steps:
+            - id: views
+              parallel:
+                - id: pros
+                  prompt: p
+                  async_stream: true
+                  async_handler: Pipeline.AsyncStreaming.ConsoleHandler
+            - id: sections
+              for_each: [a, b]
+              steps:
+                - id: draft
+                  prompt: d
+                  async_stream: true
+            - id: refine
+              loop: {max_iterations: 2}
+              steps:
+                - {id: again, prompt: x, async_handler: Pipeline.AsyncStreaming.ConsoleHandler}
+        """
+    )
+    uses, conflicts = audit(text, "groups.yaml")
+    assert not conflicts
+    assert [(u.line, u.found) for u in uses] == [
+        (8, "async_stream"),
+        (9, "async_handler"),
+        (9, "Pipeline.AsyncStreaming.ConsoleHandler"),
+        (15, "async_stream"),
+        (19, "async_handler"),
+        (19, "Pipeline.AsyncStreaming.ConsoleHandler"),
+    ]
+    after = migrated(text, "groups.yaml")
+    assert "async_" not in after and "AsyncStreaming" not in after
+    loaded = parse_workflow(after, "groups.yaml", mock=True)
+    assert [step.id for step in loaded.all_steps()] == ["views", "pros", "sections", "draft", "refine", "again"]

@@ -110,7 +110,7 @@ def test_multi_step_mock_run(tmp_path: Path, prompts: dict[str, str], capsys: py
     recorder.assert_complete()
     assert list(recorder.by_step) == ["draft", "summary"]
     assert {e.run_id for e in recorder.events} == {result.run_id}
-    numbers = seqs(recorder.events)
+    numbers = seqs(recorder.timeline)  # Delta and Done, and the lifecycle events a recorder receives
     assert numbers == sorted(set(numbers)) and numbers[0] == 1
     assert [d.response.text for d in recorder.dones] == [draft.text, result.steps["summary"].text]
     assert recorder.dones[0] == draft.done
@@ -149,7 +149,7 @@ def test_yaml_handlers_and_on_event_receive_the_same_events(tmp_path: Path) -> N
         """
     )
     first, second = StreamingRecorder(), StreamingRecorder()
-    run(loaded, on_event=[first, second], output_dir=tmp_path)
+    run(loaded, on_event=[first, second], output_dir=tmp_path, mock=True)
     from_files = [
         EVENT_ADAPTER.validate_json(line)
         for name in ("a.jsonl", "b.jsonl")
@@ -177,7 +177,7 @@ def test_defaults_jsonl_handler_keeps_every_steps_events(tmp_path: Path) -> None
               prompt: "second"
         """
     )
-    run(loaded, output_dir=tmp_path)
+    run(loaded, output_dir=tmp_path, mock=True)
     steps = [json.loads(line)["step"] for line in (tmp_path / "events.jsonl").read_text().splitlines()]
     assert "a" in steps and "b" in steps
 
@@ -214,7 +214,7 @@ def test_python_step_gets_the_context_and_its_value_feeds_a_template(
               prompt: "Use {{{{ steps.fetch }}}}"
         """
     )
-    result = run(loaded)
+    result = run(loaded, mock=True)
     assert result.values == {"fetch": "db:riversdb:rivers"}
     assert prompts["use"] == "Use db:riversdb:rivers"
     assert result.steps["use"].text == "Mock reply to: Use db:riversdb:rivers"
@@ -248,7 +248,7 @@ def test_python_step_colon_path_and_earlier_results(module: Callable[[str], str]
               prompt: "{{{{ steps.stats.words }}}} words, first {{{{ steps.stats['first'] }}}}"
         """
     )
-    result = run(loaded)
+    result = run(loaded, mock=True)
     assert result.values["stats"] == {"words": 3, "first": "alpha"}
     assert result.steps["report"].text == "Mock reply to: 3 words, first alpha"
     assert result.to_json()["values"] == {"stats": {"words": 3, "first": "alpha"}}
@@ -277,7 +277,7 @@ def test_async_python_callable_is_awaited(module: Callable[[str], str]) -> None:
               prompt: "{{{{ steps.value }}}}"
         """
     )
-    result = run(loaded)
+    result = run(loaded, mock=True)
     assert result.values["value"] == "SHOUT"
     assert result.steps["use"].text == "Mock reply to: SHOUT"
 
@@ -303,7 +303,7 @@ def test_python_step_that_raises_stops_the_run(module: Callable[[str], str]) -> 
     )
     recorder = StreamingRecorder()
     with pytest.raises(RuntimeError, match="no data"):
-        run(loaded, on_event=recorder)
+        run(loaded, on_event=recorder, mock=True)
     assert recorder.events == []
 
 
@@ -328,7 +328,7 @@ def test_set_step_renders_vars_for_later_steps(prompts: dict[str, str]) -> None:
                 echo: "{{ vars.subject }} / {{ steps.draft.text }}"
         """
     )
-    result = run(loaded)
+    result = run(loaded, mock=True)
     assert prompts["draft"] == "Write 3 lines on the TIDES"
     assert result.vars == {
         "subject": "the TIDES",
@@ -359,11 +359,11 @@ workflow:
 
 def test_input_defaults_and_conversions(prompts: dict[str, str]) -> None:
     loaded = workflow(INPUTS_WORKFLOW)
-    run(loaded, {"audience": "kids"})
+    run(loaded, {"audience": "kids"}, mock=True)
     assert prompts["a"] == "3 1.0 False rivers kids"
-    run(loaded, {"audience": "kids", "topic": "lakes", "count": "3", "ratio": "2.5", "loud": "yes"})
+    run(loaded, {"audience": "kids", "topic": "lakes", "count": "3", "ratio": "2.5", "loud": "yes"}, mock=True)
     assert prompts["a"] == "4 5.0 True lakes kids"
-    run(loaded, {"audience": "kids", "count": 10, "loud": "off"})  # non-strings pass through
+    run(loaded, {"audience": "kids", "count": 10, "loud": "off"}, mock=True)  # non-strings pass through
     assert prompts["a"] == "11 1.0 False rivers kids"
 
 
@@ -377,26 +377,26 @@ def test_input_defaults_and_conversions(prompts: dict[str, str]) -> None:
 )
 def test_input_conversion_errors(given: dict[str, str], message: str) -> None:
     with pytest.raises(InputError, match=message):
-        run(workflow(INPUTS_WORKFLOW), {"audience": "kids", **given})
+        run(workflow(INPUTS_WORKFLOW), {"audience": "kids", **given}, mock=True)
 
 
 def test_unknown_input_suggests_the_declared_name() -> None:
     loaded = workflow(INPUTS_WORKFLOW)
     with pytest.raises(InputError) as caught:
-        run(loaded, {"audience": "kids", "topc": "x"})
+        run(loaded, {"audience": "kids", "topc": "x"}, mock=True)
     message = str(caught.value)
     assert "unknown input 'topc'" in message
     assert "did you mean 'topic'?" in message
     assert "declared: topic, count, ratio, loud, audience" in message
     with pytest.raises(InputError, match=r"unknown input 'zzz'; declared"):
-        run(loaded, {"audience": "kids", "zzz": "x"})
+        run(loaded, {"audience": "kids", "zzz": "x"}, mock=True)
 
 
 def test_missing_required_input() -> None:
     loaded = workflow(INPUTS_WORKFLOW, file="inputs.yaml")
     recorder = StreamingRecorder()
     with pytest.raises(InputError) as caught:
-        run(loaded, on_event=recorder)
+        run(loaded, on_event=recorder, mock=True)
     assert isinstance(caught.value, PipelineError)
     message = str(caught.value)
     assert "missing input 'audience'" in message
@@ -422,16 +422,16 @@ workflow:
 
 def test_output_to_file_argument_env_and_default(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     loaded = workflow(OUTPUT_WORKFLOW.format(path="nested/dir/a.md"))
-    result = run(loaded, output_dir=tmp_path / "arg")
+    result = run(loaded, output_dir=tmp_path / "arg", mock=True)
     assert (tmp_path / "arg" / "nested" / "dir" / "a.md").read_text(encoding="utf-8") == "alpha beta"
     assert result.outputs["a"] == (tmp_path / "arg" / "nested" / "dir" / "a.md").resolve()
 
     monkeypatch.setenv("PIPELINE_OUTPUT_DIR", str(tmp_path / "env"))
-    run(loaded)
+    run(loaded, mock=True)
     assert (tmp_path / "env" / "nested" / "dir" / "a.md").read_text(encoding="utf-8") == "alpha beta"
 
     monkeypatch.delenv("PIPELINE_OUTPUT_DIR")
-    run(loaded)
+    run(loaded, mock=True)
     assert (tmp_path / "outputs" / "nested" / "dir" / "a.md").read_text(encoding="utf-8") == "alpha beta"
 
 
@@ -477,7 +477,7 @@ def test_failing_step_delivers_done_then_raises_and_stops_the_run(tmp_path: Path
         order.append(type(event).__name__)
 
     with pytest.raises(StepError) as caught:
-        run(loaded, on_event=[recorder, spy], output_dir=tmp_path)
+        run(loaded, on_event=[recorder, spy], output_dir=tmp_path, mock=True)
     error = caught.value
     assert isinstance(error, ProviderError)
     assert error.step == "flaky"
@@ -511,7 +511,7 @@ def test_failing_step_fails_before_any_chunk(tmp_path: Path) -> None:
     )
     recorder = StreamingRecorder()
     with pytest.raises(ProviderError):
-        run(loaded, on_event=recorder, output_dir=tmp_path)
+        run(loaded, on_event=recorder, output_dir=tmp_path, mock=True)
     assert [type(e) for e in recorder.events] == [Done]
     assert recorder.done.response.text == ""
     assert (tmp_path / "dead.md").read_text(encoding="utf-8") == ""
@@ -528,7 +528,7 @@ def test_template_error_at_run_time_is_a_workflow_error() -> None:
         """
     )
     with pytest.raises(WorkflowError, match=r"wf.yaml:\d+:\d+.*template failed: ZeroDivisionError"):
-        run(loaded)
+        run(loaded, mock=True)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -545,7 +545,7 @@ async def test_run_inside_a_running_loop_points_at_arun() -> None:
 async def test_arun_runs_on_the_current_loop(tmp_path: Path) -> None:
     recorder = StreamingRecorder()
     result = await arun(
-        load_workflow(MULTI_STEP, mock=True), {"topic": "lakes"}, on_event=recorder, output_dir=tmp_path
+        load_workflow(MULTI_STEP, mock=True), {"topic": "lakes"}, mock=True, on_event=recorder, output_dir=tmp_path
     )
     assert result.steps["draft"].text == "Mock reply to: Write three sentences about lakes."
     recorder.assert_complete()
@@ -557,7 +557,7 @@ async def test_concurrent_aruns_keep_separate_run_ids(tmp_path: Path) -> None:
     recorders = [StreamingRecorder(), StreamingRecorder()]
     results = await asyncio.gather(
         *(
-            arun(loaded, {"topic": topic}, on_event=recorder, output_dir=tmp_path / topic)
+            arun(loaded, {"topic": topic}, on_event=recorder, output_dir=tmp_path / topic, mock=True)
             for topic, recorder in zip(("a", "b"), recorders, strict=True)
         )
     )
@@ -598,8 +598,8 @@ def test_class_handler_gets_a_fresh_instance_per_step_run(module: Callable[[str]
         """
     )
     counting = importlib.import_module(name).Counting
-    first = run(loaded, output_dir=tmp_path)
-    second = run(loaded, output_dir=tmp_path)
+    first = run(loaded, output_dir=tmp_path, mock=True)
+    second = run(loaded, output_dir=tmp_path, mock=True)
     assert len(counting.instances) == 4
     assert len({id(instance) for instance in counting.instances}) == 4
     expected = [(first.run_id, "a"), (first.run_id, "b"), (second.run_id, "a"), (second.run_id, "b")]
@@ -629,7 +629,7 @@ def test_stream_false_gives_one_delta_and_an_unstreamed_done() -> None:
         """
     )
     recorder = StreamingRecorder()
-    result = run(loaded, on_event=recorder)
+    result = run(loaded, on_event=recorder, mock=True)
     assert [type(e) for e in recorder.events] == [Delta, Done]
     assert recorder.events[0].content == "alpha beta"
     assert recorder.done.streamed is False
@@ -655,7 +655,7 @@ def test_mock_response_list_gives_exactly_those_chunks() -> None:
         """
     )
     recorder = StreamingRecorder()
-    result = run(loaded, on_event=recorder)
+    result = run(loaded, on_event=recorder, mock=True)
     by_step = recorder.by_step
     assert [e.content for e in by_step["a"] if isinstance(e, Delta)] == chunks
     assert result.steps["a"].text == "".join(chunks)
@@ -730,7 +730,9 @@ def test_mock_run_of_a_workflow_loaded_from_a_file_without_mock(tmp_path: Path) 
         encoding="utf-8",
     )
     loaded = load_workflow(path)
-    assert run(loaded).steps["a"].text == "from mock_response", "the step's own mock_response wins over options"
+    assert run(loaded, mock=True).steps["a"].text == "from mock_response", (
+        "the step's own mock_response wins over options"
+    )
     assert run(loaded, mock=True).steps["a"].text == "from mock_response"
 
 

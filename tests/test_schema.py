@@ -86,12 +86,23 @@ def test_every_example_workflow_validates(validator: jsonschema.Draft202012Valid
 
 
 STEPS = [{"id": "draft", "prompt": "Write."}, {"id": "tidy", "type": "python", "callable": "json.dumps"}]
+GROUPS = [
+    {"id": "views", "parallel": [{"id": "pros", "prompt": "P"}, {"id": "cons", "prompt": "C"}], "on_error": "continue"},
+    {
+        "id": "sections",
+        "for_each": ["a", "b"],
+        "as": "topic",
+        "max_parallel": 2,
+        "steps": [{"id": "part", "prompt": "{{ topic }}", "when": "{{ topic != 'b' }}"}],
+    },
+    {"id": "refine", "loop": {"until": "{{ true }}", "max_iterations": 2}, "steps": [{"id": "again", "prompt": "x"}]},
+]
 
 
 @pytest.mark.parametrize(
     "data",
-    [{"workflow": {"name": "w", "steps": STEPS}}, {"name": "w", "steps": STEPS}, STEPS],
-    ids=["workflow-mapping", "plain-mapping", "bare-list"],
+    [{"workflow": {"name": "w", "steps": STEPS}}, {"name": "w", "steps": STEPS}, STEPS, GROUPS],
+    ids=["workflow-mapping", "plain-mapping", "bare-list", "groups"],
 )
 def test_the_three_shapes_the_loader_takes_validate(validator: jsonschema.Draft202012Validator, data: Any) -> None:
     assert errors(validator, data) == []
@@ -108,8 +119,26 @@ def test_the_three_shapes_the_loader_takes_validate(validator: jsonschema.Draft2
         {"workflow": {"name": "w", "steps": [{"id": "a", "prompt": "x"}]}, "steps": []},
         {"steps": [{"id": "a", "prompt": "x"}]},
         "just text",
+        [{"id": "g", "parallel": [{"id": "a", "promt": "x"}]}],
+        [{"id": "g", "for_each": [1], "max_parallel": 0, "steps": [{"id": "a", "prompt": "x"}]}],
+        [{"id": "g", "loop": {"until": "{{ true }}"}, "steps": [{"id": "a", "prompt": "x"}]}],
+        [{"id": "g", "parallel": []}],
+        [{"id": "g", "for_each": [1], "steps": [{"id": "a", "prompt": "x"}], "as": "not a name"}],
     ],
-    ids=["bare-list-typo", "no-steps", "bad-id", "plain-unknown-key", "key-next-to-workflow", "no-name", "text"],
+    ids=[
+        "bare-list-typo",
+        "no-steps",
+        "bad-id",
+        "plain-unknown-key",
+        "key-next-to-workflow",
+        "no-name",
+        "text",
+        "typo-in-a-group",
+        "max-parallel-0",
+        "loop-without-max",
+        "empty-parallel",
+        "bad-item-name",
+    ],
 )
 def test_what_the_loader_refuses_the_schema_refuses(validator: jsonschema.Draft202012Validator, data: Any) -> None:
     assert errors(validator, data) != []

@@ -91,7 +91,7 @@ def check(text: str) -> str:
             assert str(error).startswith(f"{FILE}:")
             return "WorkflowError, " + ("invalid YAML" if "invalid YAML" in str(error) else "after parsing")
     assert isinstance(loaded, LoadedWorkflow)
-    assert loaded.steps and all(step.provider in (None, "mock") for step in loaded.steps)
+    assert loaded.steps and loaded.checked_offline
     return "loaded"
 
 

@@ -12,11 +12,13 @@ import sys
 import textwrap
 import warnings
 from pathlib import Path
+from typing import Any
 
 import jsonschema
 import pytest
 import yaml
 
+from pipeline_ex import run
 from pipeline_ex.errors import ProviderNotInstalledError, WorkflowError
 from pipeline_ex.llm.providers import check_provider
 from pipeline_ex.streaming.resolve import HandlerSpec
@@ -88,13 +90,14 @@ def test_every_example_loads_for_a_mock_run(name: str, at_repo_root: Path) -> No
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # guide_before.yaml uses the legacy keys on purpose
         loaded = load_workflow(f"workflows/{name}", mock=True)
-    assert loaded.mock is True
+    assert loaded.checked_offline is True  # loaded for a mock run: packages and keys were not checked
     assert loaded.file == f"workflows/{name}"
     assert loaded.steps
-    assert len({step.id for step in loaded.steps}) == len(loaded.steps)
-    for step in loaded.steps:
+    every = loaded.all_steps()
+    assert len({step.id for step in every}) == len(every)
+    for step in every:
         if isinstance(step.spec, LLMStep):
-            assert step.provider == "mock"
+            assert step.provider is not None  # the provider the file names: a mock run is decided when it starts
             assert all(isinstance(spec, HandlerSpec) for spec in step.handlers)
 
 
@@ -105,9 +108,10 @@ def test_local_examples_load_for_a_real_run(name: str, at_repo_root: Path) -> No
     with warnings.catch_warnings():
         warnings.simplefilter("error", DeprecationWarning)  # current examples use no legacy key
         loaded = load_workflow(f"workflows/{name}", mock=False)
-    assert loaded.mock is False
-    assert {step.provider for step in loaded.steps} == {"local"}
-    assert all(step.handlers for step in loaded.steps)
+    assert loaded.checked_offline is False
+    llm_steps = [step for step in loaded.all_steps() if isinstance(step.spec, LLMStep)]
+    assert {step.provider for step in llm_steps} == {"local"}
+    assert all(step.handlers for step in llm_steps)
 
 
 @needs_real_mode
@@ -294,11 +298,12 @@ def test_steps_inherit_defaults_and_provider_options_only_on_the_default_provide
 def test_a_mock_run_keeps_generation_fields_and_drops_provider_options(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OPENAI_API_KEY", "unused")
     loaded = load(DEFAULTS, mock=True)
-    assert [step.provider for step in loaded.steps] == ["mock", "mock", "mock"]
-    # a step already on the mock provider keeps its own mock options (delay_ms); the openai one loses its options
-    assert loaded.steps[0].options == {**GENERATION, "delay_ms": 5}
-    assert loaded.steps[1].options == {**GENERATION, "temperature": 0.5, "max_tokens": 10}
-    assert [[spec.name for spec in step.handlers] for step in loaded.steps] == [["buffer"], ["recorder"], ["buffer"]]
+    # loading for a mock run changes no step: the run decides its mode when it starts
+    assert [step.provider for step in loaded.steps] == ["mock", "openai", "mock"]
+    seen: list[Any] = []
+    result = run(loaded, mock=True, on_event=seen.append)
+    # the openai step ran on the mock provider; its api_base_url (a dead port) was never used
+    assert [result.steps[step.id].response.provider for step in loaded.steps] == ["mock", "mock", "mock"]
     assert [step.model for step in loaded.steps] == ["base-model", "own-model", "base-model"]
 
 
@@ -697,17 +702,18 @@ def test_without_mock_a_missing_provider_package_is_an_error() -> None:
 
 def test_mock_turns_every_provider_into_mock_and_skips_install_checks() -> None:
     loaded = load(CLAUDE, mock=True)
-    assert loaded.mock is True
+    assert loaded.checked_offline is True
     (step,) = loaded.steps
-    assert step.provider == "mock"
-    assert step.options == {"mock_response": ["he", "llo"]}
+    assert step.mock_response == ["he", "llo"]
+    assert run(loaded, mock=True).steps["a"].text == "hello"  # no anthropic package, no key, no call
 
 
 _LOAD_IN_CHILD = """
 import sys, warnings
 from pipeline_ex.workflow import parse_workflow
+from pipeline_ex import run
 loaded = parse_workflow(sys.stdin.read(), "wf.yaml")
-print(loaded.mock, [step.provider for step in loaded.steps])
+print(loaded.checked_offline, run(loaded).steps["a"].text)
 """
 
 
@@ -726,7 +732,7 @@ def _load_in_child(text: str, mode: str) -> subprocess.CompletedProcess[str]:
 def test_pipeline_test_mode_mock_is_the_same_as_mock_true(value: str) -> None:
     result = _load_in_child(CLAUDE, value)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "True ['mock']"
+    assert result.stdout.strip() == "True hello"
 
 
 @pytest.mark.usefixtures("without_anthropic")
@@ -759,16 +765,19 @@ def test_without_mock_a_missing_api_key_is_an_error(monkeypatch: pytest.MonkeyPa
 
 def test_mock_skips_the_api_key_check(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
-    assert load("- {id: a, prompt: hi, provider: openai}\n", mock=True).steps[0].provider == "mock"
+    loaded = load("- {id: a, prompt: hi, provider: openai}\n", mock=True)
+    assert loaded.checked_offline and loaded.steps[0].provider == "openai"
+    with pytest.raises(WorkflowError, match="OPENAI_API_KEY"):  # a live run of it checks the key first
+        run(loaded)
 
 
 def test_a_mock_response_is_kept_for_mock_runs_and_the_mock_provider_only() -> None:
     on_mock = "- {id: a, prompt: hi, provider: mock, mock_response: canned}\n"
-    assert load(on_mock, mock=False).steps[0].options["mock_response"] == "canned"
-    assert load(on_mock, mock=True).steps[0].options["mock_response"] == "canned"
+    assert run(load(on_mock, mock=False)).steps["a"].text == "canned"
+    assert run(load(on_mock, mock=True), mock=True).steps["a"].text == "canned"
     on_local = "- {id: a, prompt: hi, provider: local, mock_response: canned}\n"
-    assert "mock_response" not in load(on_local, mock=False).steps[0].options
-    assert load(on_local, mock=True).steps[0].options["mock_response"] == "canned"
+    assert load(on_local, mock=True).steps[0].options == {}  # never sent to a real provider
+    assert run(load(on_local, mock=True), mock=True).steps["a"].text == "canned"
 
 
 def test_mock_still_rejects_an_unknown_provider() -> None:

@@ -477,7 +477,7 @@ def _select_generator(
         recording = session.cassette.next_recording(request)
         response = recording.done.response
         return BuiltGenerator(CassetteChatGenerator(recording, session.replay_speed), response.provider, response.model)
-    if session.mode == "mock" or provider == "mock":
+    if session.mode == "mock" or session.mock_steps or provider == "mock":
         mock_options = {k: v for k, v in options.items() if k in _MOCK_KEYS}
         if mock_response is not None:
             mock_options["mock_response"] = mock_response
@@ -511,6 +511,7 @@ def _prepare(
     on_event: Any,
     step: str,
     options: Mapping[str, Any],
+    mock_response: str | list[str] | None = None,
 ) -> _StepRun:
     ctx = ctx if ctx is not None else Context()
     defaults = ctx.defaults
@@ -520,7 +521,6 @@ def _prepare(
         merged.update(defaults.get("options") or {})
     merged.update(options)
     policy = StepPolicy.take_from(merged)
-    mock_response = merged.pop("mock_response", None)  # the reply a mock run gives; never sent to a provider
     handlers = _handler_specs(on_event, ctx)
     system = system if system is not None else defaults.get("system")
     built = _select_generator(
@@ -556,6 +556,7 @@ def invoke(
     stream: bool = True,
     on_event: Any = None,
     step: str = "llm",
+    mock_response: str | list[str] | None = None,
     **options: Any,
 ) -> StepResult:
     """Run one LLM step and stream its events to `on_event`; return the `StepResult`.
@@ -569,7 +570,9 @@ def invoke(
         delivered as one Delta, then `Done(streamed=False)`.
     :param on_event: a handler reference or a list of them (a function, a class, a module, an object with
         `handle_event`, a short name such as "console", or a dotted path).
-    :param step: the step id carried by every event.
+    :param step: the step id (or path) carried by every event.
+    :param mock_response: the reply (or exact chunks) this step gets when the run is a mock run; a live
+        run ignores it.
     :param options: provider options such as `api_base_url`, `temperature` or `max_tokens`, and the step
         options `timeout`, `chunk_timeout`, `retries` and `on_handler_error` (see `StepPolicy`).
     :raises StepError: after the Done was delivered, when the step failed (`ProviderError`,
@@ -585,6 +588,7 @@ def invoke(
         on_event=on_event,
         step=step,
         options=options,
+        mock_response=mock_response,
     )
     if run.dispatcher.is_async or run.policy.has_limits:  # both need an event loop
         try:
@@ -609,6 +613,7 @@ async def ainvoke(
     stream: bool = True,
     on_event: Any = None,
     step: str = "llm",
+    mock_response: str | list[str] | None = None,
     **options: Any,
 ) -> StepResult:
     """Async twin of `invoke`: native async for generators with `run_async`, hybrid for sync-only ones.
@@ -627,6 +632,7 @@ async def ainvoke(
         on_event=on_event,
         step=step,
         options=options,
+        mock_response=mock_response,
     )
     return await run.aexecute()
 

@@ -82,7 +82,9 @@ class StreamingRecorder(BufferHandler):
         if not self.events:
             problems.append("no events were recorded")
         last_seq: dict[str, int] = {}
-        for position, event in enumerate(self.timeline):
+        in_timeline = [e for e in self.timeline if not isinstance(e, LIFECYCLE_TYPES)]
+        ordered: list[RunEvent] = self.timeline if in_timeline == self.events else list(self.events)
+        for position, event in enumerate(ordered):
             previous = last_seq.get(event.run_id)
             name = getattr(event, "step", event.type)
             if previous is not None and event.seq <= previous:
@@ -90,7 +92,7 @@ class StreamingRecorder(BufferHandler):
             last_seq[event.run_id] = event.seq
             if isinstance(event, Delta) and not event.content:
                 problems.append(f"event #{position} ({name}): empty delta")
-        many_runs = len({event.run_id for event in self.timeline}) > 1
+        many_runs = len({event.run_id for event in ordered}) > 1
         instances: dict[tuple[str, str], list[Event]] = {}
         for event in self.events:
             instances.setdefault((event.run_id, event.step), []).append(event)

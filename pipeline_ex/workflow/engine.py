@@ -22,7 +22,7 @@ from typing import Any
 
 from pipeline_ex.context import Context
 from pipeline_ex.errors import Issue, PipelineError, StepError, WorkflowError
-from pipeline_ex.events import ErrorInfo, StepFinished, StepStarted, StepStatus, Usage
+from pipeline_ex.events import ErrorInfo, RunFinished, StepFinished, StepStarted, StepStatus, Usage
 from pipeline_ex.streaming.concurrency import concurrent_region
 from pipeline_ex.streaming.resolve import HandlerSpec
 from pipeline_ex.workflow import templates
@@ -163,8 +163,11 @@ class Engine:
         """
         path = scope.prefix + item.id
         ctx = self.ctx
+        observed = self.observers.wants_lifecycle  # without observers, no seq is spent on lifecycle events
         started = time.perf_counter()
-        await self.observers.emit(StepStarted(step=path, run_id=ctx.run_id, seq=ctx.next_seq(), kind=item.spec.type))
+        if observed:
+            kind = item.spec.type
+            await self.observers.emit(StepStarted(step=path, run_id=ctx.run_id, seq=ctx.next_seq(), kind=kind))
         status: StepStatus = "ok"
         error_info: ErrorInfo | None = None
         try:
@@ -184,12 +187,17 @@ class Engine:
             scope.record(item, _failed(path, error))
             raise _Stopped from error
         finally:
-            duration = (time.perf_counter() - started) * 1000
-            finished = StepFinished(
-                step=path, run_id=ctx.run_id, seq=ctx.next_seq(), status=status, duration_ms=duration, error=error_info
-            )
-            with contextlib.suppress(asyncio.CancelledError) if status == "cancelled" else contextlib.nullcontext():
-                await self.observers.emit(finished)
+            if observed:
+                duration = (time.perf_counter() - started) * 1000
+                finished = StepFinished(
+                    step=path,
+                    run_id=ctx.run_id,
+                    seq=ctx.next_seq(),
+                    status=status,
+                    duration_ms=duration,
+                    error=error_info,
+                )
+                await deliver_even_if_cancelled(self.observers, finished)
 
     async def _dispatch(self, item: LoadedStep, scope: Scope, path: str) -> None:
         spec = item.spec
@@ -221,6 +229,9 @@ class Engine:
             if "{" in relative:
                 relative = self.render(relative, item, "output_to_file", scope)
             output_path(scope.output_dir, relative, path)  # a file that cannot be written fails before the call
+        options = item.options
+        if item.mock_response is not None:  # the step's own reply wins over one in its options
+            options = {**options, "mock_response": item.mock_response}
         try:
             result = await ainvoke(
                 self.ctx,
@@ -231,7 +242,7 @@ class Engine:
                 stream=item.stream,
                 on_event=handlers,
                 step=path,
-                **item.options,
+                **options,
             )
         except StepError as error:
             self._count(error.done.response.usage)
@@ -372,6 +383,26 @@ class Engine:
                 await _cancel_and_settle(tasks)
             if failure is not None:
                 raise failure
+
+
+async def deliver_even_if_cancelled(observers: RunObservers, event: StepFinished | RunFinished) -> None:
+    """Deliver a lifecycle event, also while the run is being cancelled (a second cancel waits for it).
+
+    Sync observers get it right away, so it keeps its place in `seq` order; async ones on a shielded task.
+    """
+    if not observers.is_async:
+        observers.emit_sync(event)
+        return
+    task = asyncio.ensure_future(observers.emit(event))
+    interrupted = False
+    while not task.done():
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            interrupted = True
+    task.result()
+    if interrupted:
+        raise asyncio.CancelledError
 
 
 async def _cancel_and_settle(tasks: Sequence[asyncio.Future[None]]) -> None:

@@ -88,7 +88,9 @@ class LoadedStep:
     model: str | None = None
     system: str | None = None
     options: dict[str, Any] = field(default_factory=dict)
-    """Provider options, step options (`timeout`, ...) and `mock_response` (used only by mock runs)."""
+    """Provider options and step options (`timeout`, `retries`, ...)."""
+    mock_response: str | list[str] | None = None
+    """The reply the step gets in mock runs."""
     function: Callable[..., Any] | None = None
     children: list[LoadedStep] = field(default_factory=list)
     """The steps of a `parallel` group, or the body of a `for_each` or `loop`."""
@@ -227,10 +229,10 @@ def _data_path(loc: tuple[str | int, ...], data: Any) -> Path:
     node = data
     last_was_index = False
     for part in loc:
-        if part in STEP_MODELS and len(path) >= 2 and path[-2] in STEP_LIST_FIELDS and isinstance(path[-1], int):
-            if last_was_index:
-                last_was_index = False
-                continue  # the name of the step kind pydantic tried, not a key of the file
+        after_step_index = len(path) >= 2 and path[-2] in STEP_LIST_FIELDS and isinstance(path[-1], int)
+        if part in STEP_MODELS and after_step_index and last_was_index:
+            last_was_index = False
+            continue  # the name of the step kind pydantic tried, not a key of the file
         last_was_index = isinstance(part, int)
         if isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
             node = node[part]
@@ -411,7 +413,7 @@ def _resolve_step_handlers(step: LLMStep, path: Path, defaults: Defaults, checke
 
 
 def _provider_options(step: LLMStep, defaults: Defaults, provider: str | None) -> dict[str, Any]:
-    """The options a step's provider is called with; `mock_response` too, which only mock runs use."""
+    """The options a step's provider is called with."""
     options: dict[str, Any] = {}
     custom = step.generator is not None
     if step.generator is None and (step.provider is None or step.provider == defaults.provider):
@@ -428,8 +430,6 @@ def _provider_options(step: LLMStep, defaults: Defaults, provider: str | None) -
             (sampling if custom and key in GenerationFields.model_fields else options)[key] = value
     if sampling:  # a custom generator takes sampling options in its own names, as generation_kwargs
         options["generation_kwargs"] = {**sampling, **options.get("generation_kwargs", {})}
-    if step.mock_response is not None:
-        options["mock_response"] = step.mock_response
     return options
 
 
@@ -542,6 +542,7 @@ class _StepLoader:
         item.model = step.model or defaults.model
         item.system = step.system if step.system is not None else defaults.system
         item.options = _provider_options(step, defaults, provider)
+        item.mock_response = step.mock_response
         provider_path: Path = (
             (*path, "generator")
             if step.generator is not None
@@ -610,7 +611,7 @@ class _StepLoader:
 
 def _checked_provider(provider: str | None, item: LoadedStep, checker: _Checker, *, offline: bool) -> str | None:
     """The provider's name, once its package and settings are checked (not its key, when `offline`)."""
-    real_options = {k: v for k, v in item.options.items() if k not in STEP_OPTION_NAMES and k != "mock_response"}
+    real_options = {k: v for k, v in item.options.items() if k not in STEP_OPTION_NAMES}
     try:
         return check_provider(provider, real_options, offline=offline)
     except ProviderNotInstalledError as error:

@@ -16,6 +16,7 @@ import yaml
 
 from pipeline_ex.errors import Issue, Location
 from pipeline_ex.streaming.names import LEGACY_ALIASES
+from pipeline_ex.workflow.schema import STEP_LIST_FIELDS
 from pipeline_ex.workflow.yaml_source import load_yaml, read_workflow_text
 
 LEGACY_KEYS = {"async_stream": "stream", "async_handler": "stream_handler"}
@@ -53,8 +54,19 @@ def _value(mapping: yaml.MappingNode, key: str) -> yaml.Node | None:
     return None
 
 
+def _steps_of(steps: yaml.Node | None, found: list[yaml.MappingNode]) -> None:
+    """Every step mapping of a list of steps, the children of groups (`parallel:`, `steps:`) too."""
+    if not isinstance(steps, yaml.SequenceNode):
+        return
+    for item in steps.value:
+        if isinstance(item, yaml.MappingNode):
+            found.append(item)
+            for key in STEP_LIST_FIELDS:
+                _steps_of(_value(item, key), found)
+
+
 def _settings_mappings(root: yaml.Node) -> list[yaml.MappingNode]:
-    """The mappings that hold streaming settings: the workflow's `defaults` and each step."""
+    """The mappings that hold streaming settings: the workflow's `defaults` and each step, at any depth."""
     body: yaml.Node | None = root
     if isinstance(root, yaml.MappingNode):
         body = _value(root, "workflow") or root
@@ -65,8 +77,7 @@ def _settings_mappings(root: yaml.Node) -> list[yaml.MappingNode]:
         if isinstance(defaults, yaml.MappingNode):
             found.append(defaults)
         steps = _value(body, "steps")
-    if isinstance(steps, yaml.SequenceNode):
-        found.extend(item for item in steps.value if isinstance(item, yaml.MappingNode))
+    _steps_of(steps, found)
     return found
 
 

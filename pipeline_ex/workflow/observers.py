@@ -12,7 +12,6 @@ instantiated once), not once per step.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -78,6 +77,26 @@ class RunObservers:
             observers._dispatcher = Dispatcher(observers.lifecycle)
         return observers
 
+    @property
+    def wants_lifecycle(self) -> bool:
+        """Whether any observer receives lifecycle events (otherwise the run builds none)."""
+        return self._dispatcher is not None
+
+    @property
+    def is_async(self) -> bool:
+        """Whether an observer is async (then delivery awaits it)."""
+        return self._dispatcher is not None and self._dispatcher.is_async
+
+    def emit_sync(self, event: LifecycleEvent) -> None:
+        """Deliver a lifecycle event to sync observers (only valid when `is_async` is false)."""
+        dispatcher = self._dispatcher
+        if dispatcher is None:
+            return
+        try:
+            dispatcher.emit(event)  # type: ignore[arg-type]
+        except HandlerFailure as failure:
+            raise _observer_failed(failure, event) from failure.error
+
     async def emit(self, event: LifecycleEvent) -> None:
         """Deliver a lifecycle event to every observer that asked for them.
 
@@ -86,14 +105,18 @@ class RunObservers:
         dispatcher = self._dispatcher
         if dispatcher is None:
             return
+        if not dispatcher.is_async:
+            self.emit_sync(event)
+            return
         try:
-            if dispatcher.is_async:
-                await dispatcher.aemit(event)  # type: ignore[arg-type]
-            else:
-                dispatcher.emit(event)  # type: ignore[arg-type]
+            await dispatcher.aemit(event)  # type: ignore[arg-type]
         except HandlerFailure as failure:
-            where = getattr(event, "step", None) or "the run"
-            raise PipelineError(f"{failure} (on the {event.type} event of {where})") from failure.error
+            raise _observer_failed(failure, event) from failure.error
+
+
+def _observer_failed(failure: HandlerFailure, event: LifecycleEvent) -> PipelineError:
+    where = getattr(event, "step", None) or "the run"
+    return PipelineError(f"{failure} (on the {event.type} event of {where})")
 
 
 def _same(bound: BoundHandler) -> Any:
@@ -101,8 +124,3 @@ def _same(bound: BoundHandler) -> Any:
         return bound.fn
 
     return make
-
-
-def lifecycle_observers(handlers: Sequence[Any]) -> list[Any]:
-    """Wrap each handler so that it receives lifecycle events too."""
-    return [LifecycleObserver(getattr(h, "handle_event", h)) for h in handlers]

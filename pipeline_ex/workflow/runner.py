@@ -20,7 +20,7 @@ from pipeline_ex.errors import PipelineError, StepError
 from pipeline_ex.events import ErrorInfo, RunFinished, RunStatus, Usage
 from pipeline_ex.modes.session import session_for_run
 from pipeline_ex.streaming.resolve import HandlerSpec, resolve_handler
-from pipeline_ex.workflow.engine import Engine, Scope
+from pipeline_ex.workflow.engine import Engine, Scope, deliver_even_if_cancelled
 from pipeline_ex.workflow.inputs import InputValueError, typed_value
 from pipeline_ex.workflow.loader import LoadedStep, LoadedWorkflow, check_live_providers, load_workflow
 from pipeline_ex.workflow.observers import RunObservers
@@ -205,30 +205,17 @@ async def arun(
         result.vars = dict(ctx.vars)
         result.outputs = dict(engine.outputs)
         result.status = status
-        finished = RunFinished(
-            run_id=ctx.run_id,
-            seq=ctx.next_seq(),
-            status=status,
-            usage=_total_usage(engine.usage),
-            duration_ms=(time.perf_counter() - started) * 1000,
-            error=error_info,
-        )
-        await _emit_last(observers, finished)
+        if observers.wants_lifecycle:
+            finished = RunFinished(
+                run_id=ctx.run_id,
+                seq=ctx.next_seq(),
+                status=status,
+                usage=_total_usage(engine.usage),
+                duration_ms=(time.perf_counter() - started) * 1000,
+                error=error_info,
+            )
+            await deliver_even_if_cancelled(observers, finished)
     return result
-
-
-async def _emit_last(observers: RunObservers, finished: RunFinished) -> None:
-    """Deliver `RunFinished`, also while the run is being cancelled."""
-    if finished.status != "cancelled":
-        await observers.emit(finished)
-        return
-    task = asyncio.ensure_future(observers.emit(finished))
-    while not task.done():
-        try:
-            await asyncio.shield(task)
-        except asyncio.CancelledError:
-            continue
-    task.result()
 
 
 def _run_error(error: BaseException) -> ErrorInfo:
