@@ -51,7 +51,22 @@ if TYPE_CHECKING:
         resolve_handler,
     )
     from pipeline_ex.testing import StreamingRecorder
-    from pipeline_ex.workflow import EventStream, LoadedWorkflow, RunResult, arun, astream, load_workflow, run, stream
+    from pipeline_ex.workflow import (
+        EventStream,
+        FailedResult,
+        ForEachResult,
+        LoadedWorkflow,
+        LoopResult,
+        NestedResult,
+        ParallelResult,
+        RunResult,
+        SkippedResult,
+        arun,
+        astream,
+        load_workflow,
+        run,
+        stream,
+    )
 
 __version__ = "0.1.0"
 
@@ -101,6 +116,12 @@ _LAZY: dict[str, tuple[str, str | None]] = {
     "stream": ("pipeline_ex.workflow", "stream"),
     "astream": ("pipeline_ex.workflow", "astream"),
     "EventStream": ("pipeline_ex.workflow", "EventStream"),
+    "FailedResult": ("pipeline_ex.workflow", "FailedResult"),
+    "ForEachResult": ("pipeline_ex.workflow", "ForEachResult"),
+    "LoopResult": ("pipeline_ex.workflow", "LoopResult"),
+    "NestedResult": ("pipeline_ex.workflow", "NestedResult"),
+    "ParallelResult": ("pipeline_ex.workflow", "ParallelResult"),
+    "SkippedResult": ("pipeline_ex.workflow", "SkippedResult"),
 }
 
 
@@ -130,14 +151,19 @@ __all__ = [
     "ErrorInfo",
     "Event",
     "EventStream",
+    "FailedResult",
     "FileHandler",
     "FinishReason",
+    "ForEachResult",
     "HandlerError",
     "HandlerResolutionError",
     "JsonlFileHandler",
     "LifecycleEvent",
     "LoadedWorkflow",
+    "LoopResult",
+    "NestedResult",
     "NullHandler",
+    "ParallelResult",
     "PipelineError",
     "ProviderConfigError",
     "ProviderError",
@@ -146,6 +172,7 @@ __all__ = [
     "RunEvent",
     "RunFinished",
     "RunResult",
+    "SkippedResult",
     "StepError",
     "StepFinished",
     "StepResult",

@@ -8,7 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import os
+import signal
+import subprocess
+import sys
 import textwrap
+import time
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +31,7 @@ from pipeline_ex import (
     astream,
     run,
 )
+from pipeline_ex.events import EVENT_ADAPTER
 from pipeline_ex.workflow.loader import parse_workflow
 from pipeline_ex.workflow.results import FailedResult, ForEachResult, LoopResult, NestedResult, SkippedResult
 
@@ -629,3 +635,95 @@ async def test_arun_with_a_default_handler_uses_it_for_steps_without_one(tmp_pat
     await arun(workflow(tmp_path, FAN_OUT), default_handler=recorder)
     assert {d.step for d in recorder.dones} >= {"outline", "pros", "sections[0].draft"}
     assert not recorder.lifecycle_events  # a step's handler sees only Delta and Done
+
+
+def test_a_for_each_over_a_thousand_items_a_hundred_at_a_time_ends_with_a_thousand_dones(tmp_path: Path) -> None:
+    body = """\
+    workflow:
+      name: thousand
+      inputs: {n: {type: list}}
+      steps:
+        - id: each
+          for_each: "{{ inputs.n }}"
+          max_parallel: 100
+          steps:
+            - {id: draft, provider: mock, prompt: "n {{ item }}", mock_response: [a, b, c]}
+    """
+    recorder = StreamingRecorder()
+    counter = InFlight()
+    result = run(workflow(tmp_path, body), {"n": list(range(1000))}, on_event=[recorder, counter])
+    recorder.assert_complete()
+    assert len(recorder.dones) == 1000
+    assert {d.step for d in recorder.dones} == {f"each[{i}].draft" for i in range(1000)}
+    assert counter.most == 100
+    assert [item["draft"].text for item in result.steps["each"].items] == ["abc"] * 1000
+
+
+def test_ctrl_c_in_the_cli_gives_every_running_instance_its_cancelled_done(tmp_path: Path) -> None:
+
+    events_file = tmp_path / "events.jsonl"
+    body = f"""\
+    workflow:
+      name: interrupted
+      defaults:
+        provider: mock
+        stream_handler: jsonl
+        stream_handler_options: {{path: "{events_file}"}}
+      steps:
+        - id: views
+          parallel:
+            - {{id: left, prompt: l, mock_response: [a, b, c, d, e, f, g, h, i, j], options: {{delay_ms: 200}}}}
+            - {{id: right, prompt: r, mock_response: [k, l, m, n, o, p, q, r, s, t], options: {{delay_ms: 200}}}}
+        - id: each
+          for_each: [1, 2]
+          steps:
+            - {{id: later, prompt: later}}
+    """
+    path = workflow(tmp_path, body)
+    child = subprocess.Popen(
+        [sys.executable, "-m", "pipeline_ex", "run", str(path)],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:  # both parallel steps have streamed something: interrupt them
+        lines = events_file.read_text().splitlines() if events_file.exists() else []
+        if {"left", "right"} <= {EVENT_ADAPTER.validate_json(line).step for line in lines}:
+            break
+        time.sleep(0.05)
+    child.send_signal(signal.SIGINT)
+    _, err = child.communicate(timeout=30)
+    assert child.returncode == 130, err
+    events = [EVENT_ADAPTER.validate_json(line) for line in events_file.read_text().splitlines()]
+    dones = [e for e in events if isinstance(e, Done)]
+    assert sorted(d.step for d in dones) == ["left", "right"]  # one each; the for_each never started
+    assert {d.response.finish_reason for d in dones} == {"cancelled"}
+    for done in dones:
+        text = "".join(e.content for e in events if e.type == "delta" and e.step == done.step)
+        assert text and done.response.text == text
+    assert "interrupted" in err
+
+
+def test_the_cli_prints_each_concurrent_steps_text_whole_under_its_path(tmp_path: Path) -> None:
+
+    repo = Path(__file__).resolve().parents[1]
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline_ex", "run", str(repo / "workflows" / "fan_out_report.yaml"), "--mock"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "NO_COLOR": "1"},
+    )
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    for path in ("pros", "cons", "sections[0].section", "sections[1].section", "sections[2].section"):
+        header = f"── {path} ──\n"
+        assert out.count(header) == 1, out
+        body = out.split(header, 1)[1].split("\n", 1)[0]
+        assert body.startswith("Mock reply to: "), body  # the whole reply on the line after its header
+    assert "── outline ──" not in out and "── summary ──" not in out  # sequential steps stream as before
+    assert (tmp_path / "outputs" / "sections" / "plants.md").is_file()
+    assert "[sections[2].section] stop" in result.stderr

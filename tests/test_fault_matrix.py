@@ -756,3 +756,96 @@ def test_matrix_size(request: pytest.FixtureRequest) -> None:
 
     if not request.config.pluginmanager.has_plugin("fault-matrix-summary"):
         request.config.pluginmanager.register(Summary(), "fault-matrix-summary")
+
+
+# -- the same faults inside a parallel group and a for_each body -----------------------------------------
+
+GROUP_PATHS = ("async", "hybrid", "openai_async")
+GROUPS = ("parallel", "for_each")
+GROUP_CELLS = [(fault, path, group) for fault in FAULTS for path in GROUP_PATHS for group in GROUPS]
+_STEP_KEYS = {"prompt", "step", "provider", "mock_response", "timeout", "chunk_timeout"}
+
+
+def _faulty_step(cell: Cell, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The cell's step as a workflow step: its provider, options, limits and (for handler faults) handler."""
+    step: dict[str, Any] = {"id": STEP, "prompt": kwargs["prompt"], "provider": kwargs["provider"]}
+    for key in ("mock_response", "timeout", "chunk_timeout"):
+        if key in kwargs:
+            step[key] = kwargs[key]
+    options = {k: v for k, v in kwargs.items() if k not in _STEP_KEYS}
+    if options:
+        step["options"] = options
+    if cell.fault in ("sync_handler_error", "async_handler_error"):
+        step["stream_handler"] = f"{__name__}.{type(cell.taps[1]).__name__}"
+    return step
+
+
+SIBLING = {
+    "id": "sibling",
+    "provider": "mock",
+    "prompt": "slow",
+    "mock_response": list(CHUNKS),
+    "options": {"delay_ms": 40},
+}
+
+
+def _grouped_workflow(cell: Cell, kwargs: dict[str, Any], group: str) -> str:
+    faulty = _faulty_step(cell, kwargs)
+    if group == "parallel":
+        steps = [{"id": "group", "parallel": [faulty, SIBLING]}]
+    else:  # item 0 runs the faulty step, item 1 the slow healthy one
+        steps = [
+            {
+                "id": "group",
+                "for_each": [0, 1],
+                "max_parallel": 2,
+                "steps": [{**faulty, "when": "{{ item == 0 }}"}, {**SIBLING, "when": "{{ item == 1 }}"}],
+            }
+        ]
+    return json.dumps({"workflow": {"name": "grouped_faults", "steps": steps, "defaults": {"stream": True}}})
+
+
+@pytest.mark.parametrize(("fault", "path", "group"), GROUP_CELLS, ids=[f"{f}-{p}-{g}" for f, p, g in GROUP_CELLS])
+def test_fault_cell_inside_a_group(
+    fault: str, path: str, group: str, plan: Plan, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    server: OpenAISSEServer | None = request.getfixturevalue("openai_server") if path in OPENAI_PATHS else None
+    cell = Cell(fault, path, plan, server)
+    kwargs, _ = configure(cell)
+    loaded = pipeline_ex.load_workflow(_write(tmp_path / "grouped.yaml", _grouped_workflow(cell, kwargs, group)))
+    faulty_path = STEP if group == "parallel" else f"group[0].{STEP}"
+    sibling_path = "sibling" if group == "parallel" else "group[1].sibling"
+
+    async def drive() -> BaseException | None:
+        task = asyncio.create_task(pipeline_ex.arun(loaded, on_event=[cell.recorder, cell.signal]))
+        if fault == "cancel":
+            assert await asyncio.to_thread(cell.signal.first.wait, 10), "no delta arrived"
+            task.cancel()
+        try:
+            await task
+        except BaseException as error:
+            return error
+        return None
+
+    error = asyncio.run(drive())
+    expected = asyncio.CancelledError if fault == "cancel" else expected_exception(cell)
+    assert isinstance(error, expected), f"{fault}/{path}/{group}: raised {error!r}"
+    cell.recorder.assert_complete()  # one Done per instance, texts intact, seq increasing, steps bracketed
+    dones = {d.step: d for d in cell.recorder.dones}
+    faulty, sibling = dones[faulty_path], dones[sibling_path]
+    assert faulty.error is not None and faulty.error.type == EXPECTED_ERROR_TYPE[fault], faulty.error
+    assert faulty.response.finish_reason == ("cancelled" if fault == "cancel" else "error")
+    assert SCRIPT_TEXT.startswith(faulty.response.text)
+    # fail_fast: the sibling, still streaming, was cancelled with what it had
+    assert sibling.response.finish_reason == "cancelled", sibling
+    assert "".join(CHUNKS).startswith(sibling.response.text)
+    finished = {e.step: e.status for e in cell.recorder.lifecycle_events if isinstance(e, pipeline_ex.StepFinished)}
+    assert finished["group"] == ("cancelled" if fault == "cancel" else "failed")
+    run_end = cell.recorder.timeline[-1]
+    assert isinstance(run_end, pipeline_ex.RunFinished)
+    assert run_end.status == ("cancelled" if fault == "cancel" else "failed")
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text, encoding="utf-8")
+    return path

@@ -63,12 +63,16 @@ class StepResult:
 
 
 def _handler_specs(on_event: Any, ctx: Context) -> list[HandlerSpec]:
-    refs: list[Any] = []
+    """The step's handlers: the run's own (shared by every step) first, then the step's.
+
+    The run-level handlers come first so that, while steps run at the same time, each of them receives
+    the run's events in `seq` order: an event reaches them as soon as it is numbered, before any of the
+    step's own async handlers is awaited (when the run-level ones are sync).
+    """
+    refs: list[Any] = [*ctx.handlers, *ambient_handlers()]
     if on_event is not None:
         is_many = isinstance(on_event, Sequence) and not isinstance(on_event, str)
         refs.extend(on_event if is_many else [on_event])
-    refs.extend(ctx.handlers)
-    refs.extend(ambient_handlers())
     return [ref if isinstance(ref, HandlerSpec) else resolve_handler(ref) for ref in refs]
 
 

@@ -2,15 +2,29 @@
 
 from pipeline_ex.workflow.iterate import EventStream, astream, stream
 from pipeline_ex.workflow.loader import LoadedStep, LoadedWorkflow, load_workflow, parse_workflow
+from pipeline_ex.workflow.results import (
+    FailedResult,
+    ForEachResult,
+    LoopResult,
+    NestedResult,
+    ParallelResult,
+    SkippedResult,
+)
 from pipeline_ex.workflow.runner import InputError, RunResult, arun, run
 from pipeline_ex.workflow.schema import Workflow, json_schema
 
 __all__ = [
     "EventStream",
+    "FailedResult",
+    "ForEachResult",
     "InputError",
     "LoadedStep",
     "LoadedWorkflow",
+    "LoopResult",
+    "NestedResult",
+    "ParallelResult",
     "RunResult",
+    "SkippedResult",
     "Workflow",
     "arun",
     "astream",

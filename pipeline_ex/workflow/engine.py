@@ -16,7 +16,7 @@ import contextlib
 import time
 from collections import ChainMap
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -263,7 +263,10 @@ class Engine:
 
     async def _python(self, item: LoadedStep, step: PythonStep, scope: Scope) -> None:
         assert item.function is not None
-        value = item.function(self.ctx, **step.args)
+        ctx = self.ctx
+        if scope.own is not ctx.steps:  # inside a body or a nested workflow: what its templates would see
+            ctx = replace(ctx, steps=dict(scope.view), inputs=dict(scope.inputs), vars=scope.vars)
+        value = item.function(ctx, **step.args)
         if asyncio.iscoroutine(value):
             value = await value
         scope.record(item, value)

@@ -4,7 +4,8 @@ A step's own `stream_handler` receives only that step's `Delta` and `Done`. The 
 (`on_event=`, and those a test fixture adds) receive every step's events, and lifecycle events too
 (`StepStarted`, `StepFinished`, `RunFinished`) when they ask for them:
 - the run is started with `lifecycle=True`, or
-- the handler's class declares `lifecycle = True` (`StreamingRecorder` does).
+- the handler (an object, or a class given as such) declares `lifecycle = True`, as `StreamingRecorder`
+  does. A handler named by a string is known only by name here, so it needs `lifecycle=True`.
 
 An observer that receives lifecycle events watches the whole run, so it is made once per run (a class is
 instantiated once), not once per step.
@@ -62,8 +63,8 @@ class RunObservers:
         observers = cls()
         for ref in as_list(on_event):
             spec = ref if isinstance(ref, HandlerSpec) else resolve_handler(ref)
-            bound = spec.bind()
-            if lifecycle or wants_lifecycle(ref) or wants_lifecycle(bound.fn):
+            if lifecycle or wants_lifecycle(ref):  # an object or a class that declares it
+                bound = spec.bind()
                 observers.lifecycle.append(bound)
                 observers.step_handlers.append(HandlerSpec(spec.name, spec.is_async, _same(bound)))
             else:
