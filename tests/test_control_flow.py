@@ -260,15 +260,15 @@ class InFlight:
     lifecycle = True
 
     def __init__(self) -> None:
-        self.now = 0
+        self.running: set[str] = set()
         self.most = 0
 
     def handle_event(self, event: Any) -> None:
         if isinstance(event, StepStarted) and event.kind == "llm":
-            self.now += 1
-            self.most = max(self.most, self.now)
-        elif isinstance(event, StepFinished) and "[" in event.step:
-            self.now -= 1
+            self.running.add(event.step)
+            self.most = max(self.most, len(self.running))
+        elif isinstance(event, StepFinished):
+            self.running.discard(event.step)
 
 
 @pytest.mark.parametrize("max_parallel", [1, 3, 7])
@@ -727,3 +727,118 @@ def test_the_cli_prints_each_concurrent_steps_text_whole_under_its_path(tmp_path
     assert "── outline ──" not in out and "── summary ──" not in out  # sequential steps stream as before
     assert (tmp_path / "outputs" / "sections" / "plants.md").is_file()
     assert "[sections[2].section] stop" in result.stderr
+
+
+# -- every kind: skipped, cancelled mid-way, fresh handlers -------------------------------------------
+
+SLOW = "mock_response: [a, b, c, d, e, f, g, h], options: {delay_ms: 25}"
+KIND_BODIES = {
+    "parallel": """\
+- id: group
+  WHEN
+  parallel:
+    - {id: one, prompt: one, SLOW}
+    - {id: two, prompt: two, SLOW}
+    - {id: three, prompt: three, SLOW}
+""",
+    "for_each": """\
+- id: group
+  WHEN
+  for_each: [1, 2, 3]
+  max_parallel: 2
+  steps:
+    - {id: one, prompt: "n {{ item }}", SLOW}
+""",
+    "loop": """\
+- id: group
+  WHEN
+  loop: {max_iterations: 3}
+  steps:
+    - {id: one, prompt: again, SLOW}
+""",
+    "workflow": """\
+- id: group
+  WHEN
+  workflow: child.yaml
+""",
+}
+CHILD = f"- {{id: one, provider: mock, prompt: one, {SLOW}}}\n- {{id: two, provider: mock, prompt: two}}\n"
+
+
+def _kind_workflow(tmp_path: Path, kind: str, when: str = "") -> Path:
+    workflow(tmp_path, CHILD, "child.yaml")
+    body = "workflow:\n  name: kinds\n  defaults: {provider: mock}\n  steps:\n"
+    body += textwrap.indent(KIND_BODIES[kind].replace("WHEN", when or "type: " + kind).replace("SLOW", SLOW), "    ")
+    body += "    - {id: after, prompt: after}\n"
+    return workflow(tmp_path, body)
+
+
+@pytest.mark.parametrize("kind", list(KIND_BODIES))
+def test_a_group_whose_condition_is_false_is_skipped_whole(tmp_path: Path, kind: str) -> None:
+    recorder = StreamingRecorder()
+    result = run(_kind_workflow(tmp_path, kind, "when: false"), on_event=recorder)
+    recorder.assert_complete()
+    assert isinstance(result.steps["group"], SkippedResult) and result.steps["group"].skipped
+    assert starts(recorder) == ["group", "after"]  # nothing inside it started
+    assert finished(recorder)["group"] == "skipped"
+    assert [d.step for d in recorder.dones] == ["after"]
+
+
+@pytest.mark.parametrize("kind", list(KIND_BODIES))
+async def test_cancelling_inside_any_kind_of_group_gives_every_started_instance_one_cancelled_done(
+    tmp_path: Path, kind: str
+) -> None:
+    recorder = StreamingRecorder()
+    before = asyncio.all_tasks()
+    task = asyncio.ensure_future(arun(_kind_workflow(tmp_path, kind), on_event=recorder))
+    while len(recorder.deltas) < 4:
+        await asyncio.sleep(0.005)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    recorder.assert_complete()
+    started = starts(recorder, "llm")
+    assert started and sorted(d.step for d in recorder.dones) == sorted(started)
+    assert all(d.response.finish_reason == "cancelled" for d in recorder.dones if d.step in started[-1:])
+    assert "after" not in started
+    assert finished(recorder)["group"] == "cancelled"
+    assert isinstance(recorder.timeline[-1], RunFinished) and recorder.timeline[-1].status == "cancelled"
+    await asyncio.sleep(0)
+    assert asyncio.all_tasks() - before - {asyncio.current_task()} == set()
+
+
+def test_max_parallel_bounds_a_parallel_group_too(tmp_path: Path) -> None:
+    children = "\n".join(f"    - {{id: c{i}, provider: mock, prompt: c{i}, {SLOW}}}" for i in range(6))
+    path = workflow(tmp_path, f"- id: group\n  max_parallel: 2\n  parallel:\n{children}\n")
+    counter = InFlight()
+    counter_steps = StreamingRecorder()
+    run(path, mock=True, on_event=[counter, counter_steps])
+    counter_steps.assert_complete()
+    assert len(counter_steps.dones) == 6
+    assert counter.most == 2
+
+
+def test_parallel_children_and_nested_steps_get_fresh_handlers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "tracking2.py").write_text(HANDLERS, encoding="utf-8")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    workflow(
+        tmp_path,
+        "workflow:\n  name: child\n  defaults: {provider: mock, stream_handler: tracking2.Tracker}\n  steps:\n    - {id: poem, prompt: p}\n",
+        "child.yaml",
+    )
+    body = """\
+    workflow:
+      name: fresh2
+      defaults: {provider: mock, stream_handler: tracking2.Tracker}
+      steps:
+        - id: views
+          parallel:
+            - {id: a, prompt: a}
+            - {id: b, prompt: b}
+        - {id: nested, workflow: child.yaml}
+    """
+    run(workflow(tmp_path, body))
+    import tracking2  # type: ignore[import-not-found]
+
+    assert sorted(next(iter(h.steps)) for h in tracking2.instances) == ["a", "b", "nested.poem"]
+    assert len({id(h) for h in tracking2.instances}) == 3

@@ -25,7 +25,7 @@ from pipeline_ex.workflow.inputs import InputValueError, typed_value
 from pipeline_ex.workflow.loader import LoadedStep, LoadedWorkflow, check_live_providers, load_workflow
 from pipeline_ex.workflow.observers import RunObservers
 from pipeline_ex.workflow.outputs import output_directory, output_path
-from pipeline_ex.workflow.results import GROUP_RESULTS, jsonable, result_json
+from pipeline_ex.workflow.results import FailedResult, SkippedResult, jsonable, result_json
 from pipeline_ex.workflow.schema import LLMStep, PythonStep
 
 
@@ -119,10 +119,10 @@ def check_outputs(loaded: LoadedWorkflow, output_dir: Path) -> None:
 
 def _record_top(result: RunResult) -> Any:
     def record(item: LoadedStep, value: Any) -> None:
-        if isinstance(item.spec, PythonStep):
-            result.values[item.id] = value
-        elif hasattr(value, "done") or isinstance(value, GROUP_RESULTS) or item.kind == "llm":
+        if isinstance(value, SkippedResult | FailedResult) or item.kind not in ("python", "set"):
             result.steps[item.id] = value
+        elif isinstance(item.spec, PythonStep):
+            result.values[item.id] = value
 
     return record
 
