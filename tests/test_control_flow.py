@@ -790,9 +790,14 @@ async def test_cancelling_inside_any_kind_of_group_gives_every_started_instance_
 ) -> None:
     recorder = StreamingRecorder()
     before = asyncio.all_tasks()
-    task = asyncio.ensure_future(arun(_kind_workflow(tmp_path, kind), on_event=recorder))
-    while len(recorder.deltas) < 4:
-        await asyncio.sleep(0.005)
+    streaming = asyncio.Event()
+
+    def on_event(event: Any) -> None:
+        if len(recorder.deltas) >= 4:
+            streaming.set()
+
+    task = asyncio.ensure_future(arun(_kind_workflow(tmp_path, kind), on_event=[recorder, on_event]))
+    await asyncio.wait_for(streaming.wait(), 10)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
