@@ -828,7 +828,8 @@ def test_parallel_children_and_nested_steps_get_fresh_handlers(tmp_path: Path, m
     monkeypatch.syspath_prepend(str(tmp_path))
     workflow(
         tmp_path,
-        "workflow:\n  name: child\n  defaults: {provider: mock, stream_handler: tracking2.Tracker}\n  steps:\n    - {id: poem, prompt: p}\n",
+        "workflow:\n  name: child\n  defaults: {provider: mock, stream_handler: tracking2.Tracker}\n"
+        "  steps:\n    - {id: poem, prompt: p}\n",
         "child.yaml",
     )
     body = """\
