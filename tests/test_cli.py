@@ -14,12 +14,12 @@ import statistics
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
+from pty_kit import read_in_background
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = Path(sys.executable).with_name("pipeline-ex")
@@ -324,20 +324,7 @@ def test_output_dir_defaults_to_outputs(project: Path) -> None:
 def _run_with_tty_stderr(args: Sequence[str], cwd: Path) -> tuple[int, str, str]:
     """Run the CLI with stderr on a pseudo-terminal; return (exit code, stdout, stderr as text)."""
     master, slave = os.openpty()
-    chunks: list[bytes] = []
-
-    def drain() -> None:
-        while True:
-            try:
-                data = os.read(master, 4096)
-            except OSError:  # EIO once the slave side is closed everywhere
-                return
-            if not data:
-                return
-            chunks.append(data)
-
-    reader = threading.Thread(target=drain, daemon=True)
-    reader.start()
+    reader, chunks = read_in_background(master)
     try:
         proc = subprocess.run(
             [sys.executable, "-m", "pipeline_ex", *args],

@@ -14,11 +14,11 @@ import re
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import pytest
+from pty_kit import read_in_background
 
 from pipeline_ex import BufferHandler, ConsoleHandler, Delta, Done, Response, llm
 from pipeline_ex.streaming import console_board
@@ -331,20 +331,7 @@ def run_in_pty(script: Path, args: list[str], env: dict[str, str], interrupt: bo
 
     master, slave = os.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 100, 0, 0))
-    chunks: list[bytes] = []
-
-    def drain() -> None:
-        while True:
-            try:
-                data = os.read(master, 4096)
-            except OSError:  # EIO once the slave side is closed everywhere
-                return
-            if not data:
-                return
-            chunks.append(data)
-
-    reader = threading.Thread(target=drain, daemon=True)
-    reader.start()
+    reader, chunks = read_in_background(master)
     try:
         proc = subprocess.Popen(
             [sys.executable, str(script), *args], stdin=subprocess.DEVNULL, stdout=slave, stderr=slave, env=env
