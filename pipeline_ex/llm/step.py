@@ -477,7 +477,7 @@ def _select_generator(
         recording = session.cassette.next_recording(request)
         response = recording.done.response
         return BuiltGenerator(CassetteChatGenerator(recording, session.replay_speed), response.provider, response.model)
-    if session.mode == "mock" or provider == "mock":
+    if session.mode == "mock" or session.mock_steps or provider == "mock":
         mock_options = {k: v for k, v in options.items() if k in _MOCK_KEYS}
         if mock_response is not None:
             mock_options["mock_response"] = mock_response

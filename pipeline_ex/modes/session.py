@@ -17,7 +17,7 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
@@ -52,6 +52,8 @@ class TestSession:
     replay_speed: float = 1.0
     label: str = ""
     """Who set this session up (a test id), for error messages."""
+    mock_steps: bool = False
+    """Every step runs on the mock provider (`--mock`), also while a cassette records it."""
 
 
 def mode_from_env() -> Mode:
@@ -113,15 +115,12 @@ def session_for_run(run_name: str, *, mock: bool = False) -> TestSession:
     :raises TestModeError: for an invalid `PIPELINE_TEST_MODE` or `PIPELINE_REPLAY_SPEED`.
     """
     override = _ACTIVE.get()
-    if not mock:
-        return override if override is not None else session_from_env(run_name)
-    if override is not None and override.mode == "mock":
-        return override
-    return TestSession(
-        mode="mock",
-        script=override.script if override is not None else None,
-        label=override.label if override is not None else "",
-    )
+    base = override if override is not None else session_from_env(run_name)
+    if not mock or base.mode in ("mock", "replay"):  # a replay answers from its cassette, --mock or not
+        return base
+    if base.mode == "record":  # record a mock run
+        return replace(base, mock_steps=True)
+    return TestSession(mode="mock", script=base.script, label=base.label)
 
 
 def active_override() -> TestSession | None:
