@@ -105,7 +105,9 @@ class FileHandler:
 
     One run per file: a step holds an exclusive, non-blocking `flock` on the file from its first event to
     its Done; steps of the same run that run at the same time share it (in JSONL each line names its
-    step; text from concurrent steps is mixed, so give them their own paths). A step of another run (in this process or another one) that reaches the file meanwhile
+    step; text from concurrent steps is mixed, so give them their own paths).
+
+    A step of another run (in this process or another one) that reaches the file meanwhile
     fails with `FileInUseError`, so its step fails with `HandlerError`, every handler still gets its Done,
     and the file keeps only the first run's output. So does a run whose file another run rewrote between
     two of its steps, unless the handler appends: `append` is for files that runs add to one after
@@ -151,7 +153,7 @@ class FileHandler:
         return file
 
     def _close(self, file: io.FileIO, run_id: str) -> None:
-        """This step is done with the file: fsync it; the run's last step writing it releases it."""
+        """The step is done with the file: fsync it; the run's last step writing it releases it."""
         os.fsync(file.fileno())
         self._file = None
         key = (run_id, str(self.path.resolve()))

@@ -227,10 +227,10 @@ def _data_path(loc: tuple[str | int, ...], data: Any) -> Path:
     node = data
     last_was_index = False
     for part in loc:
-        if part in STEP_MODELS and len(path) >= 2 and path[-2] in STEP_LIST_FIELDS and isinstance(path[-1], int):
-            if last_was_index:
-                last_was_index = False
-                continue  # the name of the step kind pydantic tried, not a key of the file
+        after_step_index = len(path) >= 2 and path[-2] in STEP_LIST_FIELDS and isinstance(path[-1], int)
+        if part in STEP_MODELS and after_step_index and last_was_index:
+            last_was_index = False
+            continue  # the name of the step kind pydantic tried, not a key of the file
         last_was_index = isinstance(part, int)
         if isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
             node = node[part]
