@@ -15,7 +15,8 @@
 - `POST /v1/chat/completions`: OpenAI-compatible; `model` is the workflow name. `GET /v1/models` lists
   the workflows as models.
 - `GET /healthz`: liveness, with the number of workflows served.
-- `GET /`: a page to pick a workflow, fill in its inputs and watch the tokens stream.
+- `GET /`: a page to pick a workflow, fill in its inputs and watch the tokens stream, one panel per step
+  instance (those that run at the same time side by side), with a Stop button (`DELETE /runs/{run_id}`).
 
 SSE frames carry every event of a run under its own name: `delta` and `done`, and the lifecycle events
 `step_started` (every step, groups included), `step_finished` and `run_finished` (the last event of a
