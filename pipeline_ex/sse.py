@@ -1,6 +1,8 @@
 """Server-Sent Events framing for pipeline_ex events, and a plain-text rendering of a stream.
 
-Each event is one frame: `event: delta|done`, `id: <run_id>:<seq>` and `data: <the event as JSON>`.
+Each event is one frame: `event: <its type>`, `id: <run_id>:<seq>` and `data: <the event as JSON>`. The
+type is `delta` or `done` for a step's events, and `step_started`, `step_finished` or `run_finished` for
+the lifecycle events a stream carries when it was made with `lifecycle=True` (the server's always are).
 A run that fails after the response started gets an `event: error` frame (type and message, never a
 traceback), every stream ends with an `event: end` frame, and a `: keepalive` comment goes out whenever
 the stream has been idle for `keepalive` seconds (2 s by default: below the 5 s read timeout of a default
@@ -146,9 +148,9 @@ async def text_chunks(
 ) -> AsyncIterator[str]:
     """Only the text of the text deltas, for plain-text streaming (`curl -N`); failures end with a line.
 
-    Anything in the stream that is not a Delta (a Done) is skipped; the stream must not have gaps (a server
-    gives its plain-text responses every event of their run). `describe` replaces `error_payload` for the
-    failure line; a `reference` in its payload is shown too.
+    Anything in the stream that is not a Delta (a Done, a lifecycle event) is skipped; the stream must not
+    have gaps (a server gives its plain-text responses every event of their run). `describe` replaces
+    `error_payload` for the failure line; a `reference` in its payload is shown too.
     """
     try:
         async for event in events:

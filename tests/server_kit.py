@@ -24,7 +24,7 @@ import httpx
 import uvicorn
 
 from pipeline_ex import Delta, Done
-from pipeline_ex.events import EVENT_ADAPTER, Event
+from pipeline_ex.events import EVENT_ADAPTER, Event, RunEvent
 from pipeline_ex.server import create_app
 from pipeline_ex.server.runs import RunLog, RunRegistry
 from pipeline_ex.sse import parse_frames
@@ -294,8 +294,20 @@ async def aiter_frames(chunks: AsyncIterator[str]) -> AsyncIterator[dict[str, st
                 yield frame
 
 
+STEP_EVENTS = ("delta", "done")
+LIFECYCLE_EVENTS = ("step_started", "step_finished", "run_finished")
+RUN_EVENTS = (*STEP_EVENTS, *LIFECYCLE_EVENTS)
+"""The SSE event names of a run's events (each frame has `id: <run_id>:<seq>`)."""
+
+
 def events_of(frames: Iterable[dict[str, str]]) -> list[Event]:
-    return [EVENT_ADAPTER.validate_json(f["data"]) for f in frames if f.get("event") in ("delta", "done")]
+    """The steps' Delta and Done events in the frames (lifecycle frames left out)."""
+    return [EVENT_ADAPTER.validate_json(f["data"]) for f in frames if f.get("event") in STEP_EVENTS]
+
+
+def run_events_of(frames: Iterable[dict[str, str]]) -> list[RunEvent]:
+    """Every event in the frames, lifecycle events included."""
+    return [EVENT_ADAPTER.validate_json(f["data"]) for f in frames if f.get("event") in RUN_EVENTS]
 
 
 def text_of(events: Iterable[Event]) -> str:
@@ -306,7 +318,7 @@ def check_ids(frames: list[dict[str, str]], run_id: str) -> list[int]:
     """Every event frame has `id: <run_id>:<seq>`; the seqs strictly increase. Returns them."""
     seqs = []
     for frame in frames:
-        if frame.get("event") in ("delta", "done"):
+        if frame.get("event") in RUN_EVENTS:
             prefix, _, seq = frame["id"].rpartition(":")
             assert prefix == run_id, frame
             assert json.loads(frame["data"])["seq"] == int(seq)

@@ -51,7 +51,7 @@ from server_kit import (
     write_workflows,
 )
 
-from pipeline_ex import Delta, Done
+from pipeline_ex import Delta, Done, RunFinished
 from pipeline_ex.server import create_app
 from pipeline_ex.server.runs import Gap, RunLog, RunRegistry
 from pipeline_ex.sse import parse_frames
@@ -168,13 +168,24 @@ def test_run_as_sse_frames_with_ids_and_end(client: httpx.Client) -> None:
         assert response.headers["cache-control"] == "no-cache"
         run_id = response.headers["x-run-id"]
         frames = list(iter_frames(response.iter_text()))
-    assert [f["event"] for f in frames] == ["delta"] * 4 + ["done", "end"]
-    assert check_ids(frames, run_id) == [1, 2, 3, 4, 5]
+    assert [f["event"] for f in frames] == [
+        "step_started",
+        *["delta"] * 4,
+        "done",
+        "step_finished",
+        "run_finished",
+        "end",
+    ]
+    assert check_ids(frames, run_id) == list(range(1, 9))  # lifecycle events share the run's seq
     events = events_of(frames)
     assert [e.content for e in events if isinstance(e, Delta)] == FAST_CHUNKS
     done = events[-1]
     assert isinstance(done, Done) and done.response.finish_reason == "stop" and done.response.provider == "mock"
     assert done.response.text == "Hello, world!" and done.response.usage is not None
+    started, finished, run_finished = (json.loads(frames[i]["data"]) for i in (0, 6, 7))
+    assert (started["step"], started["kind"], started["attempt"]) == ("answer", "llm", 1)
+    assert (finished["step"], finished["status"], finished["error"]) == ("answer", "ok", None)
+    assert run_finished["status"] == "ok" and run_finished["usage"] == done.response.usage.model_dump()
     assert json.loads(frames[-1]["data"]) == {"run_id": run_id}
 
 
@@ -363,10 +374,20 @@ def test_an_unexpected_failure_is_reported_without_details(client: httpx.Client)
     }
     assert "TypeError" not in response.text and "Context" not in response.text
     with client.stream("POST", "/workflows/python_fail/run", json={}, headers=SSE) as stream:
-        frames = list(iter_frames(stream.iter_text()))
-    assert [f["event"] for f in frames] == ["error", "end"]
-    streamed = json.loads(frames[0]["data"])
+        body = stream.read().decode()
+    frames = parse_frames(body)
+    assert [f["event"] for f in frames] == ["step_started", "step_finished", "run_finished", "error", "end"]
+    streamed = json.loads(frames[3]["data"])
     assert streamed["type"] == "internal" and streamed["reference"] != reference  # each failure has its own
+    # the lifecycle frames say the step and the run failed, and name the same reference, never the details
+    assert "TypeError" not in body and "Context" not in body
+    step_error, run_error = (json.loads(frames[i]["data"])["error"] for i in (1, 2))
+    assert step_error == {
+        "type": "step",
+        "message": f"the step failed; see the server log (reference {streamed['reference']})",
+        "exception": None,
+    }
+    assert run_error["message"] == f"the run failed; see the server log (reference {streamed['reference']})"
 
 
 def test_a_failing_sse_run_sends_an_error_frame_then_end(client: httpx.Client) -> None:
@@ -377,11 +398,22 @@ def test_a_failing_sse_run_sends_an_error_frame_then_end(client: httpx.Client) -
     for leak in LEAKS:
         assert leak not in body
     frames = parse_frames(body)
-    assert [f["event"] for f in frames] == ["delta", "delta", "done", "error", "end"]
+    assert [f["event"] for f in frames] == [
+        "step_started",
+        "delta",
+        "delta",
+        "done",
+        "step_finished",
+        "run_finished",
+        "error",
+        "end",
+    ]
     check_ids(frames, run_id)
     done = events_of(frames)[-1]
     assert isinstance(done, Done) and done.response.finish_reason == "error" and done.error is not None
-    error = json.loads(frames[3]["data"])
+    for lifecycle in (json.loads(frames[i]["data"]) for i in (4, 5)):
+        assert lifecycle["status"] == "failed" and lifecycle["error"] == done.error.model_dump()
+    error = json.loads(frames[6]["data"])
     assert error["type"] == "provider" and error["step"] == "answer" and error["run_id"] == run_id
     assert "error_after=2" in error["message"]
 
@@ -586,11 +618,11 @@ async def test_every_endpoint_with_the_async_httpx_client(server: ThreadServer) 
             assert "".join([t async for t in response.aiter_text()]) == "Hello, world!"
         assert (await http.post("/workflows/fast/run", json={})).json()["workflow"] == "fast"
         async with http.stream(
-            "GET", f"/runs/{run_id}/events", headers={**SSE, "Last-Event-ID": f"{run_id}:2"}
+            "GET", f"/runs/{run_id}/events", headers={**SSE, "Last-Event-ID": f"{run_id}:3"}
         ) as response:
             resumed = [f async for f in aiter_frames(response.aiter_text())]
-        assert [f["event"] for f in resumed] == ["delta", "delta", "done", "end"]
-        assert check_ids(resumed, run_id) == [3, 4, 5]
+        assert [f["event"] for f in resumed] == ["delta", "delta", "done", "step_finished", "run_finished", "end"]
+        assert check_ids(resumed, run_id) == [4, 5, 6, 7, 8]
         chat = {"model": "fast", "messages": [{"role": "user", "content": "hi"}], "stream": True}
         async with http.stream("POST", "/v1/chat/completions", json=chat) as response:
             assert response.headers["content-type"].startswith("text/event-stream")
@@ -628,7 +660,7 @@ def test_resume_after_a_disconnect_gets_every_later_event_exactly_once(
     with client.stream("GET", f"/runs/{run_id}/events", headers=headers) as response:
         assert response.status_code == 200 and response.headers["content-type"].startswith("text/event-stream")
         rest = list(iter_frames(response.iter_text()))
-    total = len(SLOW_CHUNKS) + 1
+    total = len(SLOW_CHUNKS) + 4  # step_started, the deltas, done, step_finished, run_finished
     assert check_ids(rest, run_id) == list(range(read + 1, total + 1))  # no duplicate, no hole
     assert rest[-1] == {"event": "end", "id": f"{run_id}:end", "data": json.dumps({"run_id": run_id})}
     assert "gap" not in {f["event"] for f in rest}
@@ -639,8 +671,8 @@ def test_resume_after_a_disconnect_gets_every_later_event_exactly_once(
     # the finished run can be replayed from its log, from the start or from any point
     replay = parse_frames(client.get(f"/runs/{run_id}/events", headers=SSE).text)
     assert check_ids(replay, run_id) == list(range(1, total + 1))
-    later = client.get(f"/runs/{run_id}/events", params={"last_event_id": f"{run_id}:{total - 1}"}, headers=SSE)
-    assert [f["event"] for f in parse_frames(later.text)] == ["done", "end"]
+    later = client.get(f"/runs/{run_id}/events", params={"last_event_id": f"{run_id}:{total - 3}"}, headers=SSE)
+    assert [f["event"] for f in parse_frames(later.text)] == ["done", "step_finished", "run_finished", "end"]
 
 
 def test_a_non_resumable_run_is_cancelled_and_its_log_says_so(client: httpx.Client, registry: TimedRegistry) -> None:
@@ -660,16 +692,16 @@ def test_a_gap_frame_reports_events_the_log_dropped(serve: Callable[..., ThreadS
     with httpx.Client(base_url=running.url, timeout=20) as http:
         run_id, _ = read_first(http, "burst", 3, resumable=True)
         small.wait_finished([run_id])
-        total = len(BURST_CHUNKS) + 1  # 21 events; the log keeps 17..21
+        total = len(BURST_CHUNKS) + 4  # 24 events with the lifecycle ones; the log keeps 20..24
         resumed = parse_frames(http.get(f"/runs/{run_id}/events", headers={**SSE, "Last-Event-ID": f"{run_id}:3"}).text)
         assert resumed[0] == {"event": "gap", "data": json.dumps({"from_seq": 4, "to_seq": total - 5})}
         assert check_ids(resumed, run_id) == list(range(total - 4, total + 1))
         assert resumed[-1]["event"] == "end"
         from_start = parse_frames(http.get(f"/runs/{run_id}/events", headers=SSE).text)
         assert json.loads(from_start[0]["data"]) == {"from_seq": 1, "to_seq": total - 5}
-        kept = parse_frames(http.get(f"/runs/{run_id}/events", headers={**SSE, "Last-Event-ID": f"{run_id}:18"}).text)
-        assert [f["event"] for f in kept] == ["delta", "delta", "done", "end"]
-        assert check_ids(kept, run_id) == [19, 20, 21]
+        kept = parse_frames(http.get(f"/runs/{run_id}/events", headers={**SSE, "Last-Event-ID": f"{run_id}:21"}).text)
+        assert [f["event"] for f in kept] == ["done", "step_finished", "run_finished", "end"]
+        assert check_ids(kept, run_id) == [22, 23, 24]
 
 
 async def test_a_slow_live_follower_is_told_about_events_dropped_while_it_lagged() -> None:
@@ -690,7 +722,7 @@ async def test_a_slow_live_follower_is_told_about_events_dropped_while_it_lagged
 
 def test_the_live_stream_of_a_run_never_loses_events_silently(serve: Callable[..., ThreadServer]) -> None:
     running = serve(registry=RunRegistry(log_capacity=5))
-    total = len(BURST_CHUNKS) + 1
+    total = len(BURST_CHUNKS) + 4
     with httpx.Client(base_url=running.url, timeout=20) as http:
         for _ in range(5):
             frames = parse_frames(http.post("/workflows/instant/run", json={}, headers=SSE).text)
@@ -716,15 +748,18 @@ def test_a_disconnect_cancels_the_run_quickly(serve: Callable[..., ThreadServer]
             with http.stream("POST", "/workflows/slow/run", json={"inputs": {}}, headers=SSE) as response:
                 run_id = response.headers["x-run-id"]
                 frames = iter_frames(response.iter_text())
-                assert [next(frames)["event"] for _ in range(3)] == ["delta"] * 3
+                assert [next(frames)["event"] for _ in range(4)] == ["step_started", *["delta"] * 3]
                 closed_at = time.perf_counter()
                 response.close()
             timed.wait_finished([run_id], timeout=5)
             finish_ms.append((timed.finished_at[run_id] - closed_at) * 1000)
             cancelled_ms.append((timed.cancelled_done_at[run_id] - closed_at) * 1000)
             events = timed.events(run_id)
-            assert isinstance(events[-1], Done) and events[-1].response.finish_reason == "cancelled"
-            assert 3 <= len(events) - 1 <= 8  # deltas produced before the cancel landed; 30 were scripted
+            assert isinstance(events[-1], RunFinished) and events[-1].status == "cancelled"
+            done = [e for e in events if isinstance(e, Done)]
+            assert len(done) == 1 and done[0].response.finish_reason == "cancelled"
+            deltas = sum(isinstance(e, Delta) for e in events)
+            assert 3 <= deltas <= 8  # deltas produced before the cancel landed; 30 were scripted
     print(
         f"\n[disconnect -> Done(cancelled)] median {statistics.median(cancelled_ms):.2f} ms, "
         f"max {max(cancelled_ms):.2f} ms; run finished: median {statistics.median(finish_ms):.2f} ms, "
@@ -745,6 +780,7 @@ async def test_many_aborted_streams_leave_no_task_or_run_behind(serve: Callable[
         async with gate, http.stream("POST", "/workflows/slow/run", json={"inputs": {}}, headers=SSE) as response:
             run_id = response.headers["x-run-id"]
             frames = aiter_frames(response.aiter_text())
+            assert (await frames.__anext__())["event"] == "step_started"
             for _ in range(1 + number % 3):
                 assert (await frames.__anext__())["event"] == "delta"
             await frames.aclose()
@@ -757,8 +793,10 @@ async def test_many_aborted_streams_leave_no_task_or_run_behind(serve: Callable[
     await asyncio.to_thread(timed.wait_finished, run_ids, 15)
     elapsed = time.perf_counter() - started
     for run_id in run_ids:
-        last = timed.events(run_id)[-1]
-        assert isinstance(last, Done) and last.response.finish_reason == "cancelled", run_id
+        events = timed.events(run_id)
+        assert isinstance(events[-1], RunFinished) and events[-1].status == "cancelled", run_id
+        last = [e for e in events if isinstance(e, Done)][-1]
+        assert last.response.finish_reason == "cancelled", run_id
     assert [r for r, log in timed.logs.items() if not log.finished] == []
     deadline = time.monotonic() + 5
     while True:
@@ -786,7 +824,15 @@ def test_an_idle_stream_gets_keepalive_comments(serve: Callable[..., ThreadServe
     assert before_first.count(": keepalive\n\n") >= 2, body
     between = body.split("event: delta", 2)[1]
     assert ": keepalive\n\n" in between
-    assert [f["event"] for f in parse_frames(body)] == ["delta", "delta", "done", "end"]
+    assert [f["event"] for f in parse_frames(body)] == [
+        "step_started",
+        "delta",
+        "delta",
+        "done",
+        "step_finished",
+        "run_finished",
+        "end",
+    ]
     # with the default (2 s) keepalive, a stream this fast has none
     with httpx.Client(base_url=running.url, timeout=20) as http:
         assert ": keepalive" not in http.post("/workflows/fast/run", json={}, headers=SSE).text
@@ -854,7 +900,7 @@ def test_the_cli_server_serves_sse_text_json_and_chat(cli_server: CliServer) -> 
         with http.stream("POST", "/workflows/fast/run", json={"inputs": {}}, headers=SSE) as response:
             run_id = response.headers["x-run-id"]
             frames = list(iter_frames(response.iter_text()))
-        assert check_ids(frames, run_id) == [1, 2, 3, 4, 5] and frames[-1]["event"] == "end"
+        assert check_ids(frames, run_id) == list(range(1, 9)) and frames[-1]["event"] == "end"
         assert text_of(events_of(frames)) == "Hello, world!"
         assert http.post("/workflows/fast/run", json={}, headers=TEXT).text == "Hello, world!"
         assert (
@@ -1006,8 +1052,8 @@ def test_concurrent_sse_streams_and_event_loop_lag(workflows_dir: Path, tmp_path
                     async with http.stream("POST", "/workflows/load/run", json={}, headers=SSE) as response:
                         assert response.status_code == 200
                         frames = [f async for f in aiter_frames(response.aiter_text())]
-                    assert frames[-1]["event"] == "end" and frames[-2]["event"] == "done", frames[-3:]
-                    done = json.loads(frames[-2]["data"])
+                    assert [f["event"] for f in frames[-4:]] == ["done", "step_finished", "run_finished", "end"]
+                    done = json.loads(frames[-4]["data"])
                     assert done["response"]["finish_reason"] == "stop"
                     return sum(f["event"] == "delta" for f in frames), time.perf_counter() - started
 
@@ -1038,7 +1084,7 @@ def test_concurrent_sse_streams_and_event_loop_lag(workflows_dir: Path, tmp_path
             print(
                 f"[load] {count:5d} concurrent streams: {result['complete']}/{count} complete in "
                 f"{result['wall']:.2f} s (ideal {ideal:.2f} s; per stream p50 {result['stream_p50']:.2f} s, "
-                f"max {result['stream_max']:.2f} s), {count * (len(LOAD_CHUNKS) + 2) / result['wall']:.0f} frames/s, "
+                f"max {result['stream_max']:.2f} s), {count * (len(LOAD_CHUNKS) + 5) / result['wall']:.0f} frames/s, "
                 f"server CPU {result['cpu']:.2f} s; loop lag ({result['loop']}, {len(lags)} samples) "
                 f"p50 {percentile(lags, 0.5):.1f} ms, p99 {percentile(lags, 0.99):.1f} ms, max {max(lags):.1f} ms, "
                 f"mean {statistics.fmean(lags):.1f} ms, {sum(lags) / 1000:.2f} s of lag in all"

@@ -14,7 +14,17 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
-from server_kit import SSE, TEXT, CliServer, ThreadServer, TimedRegistry, assert_error, cli_executable, iter_frames
+from server_kit import (
+    RUN_EVENTS,
+    SSE,
+    TEXT,
+    CliServer,
+    ThreadServer,
+    TimedRegistry,
+    assert_error,
+    cli_executable,
+    iter_frames,
+)
 
 from pipeline_ex.sse import parse_frames
 
@@ -220,9 +230,16 @@ def test_sse_streams_start_with_a_retry_field(start_server: Callable[..., Thread
         started = http.post("/workflows/fast/run", json={}, headers=SSE)
         assert started.text.startswith("retry: 1500\n\n"), started.text[:40]
         run_id = started.headers["x-run-id"]
-        resumed = http.get(f"/runs/{run_id}/events", headers={"Last-Event-ID": f"{run_id}:2"})
+        resumed = http.get(f"/runs/{run_id}/events", headers={"Last-Event-ID": f"{run_id}:3"})
         assert resumed.text.startswith("retry: 1500\n\n")
-        assert [f["event"] for f in parse_frames(resumed.text)] == ["delta", "delta", "done", "end"]
+        assert [f["event"] for f in parse_frames(resumed.text)] == [
+            "delta",
+            "delta",
+            "done",
+            "step_finished",
+            "run_finished",
+            "end",
+        ]
 
 
 def test_resuming_a_finished_run_at_its_end_is_204(start_server: Callable[..., ThreadServer]) -> None:
@@ -237,7 +254,9 @@ def test_resuming_a_finished_run_at_its_end_is_204(start_server: Callable[..., T
             registry.wait_finished([run_id])
             done = http.get(f"/runs/{run_id}/events", headers={"Last-Event-ID": end["id"]})
             assert done.status_code == 204 and done.content == b"", (workflow, done.text)
-            last_event = [f["id"] for f in frames if f.get("event") in ("delta", "done")][-1]
+            last = [f for f in frames if f.get("event") in RUN_EVENTS][-1]
+            assert last["event"] == "run_finished"  # the run's last event
+            last_event = last["id"]
             after_last = http.get(f"/runs/{run_id}/events", headers={"Last-Event-ID": last_event})
             if workflow == "fast":  # nothing left after its last event
                 assert after_last.status_code == 204

@@ -8,14 +8,26 @@
   A finished run's `end` frame has the id `<run_id>:end`; resuming with it, or after the last event of a
   run that succeeded, answers `204 No Content`, which stops a browser `EventSource` from reconnecting.
   SSE streams start with a `retry:` field.
+- `DELETE /runs/{run_id}`: cancel a run that is still going; its streams get the cancelled `done`,
+  `step_finished` and `run_finished` frames and then the `error` frame. Answers `{"run_id", "status"}`
+  once the run has ended (`cancelled`, or how it had already ended), `202` with `cancelling` if it takes
+  longer than a few seconds.
 - `POST /v1/chat/completions`: OpenAI-compatible; `model` is the workflow name. `GET /v1/models` lists
   the workflows as models.
 - `GET /healthz`: liveness, with the number of workflows served.
-- `GET /`: a page to pick a workflow, fill in its inputs and watch the tokens stream.
+- `GET /`: a page to pick a workflow, fill in its inputs and watch the tokens stream, one panel per step
+  instance (those that run at the same time side by side), with a Stop button (`DELETE /runs/{run_id}`).
+
+SSE frames carry every event of a run under its own name: `delta` and `done`, and the lifecycle events
+`step_started` (every step, groups included), `step_finished` and `run_finished` (the last event of a
+run), each with its `id: <run_id>:<seq>`, so they are resumed and reported in gaps like the others. The
+JSON, plain-text and chat completion answers are made from the same events and leave the lifecycle ones
+out.
 
 Requests carry inputs only: they can never choose handlers, providers or models. When a streaming
 client disconnects, its run is cancelled (the provider stream closes), unless it asked for
-`?resumable=true`, in which case the run goes on and can be followed again through `/runs/...`.
+`?resumable=true`, in which case the run goes on and can be followed again through `/runs/...` (and
+cancelled with `DELETE /runs/{run_id}`).
 
 Guards (see `security`): loopback `Host` values only unless widened, no requests from other sites, JSON
 bodies only for runs, bounded bodies read within a deadline; at most `max_concurrent_runs` runs at once
@@ -121,6 +133,8 @@ class RunStreamResponse(StreamingResponse):
 
 DEFAULT_MAX_CONCURRENT_RUNS = 1024
 RETRY_AFTER_SECONDS = 2
+CANCEL_WAIT_SECONDS = 5.0
+"""How long `DELETE /runs/{run_id}` waits for the cancelled run to end before answering 202."""
 PAGE_HEADERS = {"X-Frame-Options": "DENY", "Content-Security-Policy": "frame-ancestors 'none'"}
 _ABSOLUTE_PATH = re.compile(r"(?<![\w:/.~-])/(?:[^\s/'\"():,]+/)+([^\s/'\"():,]+)")
 
@@ -244,7 +258,7 @@ class PipelineServer:
                 headers=busy,
             )
         try:
-            return self.registry.start(loaded, inputs, mock=self.mock, run_id=run_id, hold=hold)
+            return self.registry.start(loaded, inputs, mock=self.mock, run_id=run_id, hold=hold, scrub=self.scrub.text)
         except RegistryFull as error:
             raise RequestRejected(
                 429, f"{error}; retry later (pipeline-ex serve --max-runs raises the limit)", headers=busy
@@ -354,6 +368,26 @@ class PipelineServer:
             return Response(status_code=204, headers=HEADERS)  # an EventSource stops reconnecting on 204
         frames = with_keepalive(self._frames(log, after_seq, cancel_on_exit=False), self.keepalive)
         return RunStreamResponse(frames, media_type=MEDIA_TYPE, headers=HEADERS)
+
+    async def cancel_run(self, request: Request) -> Response:
+        """`DELETE /runs/{run_id}`: cancel a run that is still going, and answer how it ended.
+
+        The answer waits (up to `CANCEL_WAIT_SECONDS`) for the run to deliver its cancelled events; a run that
+        had already ended is left as it was and its status is given.
+        """
+        check_bearer(request, self.api_key)
+        run_id = request.path_params["run_id"]
+        log = self.registry.get(run_id)
+        if log is None:
+            raise RequestRejected(404, f"no run {run_id!r} is kept by this server")
+        if not log.finished:
+            log.cancel()
+            if log.task is not None:
+                await asyncio.wait({log.task}, timeout=CANCEL_WAIT_SECONDS)  # never cancels the run's task
+        status = log.status
+        if status == "running":
+            return JSONResponse({"run_id": run_id, "status": "cancelling"}, status_code=202)
+        return JSONResponse({"run_id": run_id, "status": status})
 
     async def chat_completions(self, request: Request) -> Response:
         """`POST /v1/chat/completions`."""
@@ -489,6 +523,7 @@ def create_app(
             Route("/workflows", server.list_workflows, methods=["GET"]),
             Route("/workflows/{name}/run", server.run_workflow, methods=["POST"]),
             Route("/runs/{run_id}/events", server.run_events, methods=["GET"]),
+            Route("/runs/{run_id}", server.cancel_run, methods=["DELETE"]),
             Route("/v1/models", server.list_models, methods=["GET"]),
             Route("/v1/chat/completions", server.chat_completions, methods=["POST"]),
         ],

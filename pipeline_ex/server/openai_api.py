@@ -1,11 +1,12 @@
 """`POST /v1/chat/completions` and `GET /v1/models`: run a workflow as if it were an OpenAI chat model.
 
 `model` names the workflow. The last user message becomes the workflow's `prompt` input (or its only
-input). The reply is the text of the workflow's last LLM step; with `stream: true` it arrives as
-`chat.completion.chunk`s and `data: [DONE]` at the end. When `stream_options.include_usage` is set, every
-chunk carries `"usage": null` except an extra last one with the usage summed over the run's steps (as
-OpenAI documents it). A failure after the stream started is sent as an error chunk. The fields a request
-may set are checked (`parse_chat_request`): a malformed one is a 400 naming the field.
+input). The reply is the text of the workflow's last top-level LLM step (the run's lifecycle events add
+nothing to it); with `stream: true` it arrives as `chat.completion.chunk`s and `data: [DONE]` at the end.
+When `stream_options.include_usage` is set, every chunk carries `"usage": null` except an extra last one
+with the usage summed over the run's steps (as OpenAI documents it). A failure after the stream started
+is sent as an error chunk. The fields a request may set are checked (`parse_chat_request`): a malformed
+one is a 400 naming the field.
 """
 
 from __future__ import annotations

@@ -1,11 +1,19 @@
 """Runs started by the server, each with a bounded in-memory log of its events for resuming.
 
-A run is produced by one task (consuming `astream`) and read by any number of followers: the response
-that started it, and clients resuming with `Last-Event-ID`. Followers are woken when events arrive,
-never by polling. The log keeps the newest events within a count and a byte bound; a follower that asks
-for dropped events is told about the gap. The one exception is the response that started the run (its
-*primary* follower): the log keeps every event that response has not read yet, so it never sees a gap;
-the bounds apply again as soon as it has caught up or left.
+A run is produced by one task (consuming `astream(..., lifecycle=True)`) and read by any number of
+followers: the response that started it, and clients resuming with `Last-Event-ID`. The log holds the
+run's lifecycle events (`StepStarted`, `StepFinished`, `RunFinished`) along with its `Delta` and `Done`
+events, in `seq` order: they share the run's `seq`, so they are resumed, bounded and reported in gaps
+like any other event. Followers are woken when events arrive, never by polling. The log keeps the newest
+events within a count and a byte bound; a follower that asks for dropped events is told about the gap.
+The one exception is the response that started the run (its *primary* follower): the log keeps every
+event that response has not read yet, so it never sees a gap; the bounds apply again as soon as it has
+caught up or left.
+
+What the log keeps is what clients are shown: the error of a failed `StepFinished` or `RunFinished` (and of
+a `Done`) is redacted and has the server's paths scrubbed, and an unexpected failure (not one of
+pipeline_ex's own errors) is replaced by a line naming the reference it is logged with, as the `error`
+frame and the JSON answer do.
 
 The registry admits runs: it holds at most `max_runs` (finished ones are forgotten, oldest first, to make
 room; runs still going are never dropped, so a full registry refuses new runs), and a failed run is logged
@@ -16,15 +24,16 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import sys
 import uuid
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from pipeline_ex.errors import PipelineError, RunCancelled, StepError
-from pipeline_ex.events import Delta, Done, RunEvent
-from pipeline_ex.redaction import redacting_logger
+from pipeline_ex.events import Delta, Done, ErrorInfo, RunEvent, RunFinished, StepFinished
+from pipeline_ex.redaction import redact_text, redacting_logger
 from pipeline_ex.workflow.iterate import EventStream, astream
 from pipeline_ex.workflow.loader import LoadedWorkflow
 from pipeline_ex.workflow.runner import RunResult
@@ -44,12 +53,21 @@ def new_reference() -> str:
 
 
 def event_size(event: RunEvent) -> int:
-    """An estimate of an event's memory in the log, in bytes (its text plus a fixed overhead)."""
+    """An estimate of an event's memory in the log, in bytes (its text and error message plus a fixed overhead).
+
+    Lifecycle events count their error message too: a failed step's or run's can be long.
+    """
     if isinstance(event, Delta):
         return len(event.content) + _EVENT_OVERHEAD
+    error = getattr(event, "error", None)  # StepStarted has none
+    size = len(error.message) if error is not None else 0
     if isinstance(event, Done):
-        return len(event.response.text) + 4 * _EVENT_OVERHEAD
-    return 2 * _EVENT_OVERHEAD
+        return size + len(event.response.text) + 4 * _EVENT_OVERHEAD
+    return size + 2 * _EVENT_OVERHEAD
+
+
+LogStatus = Literal["running", "ok", "failed", "cancelled"]
+"""Where a run in the registry stands (`DELETE /runs/{run_id}` answers with it)."""
 
 
 class RegistryFull(PipelineError):
@@ -64,11 +82,35 @@ class Gap:
     last_seq: int
 
 
-class RunLog:
-    """The events of one run, the newest `capacity` (and at most `max_bytes`) kept, plus its outcome."""
+def _is_pipeline_error(qualified_name: str | None) -> bool:
+    """Whether an `ErrorInfo.exception` names one of pipeline_ex's own errors (whose messages clients may see)."""
+    module, _, name = (qualified_name or "").rpartition(".")
+    if not module.startswith("pipeline_ex"):
+        return False
+    found = getattr(sys.modules.get(module), name, None)
+    return isinstance(found, type) and issubclass(found, PipelineError)
 
-    def __init__(self, run_id: str, capacity: int, max_bytes: int = DEFAULT_LOG_BYTES) -> None:
+
+class RunLog:
+    """The events of one run, the newest `capacity` (and at most `max_bytes`) kept, plus its outcome.
+
+    :param scrub: rewrites the server's paths in the error messages of the events kept (see `public`).
+    """
+
+    def __init__(
+        self,
+        run_id: str,
+        capacity: int,
+        max_bytes: int = DEFAULT_LOG_BYTES,
+        *,
+        scrub: Callable[[str], str] | None = None,
+    ) -> None:
         self.run_id = run_id
+        self.scrub = scrub
+        self.workflow = ""
+        """The name of the workflow the run is of (for log lines)."""
+        self._hidden: dict[tuple[str, str | None], str] = {}
+        """The reference each unexpected failure seen in this run's events was logged with."""
         self.capacity = capacity
         self.max_bytes = max_bytes
         self._events: list[RunEvent] = []
@@ -88,16 +130,66 @@ class RunLog:
         self._changed = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
         self.events: EventStream | None = None
+        self.cancel_requested = False
+        """`cancel()` was called (the run is cancelled as soon as it has started, if it had not yet)."""
 
     @property
     def last_seq(self) -> int:
         """The seq of the newest event (0 before the first)."""
         return self._seqs[-1] if self._seqs else self.evicted_through
 
+    @property
+    def status(self) -> LogStatus:
+        """`running` until the run ends; then `ok`, `failed` or `cancelled`."""
+        if not self.finished:
+            return "running"
+        if self.error is None:
+            return "ok"
+        return "cancelled" if isinstance(self.error, RunCancelled) else "failed"
+
     def cancel(self) -> None:
-        """Cancel the run; its remaining events (the cancelled Done) still reach the log."""
+        """Cancel the run; its remaining events (the cancelled `Done`s, `RunFinished`...) still reach the log."""
+        self.cancel_requested = True
         if self.events is not None and not self.finished:
             self.events.cancel()
+
+    def public(self, event: RunEvent) -> RunEvent:
+        """The event as clients may see it: its error redacted and scrubbed, or hidden behind a reference.
+
+        An error that is not one of pipeline_ex's own (a python step raising `TypeError`, say) is logged
+        here with a new reference, which the event's message then names; the run's own failure reuses it.
+        """
+        error: ErrorInfo | None = getattr(event, "error", None)
+        if error is None:
+            return event
+        if error.type == "step" and not _is_pipeline_error(error.exception):
+            key = (error.message, error.exception)
+            reference = self._hidden.get(key)
+            if reference is None:
+                reference = self._hidden[key] = new_reference()
+                if isinstance(event, StepFinished):
+                    extra = {"reference": reference, "run_id": self.run_id, "workflow": self.workflow}
+                    logger.warning(
+                        "step %r of run %s failed unexpectedly (reference %s): %s: %s",
+                        event.step,
+                        self.run_id,
+                        reference,
+                        error.exception,
+                        error.message,
+                        extra=extra,
+                    )
+            if isinstance(event, RunFinished):
+                self.reference = reference  # the run's failure is logged (with its traceback) under it too
+            what = "run" if isinstance(event, RunFinished) else "step"
+            shown = ErrorInfo(type="step", message=f"the {what} failed; see the server log (reference {reference})")
+        else:
+            message = redact_text(error.message)
+            if self.scrub is not None:
+                message = self.scrub(message)
+            if message == error.message:
+                return event
+            shown = error.model_copy(update={"message": message})
+        return event.model_copy(update={"error": shown})
 
     def append(self, event: RunEvent) -> None:
         """Add an event and wake the followers."""
@@ -218,26 +310,36 @@ class RunRegistry:
         return self._runs.get(run_id)
 
     def start(
-        self, loaded: LoadedWorkflow, inputs: Mapping[str, Any], *, mock: bool, run_id: str, hold: bool = False
+        self,
+        loaded: LoadedWorkflow,
+        inputs: Mapping[str, Any],
+        *,
+        mock: bool,
+        run_id: str,
+        hold: bool = False,
+        scrub: Callable[[str], str] | None = None,
     ) -> RunLog:
         """Start a run in the background and return its log (held for a primary follower with `hold`).
 
+        :param scrub: rewrites the server's paths in the error messages the log keeps (`RunLog.public`).
         :raises RegistryFull: when the registry holds `max_runs` runs and none of them has finished.
         """
         self._forget_old(room_for=1)
         if len(self._runs) >= self.max_runs:
             raise RegistryFull(f"the server already keeps {self.max_runs} runs that are all still going")
-        log = RunLog(run_id, self.log_capacity, self.log_bytes)
+        log = RunLog(run_id, self.log_capacity, self.log_bytes, scrub=scrub)
+        log.workflow = workflow = loaded.name
         if hold:
             log.hold()
-        events = astream(loaded, inputs, mock=mock, run_id=run_id)
+        events = astream(loaded, inputs, mock=mock, run_id=run_id, lifecycle=True)
         log.events = events
-        workflow = loaded.name
 
         async def produce() -> None:
             try:
                 async for event in events:
-                    log.append(event)
+                    log.append(event if type(event) is Delta else log.public(event))
+                    if log.cancel_requested and not events.cancelled:
+                        events.cancel()  # asked for before the run had started
             except (asyncio.CancelledError, RunCancelled):
                 log.finish(None, RunCancelled(f"run {run_id} was cancelled"))
             except Exception as error:
@@ -274,7 +376,7 @@ class RunRegistry:
 
 def _log_failure(log: RunLog, workflow: str, error: BaseException) -> None:
     """Log a failed run with a new reference id (kept on the log, for the client to be told)."""
-    log.reference = reference = new_reference()
+    log.reference = reference = log.reference or new_reference()  # already named by the run_finished frame?
     extra = {"reference": reference, "run_id": log.run_id, "workflow": workflow}
     if isinstance(error, StepError):  # the step's own failure (provider, timeout, handler): its message says it
         logger.warning(
