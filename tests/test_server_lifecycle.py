@@ -286,6 +286,21 @@ def test_chat_completions_with_the_openai_client(server: ThreadServer, http: htt
     assert all(c.usage is None for c in chunks[:-1])
 
 
+def test_a_workflow_whose_llm_steps_are_all_in_groups_is_refused_as_a_chat_model(tmp_path: Path) -> None:
+    only_groups = {
+        "name": "only_groups",
+        "inputs": {"prompt": {"default": "x"}},
+        "defaults": {"provider": "mock"},
+        "steps": [{"id": "views", "parallel": [{"id": "a", "prompt": "A"}, {"id": "b", "prompt": "B"}]}],
+    }
+    (tmp_path / "only_groups.yaml").write_text(json.dumps({"workflow": only_groups}))
+    with ThreadServer(create_app(tmp_path, mock=True, api_key="")) as running:
+        ai = openai.OpenAI(base_url=f"{running.url}/v1", api_key="x", max_retries=0, timeout=20)
+        with pytest.raises(openai.BadRequestError) as caught:
+            ai.chat.completions.create(model="only_groups", messages=[{"role": "user", "content": "hi"}])
+    assert "has none (its LLM steps are inside groups); add a final LLM step" in str(caught.value)
+
+
 # ---------------------------------------------------------------------------------------------------------
 # A step that fails under on_error: continue
 # ---------------------------------------------------------------------------------------------------------

@@ -62,6 +62,10 @@ class WorkflowCatalog:
 
 
 def answer_step(loaded: LoadedWorkflow) -> str | None:
-    """The id of a workflow's last LLM step: its text is the run's answer (for chat completions)."""
+    """The id of a workflow's last top-level LLM step: its text is the run's answer (for chat completions).
+
+    Steps inside groups are not candidates: a `for_each` has many instances, a `parallel` group many
+    children, and none of them is the one answer.
+    """
     llm_steps = [step.id for step in loaded.workflow.steps if isinstance(step, LLMStep)]
     return llm_steps[-1] if llm_steps else None

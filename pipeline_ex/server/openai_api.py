@@ -97,7 +97,17 @@ def parse_chat_request(body: Any) -> ChatRequest:
 
 
 def chat_inputs(loaded: LoadedWorkflow, request: ChatRequest) -> dict[str, Any]:
-    """Map a chat request onto the workflow's inputs (only the last user message is used)."""
+    """Map a chat request onto the workflow's inputs (only the last user message is used).
+
+    :raises RequestRejected: 400 when the workflow has no input to take the message, or no top-level LLM
+        step whose text could be the answer (its LLM steps are all inside groups).
+    """
+    if answer_step(loaded) is None:
+        raise RequestRejected(
+            400,
+            f"workflow {loaded.name!r} cannot answer as a chat model: the answer is the text of its last "
+            "top-level LLM step, and it has none (its LLM steps are inside groups); add a final LLM step",
+        )
     content = request.prompt
     declared = list(loaded.workflow.inputs)
     if "prompt" in declared:
