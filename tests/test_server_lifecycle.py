@@ -449,3 +449,28 @@ def test_delete_needs_the_api_key(folder: Path) -> None:
         assert http.delete(f"/runs/{run_id}", headers=auth).json() == {"run_id": run_id, "status": "cancelled"}
         reader.join(10)
     assert run_events_of(results["frames"])[-1].status == "cancelled"
+
+
+def test_list_inputs_arrive_as_json_lists_and_feed_a_for_each(tmp_path: Path) -> None:
+    topics = {
+        "name": "topics",
+        "inputs": {"topics": {"type": "list"}},
+        "defaults": {"provider": "mock"},
+        "steps": [
+            {"id": "each", "for_each": "{{ inputs.topics }}", "steps": [{"id": "d", "prompt": "on {{ item }}"}]},
+            {"id": "end", "prompt": "done"},
+        ],
+    }
+    (tmp_path / "topics.yaml").write_text(json.dumps({"workflow": topics}))
+    with (
+        ThreadServer(create_app(tmp_path, mock=True, api_key="")) as running,
+        httpx.Client(base_url=running.url, timeout=20) as http,
+    ):
+        ok = http.post("/workflows/topics/run", json={"inputs": {"topics": ["tides", "reefs"]}}, headers=JSON_BODY)
+        as_text = http.post("/workflows/topics/run", json={"inputs": {"topics": '["kelp"]'}}, headers=JSON_BODY)
+        wrong = http.post("/workflows/topics/run", json={"inputs": {"topics": "kelp"}}, headers=JSON_BODY)
+    assert ok.status_code == 200, ok.text
+    items = ok.json()["steps"]["each"]["items"]
+    assert [item["d"]["text"] for item in items] == ["Mock reply to: on tides", "Mock reply to: on reefs"]
+    assert [i["d"]["text"] for i in as_text.json()["steps"]["each"]["items"]] == ["Mock reply to: on kelp"]
+    assert wrong.status_code == 422 and "input 'topics' must be a list written as JSON" in wrong.text

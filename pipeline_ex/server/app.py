@@ -236,8 +236,12 @@ class PipelineServer:
         if not isinstance(body, dict) or set(body) - {"inputs"}:
             raise RequestRejected(422, 'the body must be {"inputs": {...}}; nothing else can be set per request')
         inputs = body.get("inputs", {})
-        if not isinstance(inputs, dict) or not all(isinstance(v, str | int | float | bool) for v in inputs.values()):
-            raise RequestRejected(422, "'inputs' must map input names to text, numbers or booleans")
+        if not isinstance(inputs, dict) or any(value is None for value in inputs.values()):
+            raise RequestRejected(
+                422,
+                "'inputs' must map input names to values (text, numbers, booleans, and lists or objects for "
+                "inputs of those types); leave an input out to take its default",
+            )
         try:
             return resolve_inputs(loaded, inputs)
         except InputError as error:

@@ -21,6 +21,7 @@ from pipeline_ex.events import Delta, Done, RunEvent, Usage
 from pipeline_ex.server.catalog import answer_step
 from pipeline_ex.server.security import RequestRejected
 from pipeline_ex.workflow.loader import LoadedWorkflow
+from pipeline_ex.workflow.schema import LLMStep
 
 _FINISH = {"stop": "stop", "length": "length", "content_filter": "content_filter", "tool_calls": "tool_calls"}
 
@@ -102,7 +103,7 @@ def chat_inputs(loaded: LoadedWorkflow, request: ChatRequest) -> dict[str, Any]:
     :raises RequestRejected: 400 when the workflow has no input to take the message, or no top-level LLM
         step whose text could be the answer (its LLM steps are all inside groups).
     """
-    if answer_step(loaded) is None:
+    if answer_step(loaded) is None and any(isinstance(step.spec, LLMStep) for step in loaded.all_steps()):
         raise RequestRejected(
             400,
             f"workflow {loaded.name!r} cannot answer as a chat model: the answer is the text of its last "
