@@ -488,7 +488,7 @@ def test_a_nested_workflow_runs_as_one_step_with_its_own_inputs(tmp_path: Path) 
     [
         (
             "- id: g\n  parallel:\n    - {id: a, prompt: x}\n    - {id: b, prompt: '{{ steps.a.text }}'}\n",
-            "template reads steps.a, but step 'a' runs at the same time (parallel group 'g'",
+            "template reads steps.a, but step 'a' runs at the same time (both are in parallel group 'g')",
         ),
         (
             (
@@ -848,3 +848,96 @@ def test_parallel_children_and_nested_steps_get_fresh_handlers(tmp_path: Path, m
 
     assert sorted(next(iter(h.steps)) for h in tracking2.instances) == ["a", "b", "nested.poem"]
     assert len({id(h) for h in tracking2.instances}) == 3
+
+
+# -- edges ------------------------------------------------------------------------------------------
+
+
+def test_an_observer_that_raises_at_the_end_does_not_replace_the_steps_own_failure(tmp_path: Path) -> None:
+    class Breaks:
+        lifecycle = True
+
+        def handle_event(self, event: Any) -> None:
+            if isinstance(event, StepFinished | RunFinished) and event.status == "failed":
+                raise RuntimeError("observer broke")
+
+    path = workflow(tmp_path, _failing_group("parallel", "fail_fast"))
+    with pytest.raises(StepError) as caught:  # the provider's failure, not the observer's
+        run(path, on_event=Breaks())
+    assert caught.value.step == "broken"
+
+
+async def test_an_async_observer_sees_seq_in_order_while_steps_run_at_once(tmp_path: Path) -> None:
+    seen: list[Any] = []
+
+    async def observe(event: Any) -> None:
+        seen.append(event)
+        await asyncio.sleep(0)
+
+    await arun(workflow(tmp_path, FAN_OUT), on_event=observe, lifecycle=True)
+    seqs = [e.seq for e in seen]
+    assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
+    assert isinstance(seen[-1], RunFinished)
+
+
+async def test_astream_gives_its_on_event_handlers_the_lifecycle_events_it_asks_for(tmp_path: Path) -> None:
+    extra: list[Any] = []
+    async for _ in astream(workflow(tmp_path, FAN_OUT), on_event=extra.append, lifecycle=True):
+        pass
+    assert extra[0].type == "step_started" and extra[-1].type == "run_finished"
+
+
+def test_a_nested_workflow_in_a_for_each_writes_each_items_files_apart(tmp_path: Path) -> None:
+    workflow(
+        tmp_path,
+        "workflow:\n  name: child\n  inputs: {t: {}}\n  defaults: {provider: mock}\n"
+        "  steps:\n    - {id: poem, prompt: '{{ inputs.t }}', output_to_file: poem.md}\n",
+        "child.yaml",
+    )
+    body = """\
+    workflow:
+      name: parent
+      defaults: {provider: mock}
+      steps:
+        - id: each
+          for_each: [rain, snow]
+          max_parallel: 2
+          steps:
+            - {id: nested, workflow: child.yaml, inputs: {t: "{{ item }}"}}
+    """
+    out = tmp_path / "out"
+    result = run(workflow(tmp_path, body), output_dir=out)
+    assert (out / "each" / "0" / "nested" / "poem.md").read_text() == "Mock reply to: rain"
+    assert (out / "each" / "1" / "nested" / "poem.md").read_text() == "Mock reply to: snow"
+    assert set(result.outputs) == {"each[0].nested.poem", "each[1].nested.poem"}
+
+
+def test_each_items_vars_are_its_own(tmp_path: Path) -> None:
+    body = """\
+    workflow:
+      name: vars
+      defaults: {provider: mock}
+      steps:
+        - id: each
+          for_each: [a, b, c]
+          max_parallel: 3
+          steps:
+            - {id: mine, type: set, vars: {name: "{{ item }}"}}
+            - {id: slow, prompt: "{{ vars.name }}", options: {delay_ms: 5}}
+            - {id: again, prompt: "{{ vars.name }}"}
+    """
+    result = run(workflow(tmp_path, body))
+    assert [item["again"].text for item in result.steps["each"].items] == [f"Mock reply to: {t}" for t in "abc"]
+
+
+def test_a_condition_written_as_a_block_scalar_is_one_expression(tmp_path: Path) -> None:
+    body = (
+        "workflow:\n  name: block\n  defaults: {provider: mock}\n  steps:\n"
+        "    - id: a\n      when: |\n        {{ 1 == 1 }}\n      prompt: sure\n"
+    )
+    assert run(workflow(tmp_path, body)).steps["a"].text == "Mock reply to: sure"
+
+
+def test_an_item_name_that_would_hide_a_template_root_is_refused() -> None:
+    with pytest.raises(WorkflowError, match="as: 'steps' would hide the templates' own 'steps'"):
+        parse_workflow("- id: e\n  for_each: [1]\n  as: steps\n  steps: [{id: d, prompt: x}]\n", "as.yaml", mock=True)

@@ -178,12 +178,14 @@ class FileHandler:
             except FileInUseError:
                 self._refused = not isinstance(event, Done)
                 raise
-        if self.format == "jsonl":
-            file.write(event.model_dump_json().encode() + b"\n")
-        elif isinstance(event, Delta) and event.kind == "text":
-            file.write(event.content.encode())
-        if isinstance(event, Done):
-            self._close(file, event.run_id)
+        try:
+            if self.format == "jsonl":
+                file.write(event.model_dump_json().encode() + b"\n")
+            elif isinstance(event, Delta) and event.kind == "text":
+                file.write(event.content.encode())
+        finally:
+            if isinstance(event, Done):  # a failed last write (a full disk) still releases the file
+                self._close(file, event.run_id)
 
 
 class JsonlFileHandler(FileHandler):

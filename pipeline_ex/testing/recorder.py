@@ -31,6 +31,7 @@ class StreamingRecorder(BufferHandler):
     Given to a run (`on_event=`, or the `stream_recorder` fixture) it also receives the run's lifecycle
     events (`lifecycle = True`): they are kept in `.lifecycle`, and `.timeline` holds every event in
     arrival order. `.events` holds the steps' Delta and Done events only, as for a step's own handler.
+    (The lifecycle events are `.lifecycle_events`; the class attribute `lifecycle` is the opt-in.)
     """
 
     lifecycle = True
@@ -109,6 +110,7 @@ class StreamingRecorder(BufferHandler):
         open_steps: dict[tuple[str, str], int] = {}
         finished_runs: set[str] = set()
         llm_steps: set[tuple[str, str]] = set()
+        done_steps: set[tuple[str, str]] = set()
         for position, event in enumerate(self.timeline):
             run = f" of run {event.run_id}" if many_runs else ""
             if event.run_id in finished_runs:
@@ -125,11 +127,15 @@ class StreamingRecorder(BufferHandler):
                 key = (event.run_id, event.step)
                 if open_steps.pop(key, None) is None:
                     problems.append(f"step {event.step!r}{run} finished without a StepStarted before it")
+                elif key in llm_steps and event.status == "ok" and key not in done_steps:
+                    problems.append(f"LLM step {event.step!r}{run} finished ok without a Done")
             elif isinstance(event, RunFinished):
                 finished_runs.add(event.run_id)
                 for run_id, step in open_steps:
                     if run_id == event.run_id:
                         problems.append(f"step {step!r}{run} had no StepFinished before RunFinished")
+            elif isinstance(event, Done) and (event.run_id, event.step) in open_steps:
+                done_steps.add((event.run_id, event.step))
             elif (event.run_id, event.step) not in open_steps and (event.run_id, event.step) in llm_steps:
                 problems.append(
                     f"{event.type} of step {event.step!r}{run} arrived outside its StepStarted/StepFinished"

@@ -214,16 +214,13 @@ class TemplateChecker:
 
     def _parallel(self, step: ParallelStep, path: Path, scope: _Scope) -> None:
         inner = scope.nested()
-        ids = [child.id for child in step.parallel]
+        for child in step.parallel:  # a child's own id is readable only after it ran: never inside the group
+            inner.blocked[child.id] = (
+                f"step {child.id!r} runs at the same time (both are in parallel group {step.id!r}); "
+                "read it after the group"
+            )
+        inner.blocked[step.id] = f"{step.id!r} is the parallel group this step is in; read it after the group"
         for index, child in enumerate(step.parallel):
-            siblings = ", ".join(repr(i) for i in ids if i != child.id)
-            for other in ids:
-                if other != child.id:
-                    inner.blocked[other] = (
-                        f"step {other!r} runs at the same time (parallel group {step.id!r}: {siblings}); "
-                        f"read it after the group"
-                    )
-            inner.blocked[step.id] = f"{step.id!r} is the parallel group this step is in; read it after the group"
             self._step(child, (*path, "parallel", index), inner.nested())
         for child in step.parallel:
             self._after_group(child, scope)
@@ -251,6 +248,10 @@ class TemplateChecker:
             self._block_body(child, scope, group)
 
     def _for_each(self, step: ForEachStep, path: Path, scope: _Scope) -> None:
+        if step.as_ in templates.ROOTS:
+            self.report(
+                (*path, "as"), f"as: {step.as_!r} would hide the templates' own {step.as_!r}; choose another name"
+            )
         if isinstance(step.for_each, str):
             inner_source = self._expression(step.for_each, (*path, "for_each"), scope, "for_each:")
             if inner_source is not None:

@@ -23,6 +23,7 @@ from typing import Any
 from pipeline_ex.context import Context
 from pipeline_ex.errors import Issue, PipelineError, StepError, WorkflowError
 from pipeline_ex.events import ErrorInfo, RunFinished, StepFinished, StepStarted, StepStatus, Usage
+from pipeline_ex.redaction import redacting_logger
 from pipeline_ex.streaming.concurrency import concurrent_region
 from pipeline_ex.streaming.resolve import HandlerSpec
 from pipeline_ex.workflow import templates
@@ -48,6 +49,8 @@ from pipeline_ex.workflow.schema import (
 )
 from pipeline_ex.workflow.yaml_source import escaped, lone_surrogate
 
+logger = redacting_logger("pipeline_ex")
+
 
 @dataclass
 class Scope:
@@ -61,7 +64,7 @@ class Scope:
 
     loaded: LoadedWorkflow
     inputs: Mapping[str, Any]
-    vars: dict[str, Any]
+    vars: MutableMapping[str, Any]
     own: dict[str, Any]
     view: MutableMapping[str, Any]
     output_dir: Path
@@ -118,6 +121,8 @@ class Engine:
         """The usage every LLM step instance reported, for `RunFinished`."""
         self.outputs: dict[str, Path] = {}
         """Step path -> the file its `output_to_file` wrote."""
+        self.output_root = Path(".")
+        """The run's output directory (nested workflows write below it, in a folder named by their path)."""
 
     # -- templates ---------------------------------------------------------------------------------
 
@@ -165,12 +170,12 @@ class Engine:
         ctx = self.ctx
         observed = self.observers.wants_lifecycle  # without observers, no seq is spent on lifecycle events
         started = time.perf_counter()
-        if observed:
-            kind = item.spec.type
-            await self.observers.emit(StepStarted(step=path, run_id=ctx.run_id, seq=ctx.next_seq(), kind=kind))
         status: StepStatus = "ok"
         error_info: ErrorInfo | None = None
         try:
+            if observed:
+                kind = item.spec.type
+                await self.observers.emit(StepStarted(step=path, run_id=ctx.run_id, seq=ctx.next_seq(), kind=kind))
             when = item.spec.when
             if when is not None and not self.evaluate(when, item, "when", scope):
                 status = "skipped"
@@ -181,7 +186,7 @@ class Engine:
             status, error_info = "cancelled", ErrorInfo(type="cancelled", message="the run was cancelled")
             raise
         except Exception as error:
-            status, error_info = "failed", _error_info(error)
+            status, error_info = "failed", error_info_of(error)
             if not keep_going:
                 raise
             scope.record(item, _failed(path, error))
@@ -197,7 +202,7 @@ class Engine:
                     duration_ms=duration,
                     error=error_info,
                 )
-                await deliver_even_if_cancelled(self.observers, finished)
+                await emit_keeping_the_outcome(self.observers, finished, failing=status != "ok")
 
     async def _dispatch(self, item: LoadedStep, scope: Scope, path: str) -> None:
         spec = item.spec
@@ -265,7 +270,7 @@ class Engine:
         assert item.function is not None
         ctx = self.ctx
         if scope.own is not ctx.steps:  # inside a body or a nested workflow: what its templates would see
-            ctx = replace(ctx, steps=dict(scope.view), inputs=dict(scope.inputs), vars=scope.vars)
+            ctx = replace(ctx, steps=dict(scope.view), inputs=dict(scope.inputs), vars=dict(scope.vars))
         value = item.function(ctx, **step.args)
         if asyncio.iscoroutine(value):
             value = await value
@@ -311,6 +316,7 @@ class Engine:
         def item_runner(index: int, value: Any) -> Callable[[], Awaitable[None]]:
             async def run_item() -> None:
                 inner = scope.inner(f"{path}[{index}].", own=group.items[index], locals_={step.as_: value})
+                inner.vars = ChainMap({}, scope.vars)  # what a `set` step of one item sets is that item's
                 with contextlib.suppress(_Stopped):
                     await self.run_steps(item.children, inner, keep_going=keep_going)
 
@@ -350,7 +356,7 @@ class Engine:
             {},
             result.steps,
             result.steps,
-            scope.output_dir / item.id,
+            self.output_root / _folder_of(path),
             f"{path}.",
         )
         await self.run_steps(nested.steps, inner)
@@ -388,24 +394,21 @@ class Engine:
                 raise failure
 
 
-async def deliver_even_if_cancelled(observers: RunObservers, event: StepFinished | RunFinished) -> None:
-    """Deliver a lifecycle event, also while the run is being cancelled (a second cancel waits for it).
+async def emit_keeping_the_outcome(
+    observers: RunObservers, event: StepFinished | RunFinished, *, failing: bool
+) -> None:
+    """Deliver the lifecycle event that ends a step or a run, from the `finally` that ends it.
 
-    Sync observers get it right away, so it keeps its place in `seq` order; async ones on a shielded task.
+    When the step or run is already failing or being cancelled, an observer that raises on this event
+    must not replace that outcome: its failure is logged and the original exception goes on.
     """
-    if not observers.is_async:
-        observers.emit_sync(event)
+    if not failing:
+        await observers.emit(event)
         return
-    task = asyncio.ensure_future(observers.emit(event))
-    interrupted = False
-    while not task.done():
-        try:
-            await asyncio.shield(task)
-        except asyncio.CancelledError:
-            interrupted = True
-    task.result()
-    if interrupted:
-        raise asyncio.CancelledError
+    try:
+        await observers.emit(event)
+    except PipelineError as error:
+        logger.error("%s; the %s outcome stands", error, getattr(event, "step", None) or "run's")
 
 
 async def _cancel_and_settle(tasks: Sequence[asyncio.Future[None]]) -> None:
@@ -428,6 +431,11 @@ async def _cancel_and_settle(tasks: Sequence[asyncio.Future[None]]) -> None:
         raise asyncio.CancelledError
 
 
+def _folder_of(path: str) -> str:
+    """The output folder of a nested workflow step: its path with indexes as folders (`sections/2/appendix`)."""
+    return path.replace("[", "/").replace("]", "").replace(".", "/")
+
+
 def _kind_of(value: Any) -> str:
     if isinstance(value, str):
         return "text"
@@ -440,9 +448,12 @@ def _kind_of(value: Any) -> str:
     return "nothing (None)" if value is None else f"a {type(value).__name__}"
 
 
-def _error_info(error: BaseException) -> ErrorInfo:
+def error_info_of(error: BaseException) -> ErrorInfo:
+    """What a lifecycle event says about a failure: the failing step's own error, or the exception's."""
     if isinstance(error, StepError) and error.done.error is not None:
         return error.done.error
+    if isinstance(error, KeyboardInterrupt):
+        return ErrorInfo(type="cancelled", message="interrupted")
     return ErrorInfo(
         type="provider" if isinstance(error, StepError) else "step",
         message=str(error)[:2000],

@@ -24,7 +24,7 @@ from typing import Any
 from pipeline_ex.errors import PipelineError, RunCancelled
 from pipeline_ex.events import RunEvent
 from pipeline_ex.workflow.loader import LoadedWorkflow
-from pipeline_ex.workflow.observers import LifecycleObserver, as_list
+from pipeline_ex.workflow.observers import as_list
 from pipeline_ex.workflow.runner import RunResult, arun
 
 _END = object()
@@ -69,13 +69,14 @@ class EventStream:
 
     def _start(self) -> None:
         workflow, inputs = self._args
-        into_queue = LifecycleObserver(self._queue.put_nowait) if self._lifecycle else self._queue.put_nowait
+        into_queue = self._queue.put_nowait
         self._task = asyncio.ensure_future(
             arun(
                 workflow,
                 inputs,
                 mock=self._mock,
                 on_event=[*self._extra, into_queue],
+                lifecycle=self._lifecycle,
                 output_dir=self._output_dir,
                 run_id=self._run_id,
             )

@@ -36,15 +36,6 @@ def wants_lifecycle(handler: Any) -> bool:
     return getattr(owner, "lifecycle", False) is True
 
 
-class LifecycleObserver:
-    """Wraps a callable so that it receives lifecycle events as well (what `lifecycle=True` does)."""
-
-    lifecycle = True
-
-    def __init__(self, target: Any) -> None:
-        self.handle_event = target
-
-
 @dataclass
 class RunObservers:
     """The run-level handlers of one run: what every step also delivers to, and who gets lifecycle events.

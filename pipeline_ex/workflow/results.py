@@ -144,11 +144,8 @@ def result_json(value: Any) -> Any:
             "ttft_ms": done.ttft_ms,
             "duration_ms": done.duration_ms,
         }
-    to_json = getattr(value, "to_json", None)
-    if callable(to_json) and isinstance(
-        value, SkippedResult | FailedResult | ParallelResult | ForEachResult | LoopResult | NestedResult
-    ):
-        return to_json()
+    if isinstance(value, SkippedResult | FailedResult | ParallelResult | ForEachResult | LoopResult | NestedResult):
+        return value.to_json()
     return jsonable(value)
 
 
@@ -161,7 +158,3 @@ def jsonable(value: Any) -> Any:
     if isinstance(value, dict):
         return {str(k): jsonable(v) for k, v in value.items()}
     return repr(value)
-
-
-GROUP_RESULTS = (ParallelResult, ForEachResult, LoopResult, NestedResult)
-"""The result classes of group steps."""

@@ -16,11 +16,11 @@ from pathlib import Path
 from typing import Any
 
 from pipeline_ex.context import Context
-from pipeline_ex.errors import PipelineError, StepError
+from pipeline_ex.errors import PipelineError
 from pipeline_ex.events import ErrorInfo, RunFinished, RunStatus, Usage
 from pipeline_ex.modes.session import session_for_run
 from pipeline_ex.streaming.resolve import HandlerSpec, resolve_handler
-from pipeline_ex.workflow.engine import Engine, Scope, deliver_even_if_cancelled
+from pipeline_ex.workflow.engine import Engine, Scope, emit_keeping_the_outcome, error_info_of
 from pipeline_ex.workflow.inputs import InputValueError, typed_value
 from pipeline_ex.workflow.loader import LoadedStep, LoadedWorkflow, check_live_providers, load_workflow
 from pipeline_ex.workflow.observers import RunObservers
@@ -171,11 +171,13 @@ async def arun(
     :param default_handler: the handler (a reference, as `on_event` takes) of steps that configure none;
         `pipeline-ex run` uses the console.
     :raises StepError: after the failing step's Done was delivered (and `RunFinished`).
+    :raises InputError, WorkflowError, PipelineError: for inputs, providers or output paths that cannot
+        work, before the first step starts (and before any event).
     """
     loaded = _as_loaded(workflow, mock)
     ctx = Context(inputs=resolve_inputs(loaded, inputs), name=loaded.name)
     ctx.session = session_for_run(loaded.name, mock=mock)
-    if ctx.session.mode in ("live", "record") and loaded.checked_offline:
+    if ctx.session.mode in ("live", "record") and not ctx.session.mock_steps and loaded.checked_offline:
         check_live_providers(loaded)
     if run_id is not None:
         ctx.run_id = run_id
@@ -187,6 +189,7 @@ async def arun(
     if default_handler is not None:
         fallback = default_handler if isinstance(default_handler, HandlerSpec) else resolve_handler(default_handler)
     engine = Engine(ctx, observers, default_handler=fallback)
+    engine.output_root = folder
     result = RunResult(ctx.run_id, loaded.name)
     scope = Scope(loaded, ctx.inputs, ctx.vars, ctx.steps, ctx.steps, folder, on_record=_record_top(result))
     started = time.perf_counter()
@@ -199,7 +202,7 @@ async def arun(
         raise
     except BaseException as error:
         status = "cancelled" if isinstance(error, KeyboardInterrupt) else "failed"
-        error_info = _run_error(error)
+        error_info = error_info_of(error)
         raise
     finally:
         result.vars = dict(ctx.vars)
@@ -214,18 +217,8 @@ async def arun(
                 duration_ms=(time.perf_counter() - started) * 1000,
                 error=error_info,
             )
-            await deliver_even_if_cancelled(observers, finished)
+            await emit_keeping_the_outcome(observers, finished, failing=status != "ok")
     return result
-
-
-def _run_error(error: BaseException) -> ErrorInfo:
-    if isinstance(error, StepError) and error.done.error is not None:
-        return error.done.error
-    if isinstance(error, KeyboardInterrupt):
-        return ErrorInfo(type="cancelled", message="interrupted")
-    return ErrorInfo(
-        type="step", message=str(error)[:2000], exception=f"{type(error).__module__}.{type(error).__qualname__}"
-    )
 
 
 def run(

@@ -89,11 +89,15 @@ def render(source: str, values: Mapping[str, Any]) -> str:
     return _compiled(source).render(values)
 
 
+@lru_cache(maxsize=512)
 def expression_source(source: str) -> str | None:
     """The expression of a template that is one `{{ expression }}` and nothing else, or None.
 
+    Whitespace around it (the newline a YAML block scalar ends with) is allowed.
+
     :raises TemplateSyntaxError: when the template does not parse.
     """
+    source = source.strip()
     tree = environment().parse(source)
     body = tree.body
     if len(body) != 1 or not isinstance(body[0], nodes.Output) or len(body[0].nodes) != 1:
