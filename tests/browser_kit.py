@@ -6,6 +6,8 @@ background connections.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -31,3 +33,17 @@ def require_chromium() -> Any:
 def launch_chromium(playwright: Any, *flags: str) -> Any:
     """Launch headless Chromium with the standard flags plus `flags`."""
     return playwright.chromium.launch(executable_path=CHROMIUM, args=[*CHROMIUM_FLAGS, *flags])
+
+
+@contextmanager
+def chromium_tab(width: int, height: int) -> Iterator[Any]:
+    """A Chromium tab of the given size (15 s default timeout); the browser closes when the block ends."""
+    sync_api = require_chromium()
+    with sync_api.sync_playwright() as playwright:
+        browser = launch_chromium(playwright)
+        try:
+            tab = browser.new_page(viewport={"width": width, "height": height})
+            tab.set_default_timeout(15_000)
+            yield tab
+        finally:
+            browser.close()

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from browser_kit import launch_chromium, require_chromium
+from browser_kit import chromium_tab, require_chromium
 from server_kit import ThreadServer
 
 from pipeline_ex.server import create_app
@@ -24,7 +24,7 @@ DELAY_MS = 50
 SEPARATOR_CHUNKS = ["before ", "line\u2028separator ", "after"]
 WORKFLOW_NAMES = ["a_quick", "separator", "slow_story"]
 
-sync_api = require_chromium()
+require_chromium()  # skips the module without Chromium and Playwright
 
 
 def workflow(name: str, step: dict[str, Any], inputs: dict[str, Any]) -> str:
@@ -58,14 +58,8 @@ def server(tmp_path: Path) -> Iterator[ThreadServer]:
 
 @pytest.fixture
 def page(server: ThreadServer) -> Iterator[Any]:
-    with sync_api.sync_playwright() as playwright:
-        browser = launch_chromium(playwright)
-        try:
-            tab = browser.new_page(viewport={"width": 1000, "height": 800})
-            tab.set_default_timeout(15_000)
-            yield tab
-        finally:
-            browser.close()
+    with chromium_tab(1000, 800) as tab:
+        yield tab
 
 
 def test_the_page_streams_tokens_into_the_output_before_the_run_ends(server: ThreadServer, page: Any) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from browser_kit import launch_chromium, require_chromium
+from browser_kit import chromium_tab, require_chromium
 from server_kit import ThreadServer, TimedRegistry
 
 from pipeline_ex import Done, RunFinished, StepFinished
@@ -66,7 +66,7 @@ LONG_PAIR = {
     ],
 }
 
-sync_api = require_chromium()
+require_chromium()  # skips the module without Chromium and Playwright
 
 SAMPLE = """() => {
   const text = (path) => {
@@ -99,17 +99,11 @@ def server(tmp_path: Path, registry: TimedRegistry) -> Iterator[ThreadServer]:
 
 @pytest.fixture
 def page(server: ThreadServer) -> Iterator[Any]:
-    with sync_api.sync_playwright() as playwright:
-        browser = launch_chromium(playwright)
-        try:
-            tab = browser.new_page(viewport={"width": 1100, "height": 900})
-            tab.set_default_timeout(15_000)
-            errors: list[str] = []
-            tab.on("pageerror", lambda error: errors.append(str(error)))
-            yield tab
-            assert errors == []
-        finally:
-            browser.close()
+    with chromium_tab(1100, 900) as tab:
+        errors: list[str] = []
+        tab.on("pageerror", lambda error: errors.append(str(error)))
+        yield tab
+        assert errors == []
 
 
 def box(page: Any, path: str) -> dict[str, float]:
