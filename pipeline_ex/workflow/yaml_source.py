@@ -146,7 +146,7 @@ def lone_surrogate(text: str) -> int | None:
 
 
 def escaped(character: str) -> str:
-    r"""A character as a `\uXXXX` escape, for messages about characters that cannot be printed."""
+    r"""A character as a four-digit `\u` escape (`\u00e9`), for messages about characters that cannot be printed."""
     return f"\\u{ord(character):04x}"
 
 
