@@ -19,8 +19,15 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 FinishReason = Literal["stop", "length", "content_filter", "tool_calls", "error", "cancelled", "other"]
 """Why a step's generation ended, normalised across providers (the raw value stays in `Response.meta`)."""
 
-ErrorType = Literal["provider", "truncated", "timeout", "handler", "cancelled", "step"]
-"""The kind of failure recorded in `ErrorInfo.type` (`step`: a python step, a template or a nested input)."""
+ErrorType = Literal["provider", "truncated", "timeout", "handler", "cancelled", "step", "schema", "tool_rounds"]
+"""The kind of failure recorded in `ErrorInfo.type`.
+
+`step`: a python step, a template or a nested input failed; `schema`: the reply never matched the step's
+`output_schema`; `tool_rounds`: the model still asked for tools after `max_tool_rounds` rounds.
+"""
+
+DeltaKind = Literal["text", "reasoning", "tool_call"]
+"""What a Delta carries: reply text, reasoning text, or a fragment of a tool call's JSON arguments."""
 
 
 class _FrozenModel(BaseModel):
@@ -44,6 +51,18 @@ class ErrorInfo(_FrozenModel):
     """Qualified class name of the underlying exception, when there was one."""
 
 
+class ToolCallInfo(_FrozenModel):
+    """One tool call a step made, and what the tool returned (`Response.tool_calls`)."""
+
+    id: str
+    name: str
+    arguments: dict[str, Any] = Field(default_factory=dict)
+    result: str | None = None
+    """The tool's result as the model saw it; None for a call left to the caller (a declared tool)."""
+    error: bool = False
+    """The tool raised (or did not exist): `result` is the error message the model was shown."""
+
+
 class Response(_FrozenModel):
     """The final result of one step: the full text plus model, finish reason, usage and provider metadata."""
 
@@ -53,6 +72,10 @@ class Response(_FrozenModel):
     finish_reason: FinishReason
     usage: Usage | None = None
     meta: dict[str, Any] = Field(default_factory=dict)
+    tool_calls: list[ToolCallInfo] = Field(default_factory=list)
+    """Every tool call of the step, in the order the model made them, over all its tool rounds."""
+    data: Any = None
+    """The validated value of a step with an `output_schema` (None without one, or when it failed)."""
 
 
 class Delta(_FrozenModel):
@@ -64,7 +87,50 @@ class Delta(_FrozenModel):
     run_id: str
     seq: int
     index: int = 0
-    kind: Literal["text", "reasoning"] = "text"
+    """For `tool_call` deltas, the call's position in its round (parallel calls stream side by side)."""
+    kind: DeltaKind = "text"
+    tool_call_id: str | None = None
+    """For `tool_call` deltas: the id of the call the fragment belongs to."""
+    tool_name: str | None = None
+    """For `tool_call` deltas: the name of the tool being called."""
+
+
+class ToolCall(_FrozenModel):
+    """The model called a tool; its arguments are complete. Sent before the tool runs."""
+
+    type: Literal["tool_call"] = "tool_call"
+    step: str
+    run_id: str
+    seq: int
+    id: str
+    name: str
+    arguments: dict[str, Any] = Field(default_factory=dict)
+
+
+class ToolResult(_FrozenModel):
+    """A tool returned (or raised): what the model is shown next."""
+
+    type: Literal["tool_result"] = "tool_result"
+    step: str
+    run_id: str
+    seq: int
+    id: str
+    name: str
+    result: str
+    error: bool = False
+    """The tool raised, or the model named a tool that does not exist; `result` is the message it sees."""
+
+
+class Partial(_FrozenModel):
+    """The structured reply of a step with an `output_schema`, parsed as far as it has streamed."""
+
+    type: Literal["partial"] = "partial"
+    step: str
+    run_id: str
+    seq: int
+    data: Any
+    attempt: int = 1
+    """Which attempt the object belongs to: a repair attempt (`schema_retries`) starts a new object."""
 
 
 class Done(_FrozenModel):
@@ -82,7 +148,10 @@ class Done(_FrozenModel):
 
 
 Event = Delta | Done
-"""Any event a step emits."""
+"""The two events every step stream is made of (the guide's handlers need no others)."""
+
+StepEvent = Delta | ToolCall | ToolResult | Partial | Done
+"""Any event an LLM step emits: tool steps add `ToolCall`/`ToolResult`, `output_schema` steps `Partial`."""
 
 StepKind = Literal["llm", "python", "set", "parallel", "for_each", "loop", "workflow"]
 """What kind of step a lifecycle event is about."""
@@ -136,8 +205,8 @@ class RunFinished(_FrozenModel):
 LifecycleEvent = StepStarted | StepFinished | RunFinished
 """An event about a run's structure, which run-level observers receive when they ask for it."""
 
-RunEvent = Delta | Done | StepStarted | StepFinished | RunFinished
-"""Any event a run emits: its steps' Delta and Done events and its lifecycle events."""
+RunEvent = Delta | ToolCall | ToolResult | Partial | Done | StepStarted | StepFinished | RunFinished
+"""Any event a run emits: its steps' events and its lifecycle events."""
 
 EVENT_ADAPTER: TypeAdapter[RunEvent] = TypeAdapter(Annotated[RunEvent, Field(discriminator="type")])
 """Validates and parses events (lifecycle events too) from dicts or JSON, dispatching on the `type` field."""
@@ -187,7 +256,7 @@ _set_extra = BaseModel.__dict__["__pydantic_extra__"].__set__
 _set_private = BaseModel.__dict__["__pydantic_private__"].__set__
 
 
-def new_delta(content: str, step: str, run_id: str, seq: int, kind: Literal["text", "reasoning"] = "text") -> Delta:
+def new_delta(content: str, step: str, run_id: str, seq: int, kind: DeltaKind = "text") -> Delta:
     """Build a `Delta` from parts the framework already checked, without re-validating them.
 
     The bridge creates one Delta per streamed chunk; validation (or `model_construct`, which is slower
@@ -202,7 +271,17 @@ def new_delta(content: str, step: str, run_id: str, seq: int, kind: Literal["tex
     _set(
         delta,
         "__dict__",
-        {"type": "delta", "content": content, "step": step, "run_id": run_id, "seq": seq, "index": 0, "kind": kind},
+        {
+            "type": "delta",
+            "content": content,
+            "step": step,
+            "run_id": run_id,
+            "seq": seq,
+            "index": 0,
+            "kind": kind,
+            "tool_call_id": None,
+            "tool_name": None,
+        },
     )
     _set_fields_set(delta, _DELTA_FIELDS_SET)
     _set_extra(delta, None)
