@@ -5,7 +5,29 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Literal
 
-from pipeline_ex.llm.providers.base import BuiltGenerator, GenerationOptions, parse_options
+from pydantic import Field
+
+from pipeline_ex.llm.providers.base import BuiltGenerator, GenerationOptions, ProviderOptions, parse_options
+
+
+class MockToolCall(ProviderOptions):
+    """A tool call the mock model makes: the tool's name and its arguments."""
+
+    name: str = Field(min_length=1)
+    arguments: dict[str, Any] = Field(default_factory=dict)
+    id: str | None = None
+    """The call's id; by default `call_<round>_<position>`."""
+
+
+class MockReply(ProviderOptions):
+    """A scripted reply that calls tools first: each round of `tool_calls`, then the final `text`.
+
+    `tool_calls` is one round of calls (made side by side), or a list of rounds. After the last round the
+    model replies with `text` (word by word, or the exact chunks of a list).
+    """
+
+    tool_calls: list[MockToolCall] | list[list[MockToolCall]] = Field(default_factory=list)
+    text: str | list[str] | None = None
 
 
 class MockOptions(GenerationOptions):
@@ -15,7 +37,7 @@ class MockOptions(GenerationOptions):
     they have no effect on the scripted reply.
     """
 
-    mock_response: str | list[str] | None = None
+    mock_response: str | list[str] | MockReply | None = None
     delay_ms: float = 0
     error_after: int | None = None
     usage: Literal["words"] | dict[str, int] | None = "words"
