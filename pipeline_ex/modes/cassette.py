@@ -5,6 +5,10 @@ of each step's Done also holds the request the step answered (its step path, mes
 options; see `StepRequest`), and a replay serves a recording only to the same request: anything else is
 a `CassetteError` that shows what differs. Replay goes through the normal step machinery (see
 `cassette_generator`), so replayed events are built by the same bridge as live ones.
+
+A step with tools is recorded with its tool-call deltas, `ToolCall` and `ToolResult` events, and read
+back as one `RecordedRound` per call of the model. The recording answers for the model only: on replay
+the step runs its tools again, and their results may differ from the recorded ones.
 """
 
 from __future__ import annotations
@@ -12,11 +16,11 @@ from __future__ import annotations
 import threading
 import time
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 
 from pipeline_ex.errors import PipelineError
-from pipeline_ex.events import Delta, Done, Event
+from pipeline_ex.events import Delta, Done, Partial, StepEvent, ToolCall, ToolResult
 from pipeline_ex.modes.recording import read_records, record_line
 from pipeline_ex.modes.request import StepRequest
 
@@ -68,15 +72,87 @@ class ReplayedProviderError(RuntimeError):
 
 
 @dataclass(frozen=True)
+class RecordedRound:
+    """One call of the model in a recorded step run: its deltas (with the pause before each), and its tool calls.
+
+    A step without tools has one round. A step with tools has one per round of its tool loop: each round
+    that called tools holds the `ToolCall` events the step emitted for them (and, for reading, the
+    `ToolResult`s the tools returned; a replay runs the tools again).
+    """
+
+    deltas: tuple[tuple[float, Delta], ...] = ()
+    tool_calls: tuple[ToolCall, ...] = ()
+    tool_results: tuple[ToolResult, ...] = ()
+
+
+@dataclass(frozen=True)
 class RecordedStep:
-    """One recorded step run: its deltas with the pause before each, its Done, and the request it answered.
+    """One recorded step run: its rounds of model output, its Done, and the request it answered.
 
     `request` is None in cassettes recorded before requests were recorded; those cannot be replayed.
     """
 
-    deltas: tuple[tuple[float, Delta], ...]
+    rounds: tuple[RecordedRound, ...]
     done: Done
     request: StepRequest | None = None
+    source: Path | None = None
+    """The cassette it was read from, for error messages."""
+
+    @property
+    def deltas(self) -> tuple[tuple[float, Delta], ...]:
+        """Every recorded delta of the step, over all its rounds, with the pause before each."""
+        return tuple(delta for round_ in self.rounds for delta in round_.deltas)
+
+
+_MODEL_FAILURES = frozenset({"provider", "timeout", "truncated"})
+"""Failures of a model call: a step that failed so after a round of tool calls had called the model again."""
+
+
+class _StepReader:
+    """Splits one step run's recorded events into rounds, as `Cassette._load` reads them in order.
+
+    A round ends with the tool calls the model made in it: the first delta after a round's `ToolCall`
+    events starts the next round, and so does a `ToolCall` after the round's tool results unless one of
+    the round's deltas already streamed that call (a step without streaming has no deltas to tell by).
+    """
+
+    def __init__(self) -> None:
+        self.rounds: list[RecordedRound] = []
+        self.deltas: list[tuple[float, Delta]] = []
+        self.calls: list[ToolCall] = []
+        self.results: list[ToolResult] = []
+        self.last_offset: float | None = None
+
+    def _close_round(self) -> None:
+        self.rounds.append(RecordedRound(tuple(self.deltas), tuple(self.calls), tuple(self.results)))
+        self.deltas, self.calls, self.results = [], [], []
+
+    def add(self, offset: float, event: Delta | ToolCall | ToolResult) -> None:
+        """Take the step's next recorded event."""
+        if isinstance(event, Delta):
+            if self.calls:
+                self._close_round()
+            pause = 0.0 if self.last_offset is None else offset - self.last_offset
+            self.deltas.append((pause, event))
+        elif isinstance(event, ToolCall):
+            streamed = any(delta.tool_call_id == event.id for _, delta in self.deltas)
+            if self.results and not streamed:
+                self._close_round()
+            self.calls.append(event)
+        else:
+            self.results.append(event)
+        self.last_offset = offset
+
+    def finish(self, done: Done, request: StepRequest | None, source: Path) -> RecordedStep:
+        """The recorded step run that `done` closed."""
+        self._close_round()
+        rounds = self.rounds
+        if rounds[-1].tool_calls and done.error is not None and done.error.type in _MODEL_FAILURES:
+            rounds.append(RecordedRound())  # the model call that failed before it streamed anything
+        first = rounds[0]
+        if first.deltas and done.ttft_ms is not None:
+            rounds[0] = replace(first, deltas=((done.ttft_ms, first.deltas[0][1]), *first.deltas[1:]))
+        return RecordedStep(tuple(rounds), done, request, source)
 
 
 class CassetteRecorder:
@@ -86,7 +162,7 @@ class CassetteRecorder:
         self.cassette = cassette
         self.request = request
 
-    def handle_event(self, event: Event) -> None:
+    def handle_event(self, event: StepEvent) -> None:
         """Append the event to the cassette (with the request, when it is the Done)."""
         self.cassette.append(event, self.request if isinstance(event, Done) else None)
 
@@ -110,7 +186,7 @@ class Cassette:
         """A handler that records one step run, which answers `request`, into this cassette."""
         return CassetteRecorder(self, request)
 
-    def append(self, event: Event, request: StepRequest | None = None) -> None:
+    def append(self, event: StepEvent, request: StepRequest | None = None) -> None:
         """Append one event, and with a Done the request its step answered."""
         now = time.perf_counter()
         with self._lock:
@@ -128,32 +204,26 @@ class Cassette:
                 f"no cassette at {self.path}; record it first with PIPELINE_TEST_MODE=record "
                 "(or `pytest --pipeline-record` for @pytest.mark.cassette tests)"
             )
-        pending: dict[tuple[str, str], list[tuple[float, Delta]]] = defaultdict(list)
+        readers: dict[tuple[str, str], _StepReader] = defaultdict(_StepReader)
         steps: dict[str, list[RecordedStep]] = defaultdict(list)
-        last_offset: dict[tuple[str, str], float] = {}
         try:
             records = list(read_records(self.path))
             requests = [StepRequest.from_json(r) if r is not None else None for _, _, r in records]
         except ValueError as error:
             raise CassetteError(f"cassette {self.path}: {error}; {RERECORD}") from error
         for number, ((offset, event, _), request) in enumerate(zip(records, requests, strict=True), start=1):
-            if not isinstance(event, Delta | Done):
+            if isinstance(event, Partial):
+                continue  # the step parses its structured reply again from the replayed text
+            if not isinstance(event, Delta | ToolCall | ToolResult | Done):
                 raise CassetteError(
                     f"cassette {self.path}: record {number} is a {event.type} event; a cassette holds only "
-                    f"the Delta and Done events of steps; {RERECORD}"
+                    f"the events of LLM steps (delta, tool_call, tool_result, partial, done); {RERECORD}"
                 )
             key = (event.run_id, event.step)
-            if isinstance(event, Delta):
-                previous = last_offset.get(key)
-                pause = 0.0 if previous is None else offset - previous
-                pending[key].append((pause, event))
-                last_offset[key] = offset
+            if isinstance(event, Done):
+                steps[event.step].append(readers.pop(key, _StepReader()).finish(event, request, self.path))
             else:
-                deltas = pending.pop(key, [])
-                if deltas and event.ttft_ms is not None:
-                    deltas[0] = (event.ttft_ms, deltas[0][1])
-                steps[event.step].append(RecordedStep(tuple(deltas), event, request))
-                last_offset.pop(key, None)
+                readers[key].add(offset, event)
         return steps
 
     def next_recording(self, request: StepRequest) -> RecordedStep:

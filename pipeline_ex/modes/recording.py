@@ -1,8 +1,9 @@
 """The JSONL format of event recordings, shared by cassettes and `StreamingRecorder.save`.
 
-One event per line, with its time offset in milliseconds: `{"t_ms": 12.5, "event": {...}}`. In a
-cassette, the line of each step's Done also carries the request the step answered (`"request": {...}`,
-see `pipeline_ex.modes.request`). Lines are redacted before they are written.
+One event per line (tool calls, tool results and partial objects too), with its time offset in
+milliseconds: `{"t_ms": 12.5, "event": {...}}`. In a cassette, the line of each step's Done also
+carries the request the step answered (`"request": {...}`, see `pipeline_ex.modes.request`). Lines
+are redacted before they are written.
 """
 
 from __future__ import annotations

@@ -1,17 +1,18 @@
 """`StepRequest`: what a step asked of its model, as a cassette records it and a replay checks it.
 
-A recorded step answers one request: its step path, its messages (system prompt and prompt), its model
-and its options. A replay serves a recording only for the same request, so a cassette recorded for one
-topic can never answer another. The provider's own name is recorded, for reading, but not compared (a
-cassette recorded on the mock provider replays for the real one), and neither are the options that only
-say how to reach it (`CONNECTION_OPTIONS`).
+A recorded step answers one request: its step path, its messages (system prompt and prompt, or the
+messages of a `messages:` step), its model, its options and the tools it offered the model (each tool's
+name, description and parameters schema). A replay serves a recording only for the same request, so a
+cassette recorded for one topic, or with other tools, can never answer another. The provider's own
+name is recorded, for reading, but not compared (a cassette recorded on the mock provider replays for
+the real one), and neither are the options that only say how to reach it (`CONNECTION_OPTIONS`).
 """
 
 from __future__ import annotations
 
 import difflib
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -45,6 +46,42 @@ def _json_value(value: Any) -> Any:
     return json.loads(json.dumps(value, ensure_ascii=False, sort_keys=True, default=_stand_in))
 
 
+Message = tuple[str, str] | Mapping[str, Any]
+"""A message of a request: a (role, text) pair, or a `{role, content}` mapping (a `messages:` step's)."""
+
+
+def _message(message: Message) -> dict[str, str]:
+    if isinstance(message, Mapping):
+        if "role" not in message or "content" not in message:
+            raise ValueError(f"message {dict(message)!r} is not a chat message; give it a role and a content")
+        return {"role": str(message["role"]), "content": str(message["content"])}
+    role, text = message
+    return {"role": str(role), "content": str(text)}
+
+
+def tool_definitions(tools: Iterable[Any]) -> list[dict[str, Any]]:
+    """Each tool's `{name, description, parameters}`, from mappings or haystack `Tool`s (a `Toolset` is opened).
+
+    :raises ValueError: for a tool without a name.
+    """
+    found: list[dict[str, Any]] = []
+    for tool in tools:
+        if isinstance(tool, Mapping):
+            name, description, parameters = tool.get("name"), tool.get("description"), tool.get("parameters")
+        elif not hasattr(tool, "name") and isinstance(tool, Iterable):  # a haystack Toolset
+            found.extend(tool_definitions(tool))
+            continue
+        else:
+            name = getattr(tool, "name", None)
+            description, parameters = getattr(tool, "description", None), getattr(tool, "parameters", None)
+        if not isinstance(name, str) or not name:
+            raise ValueError(
+                f"tool {tool!r} has no name; a tool is given as a haystack Tool or as {{name, description, parameters}}"
+            )
+        found.append({"name": name, "description": str(description or ""), "parameters": _json_value(parameters or {})})
+    return found
+
+
 @dataclass(frozen=True)
 class StepRequest:
     """The request of one step run, in the JSON form a cassette holds (secrets redacted)."""
@@ -54,6 +91,8 @@ class StepRequest:
     model: str | None
     messages: list[dict[str, str]] = field(default_factory=list)
     options: dict[str, Any] = field(default_factory=dict)
+    tools: list[dict[str, Any]] = field(default_factory=list)
+    """The tools offered to the model: `{name, description, parameters}` each, in the order offered."""
 
     @classmethod
     def of(
@@ -62,52 +101,69 @@ class StepRequest:
         *,
         provider: str | None,
         model: str | None,
-        messages: Sequence[tuple[str, str]],
+        messages: Sequence[Message],
         options: Mapping[str, Any],
+        tools: Iterable[Any] = (),
     ) -> StepRequest:
-        """The request of a step run: its messages as (role, text) pairs and its provider options."""
+        """The request of a step run: its messages, its provider options and the tools it offers.
+
+        :param messages: (role, text) pairs (`conversation(system, prompt)`), or the `{role, content}`
+            mappings of a `messages:` step.
+        :param tools: haystack `Tool`s (or a `Toolset`), or `{name, description, parameters}` mappings.
+        :raises ValueError: for a message without a role or content, or a tool without a name.
+        """
         asked = {k: v for k, v in options.items() if k not in CONNECTION_OPTIONS and k not in STEP_OPTION_NAMES}
-        return cls.from_json(
-            redact(
-                {
-                    "step": step,
-                    "provider": provider,
-                    "model": model,
-                    "messages": [{"role": role, "content": text} for role, text in messages],
-                    "options": _json_value(asked),
-                }
-            )
-        )
+        request: dict[str, Any] = {
+            "step": step,
+            "provider": provider,
+            "model": model,
+            "messages": [_message(message) for message in messages],
+            "options": _json_value(asked),
+        }
+        offered = tool_definitions(tools)
+        if offered:
+            request["tools"] = offered
+        return cls.from_json(redact(request))
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> StepRequest:
-        """Read a request from its cassette form.
+        """Read a request from its cassette form (one recorded before tools were recorded has none).
 
         :raises ValueError: when `data` is not a recorded request.
         """
         try:
             messages = [{"role": str(m["role"]), "content": str(m["content"])} for m in data["messages"]]
-            return cls(str(data["step"]), data.get("provider"), data.get("model"), messages, dict(data["options"]))
+            tools = [
+                {"name": str(t["name"]), "description": str(t["description"]), "parameters": dict(t["parameters"])}
+                for t in data.get("tools") or []
+            ]
+            return cls(
+                str(data["step"]), data.get("provider"), data.get("model"), messages, dict(data["options"]), tools
+            )
         except (KeyError, TypeError, ValueError) as error:
             raise ValueError(f"not a recorded request ({type(error).__name__}: {error})") from None
 
     def to_json(self) -> dict[str, Any]:
-        """The request as a cassette line holds it."""
-        return {
+        """The request as a cassette line holds it (`tools` only when the step offered some)."""
+        data: dict[str, Any] = {
             "step": self.step,
             "provider": self.provider,
             "model": self.model,
             "messages": self.messages,
             "options": self.options,
         }
+        if self.tools:
+            data["tools"] = self.tools
+        return data
 
     def matches(self, recorded: StepRequest) -> bool:
         """Whether a recording made for `recorded` answers this request (the provider is not compared)."""
-        return (self.step, self.model, self.messages, self.options) == (
+        return (self.step, self.model, self.messages, self.options, self.tools) == (
             recorded.step,
             recorded.model,
             recorded.messages,
             recorded.options,
+            recorded.tools,
         )
 
     def differences(self, recorded: StepRequest) -> list[str]:
@@ -122,6 +178,7 @@ class StepRequest:
             before, after = recorded.options.get(name, _UNSET), self.options.get(name, _UNSET)
             if before != after:
                 found.append(f"option {name}: {_shown(before)} when recorded, {_shown(after)} now")
+        found.extend(_tool_differences(recorded.tools, self.tools))
         return found
 
 
@@ -157,6 +214,32 @@ def _message_differences(recorded: list[dict[str, str]], now: list[dict[str, str
         for i, (before, after) in enumerate(zip(recorded, now, strict=True))
         if before["content"] != after["content"]
     ]
+
+
+def _tool_differences(recorded: list[dict[str, Any]], now: list[dict[str, Any]]) -> list[str]:
+    names_before, names_now = [t["name"] for t in recorded], [t["name"] for t in now]
+    found = []
+    if names_before != names_now:
+        found.append(f"tools: {', '.join(names_before) or 'none'} when recorded, {', '.join(names_now) or 'none'} now")
+    offered_now = {t["name"]: t for t in now}
+    for before in recorded:
+        after = offered_now.get(before["name"])
+        if after is None:
+            continue
+        if before["description"] != after["description"]:
+            found.append(
+                f"tool {before['name']!r} description:\n" + text_diff(before["description"], after["description"])
+            )
+        if before["parameters"] != after["parameters"]:
+            found.append(
+                f"tool {before['name']!r} parameters:\n"
+                + text_diff(_pretty(before["parameters"]), _pretty(after["parameters"]))
+            )
+    return found
+
+
+def _pretty(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, sort_keys=True, indent=2)
 
 
 def text_diff(recorded: str, now: str) -> str:

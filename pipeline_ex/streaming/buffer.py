@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pipeline_ex.events import Delta, Done, Event
+from pipeline_ex.events import Delta, Done, StepEvent
 
 
 class BufferHandler:
@@ -13,9 +13,9 @@ class BufferHandler:
     """
 
     def __init__(self) -> None:
-        self.events: list[Event] = []
+        self.events: list[StepEvent] = []
 
-    def handle_event(self, event: Event) -> None:
+    def handle_event(self, event: StepEvent) -> None:
         """Append the event."""
         self.events.append(event)
 
@@ -43,9 +43,9 @@ class BufferHandler:
         return [e for e in self.events if isinstance(e, Done)]
 
     @property
-    def by_step(self) -> dict[str, list[Event]]:
+    def by_step(self) -> dict[str, list[StepEvent]]:
         """The events grouped by step id, each group in arrival order."""
-        groups: dict[str, list[Event]] = {}
+        groups: dict[str, list[StepEvent]] = {}
         for event in self.events:
             groups.setdefault(event.step, []).append(event)
         return groups

@@ -7,7 +7,7 @@
 - Options: `--pipeline-live` allows real provider calls in every test; `--pipeline-record` records
   `@pytest.mark.cassette` tests from live providers instead of replaying them.
 - Fixtures: `stream_recorder` (a `StreamingRecorder` that receives the events of every run in the
-  test), `llm_mock` (puts the test in mock mode and scripts replies).
+  test), `llm_mock` (puts the test in mock mode and scripts replies, tool calls included).
 - A guard: outside `@pytest.mark.live` and `--pipeline-live`, a real provider call fails at once with
   a message that says how to allow it.
 """
@@ -86,7 +86,9 @@ def stream_recorder() -> Iterator[StreamingRecorder]:
 def llm_mock(_pipeline_ex_test_session: TestSession) -> MockScript:
     """Put the test in mock mode and script replies: `llm_mock.reply(text_or_chunks, match=..., ...)`.
 
-    Every step then runs on the mock provider; `llm_mock.prompts` lists the prompts it was asked.
+    `llm_mock.reply("Sunny.", tool_calls=[{"name": "weather", "arguments": {"city": "Paris"}}])` makes the
+    model call tools first (a list of such rounds for several), then reply. Every step then runs on the
+    mock provider; `llm_mock.prompts` lists the prompts it was asked.
     """
     script = MockScript()
     _pipeline_ex_test_session.mode = "mock"

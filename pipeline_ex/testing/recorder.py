@@ -10,10 +10,10 @@ from pipeline_ex.events import (
     LIFECYCLE_TYPES,
     Delta,
     Done,
-    Event,
     LifecycleEvent,
     RunEvent,
     RunFinished,
+    StepEvent,
     StepFinished,
     StepStarted,
 )
@@ -94,7 +94,7 @@ class StreamingRecorder(BufferHandler):
             if isinstance(event, Delta) and not event.content:
                 problems.append(f"event #{position} ({name}): empty delta")
         many_runs = len({event.run_id for event in ordered}) > 1
-        instances: dict[tuple[str, str], list[Event]] = {}
+        instances: dict[tuple[str, str], list[StepEvent]] = {}
         for event in self.events:
             instances.setdefault((event.run_id, event.step), []).append(event)
         for (run_id, step), events in instances.items():
@@ -164,7 +164,7 @@ class StreamingRecorder(BufferHandler):
         return recorder
 
 
-def _instance_problems(label: str, events: list[Event]) -> list[str]:
+def _instance_problems(label: str, events: list[StepEvent]) -> list[str]:
     """What breaks the stream rules in one LLM step instance's events."""
     dones = [e for e in events if isinstance(e, Done)]
     if len(dones) != 1:
