@@ -28,7 +28,7 @@ from pipeline_ex.errors import (
     ProviderNotInstalledError,
     WorkflowError,
 )
-from pipeline_ex.llm.policy import STEP_OPTION_NAMES
+from pipeline_ex.llm.options import STEP_OPTION_NAMES
 from pipeline_ex.llm.providers import check_provider
 from pipeline_ex.modes.session import active_override, mode_from_env
 from pipeline_ex.streaming.resolve import HandlerSpec, ensure_cwd_importable, resolve_handler
