@@ -3,6 +3,9 @@
 Every call ends with exactly one `Done`, delivered to every handler: on success, on a provider error
 (with the partial text), on a stream that ends without a finish reason ("truncated"), on a handler
 error and on cancellation. After a failed step's Done is delivered, the exception is raised.
+
+`retry.Attempts` decides whether a failed attempt is tried again; `outcome.conclude` turns how the run
+ended into its Done.
 """
 
 from __future__ import annotations
@@ -10,37 +13,30 @@ from __future__ import annotations
 import asyncio
 import inspect
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 from pipeline_ex.context import Context
 from pipeline_ex.debug import debug_logger
-from pipeline_ex.errors import (
-    HandlerError,
-    PipelineError,
-    ProviderError,
-    StepError,
-    StepTimeoutError,
-    StreamTruncatedError,
-)
-from pipeline_ex.events import Delta, Done, ErrorInfo, ErrorType, Response
-from pipeline_ex.llm.bridge import HybridPump, StreamAbort, StreamBridge, in_daemon_thread
+from pipeline_ex.errors import HandlerError, PipelineError, StepError
+from pipeline_ex.events import Delta, Done, Response
+from pipeline_ex.llm.bridge import HybridPump, StreamBridge, in_daemon_thread
 from pipeline_ex.llm.interrupts import interrupt_gate
-from pipeline_ex.llm.normalize import map_finish_reason, normalize_usage, raw_finish_reason
-from pipeline_ex.llm.policy import StepPolicy, StepTimeout, dropped_connection, rejects_streaming, retry_delay
+from pipeline_ex.llm.outcome import CANCELLATIONS, conclude
+from pipeline_ex.llm.policy import StepPolicy
 from pipeline_ex.llm.providers import BuiltGenerator, MockOptions, build_generator, check_provider
+from pipeline_ex.llm.retry import Attempts
 from pipeline_ex.llm.supervise import run_with_limits
 from pipeline_ex.modes.session import LiveCallBlocked
 from pipeline_ex.redaction import redacting_logger
 from pipeline_ex.streaming.ambient import ambient_handlers
 from pipeline_ex.streaming.dispatch import Dispatcher, HandlerFailure
-from pipeline_ex.streaming.resolve import HandlerSpec, resolve_handler
+from pipeline_ex.streaming.resolve import HandlerSpec, normalize_handlers, resolve_handler
 
 logger = redacting_logger("pipeline_ex")
 
-_CANCELLATIONS = (KeyboardInterrupt, asyncio.CancelledError, GeneratorExit, StreamAbort)
 _sync_callback_only: set[type] = set()
 """Generator classes whose `run_async` turned out to accept only sync callbacks (hybrid from then on)."""
 
@@ -69,10 +65,7 @@ def _handler_specs(on_event: Any, ctx: Context) -> list[HandlerSpec]:
     the run's events in `seq` order: an event reaches them as soon as it is numbered, before any of the
     step's own async handlers is awaited (when the run-level ones are sync).
     """
-    refs: list[Any] = [*ctx.handlers, *ambient_handlers()]
-    if on_event is not None:
-        is_many = isinstance(on_event, Sequence) and not isinstance(on_event, str)
-        refs.extend(on_event if is_many else [on_event])
+    refs: list[Any] = [*ctx.handlers, *ambient_handlers(), *normalize_handlers(on_event)]
     return [ref if isinstance(ref, HandlerSpec) else resolve_handler(ref) for ref in refs]
 
 
@@ -86,15 +79,6 @@ def _can_stream(generator_class: type) -> bool:
         run = getattr(generator_class, "run")  # noqa: B009 - a class attribute of an arbitrary component
         known = _streaming_classes[generator_class] = "streaming_callback" in inspect.signature(run).parameters
     return known
-
-
-def _is_timeout(error: BaseException) -> bool:
-    return isinstance(error, TimeoutError) or "Timeout" in type(error).__name__
-
-
-def _qualname(error: BaseException) -> str:
-    cls = type(error)
-    return f"{cls.__module__}.{cls.__qualname__}"
 
 
 def conversation(system: str | None, prompt: str) -> list[tuple[str, str]]:
@@ -201,104 +185,21 @@ class _StepRun:
         return self.bridge.make_delta(text) if text else None
 
     def _conclude(
-        self, reply: Any, computed_usage: dict[str, Any] | None, error: BaseException | None
+        self, reply: Any, usage: dict[str, Any] | None, error: BaseException | None
     ) -> tuple[Done, BaseException | None]:
-        """Build the Done for how the run ended, and the exception to raise after delivering it."""
-        bridge = self.bridge
-        meta: dict[str, Any] = {}
-        streamed = self.streaming
-        if error is None:
-            reply_meta = dict(reply.meta) if reply is not None else {}
-            raw_finish = raw_finish_reason(bridge.tail if streamed else (), reply_meta)
-            usage = normalize_usage(reply_meta.get("usage")) or normalize_usage(computed_usage)
-            if computed_usage is not None and not reply_meta.get("usage"):
-                meta["usage_source"] = "counted by pipeline_ex"
-            model = (reply_meta.get("model") or None) if self.built.model_from_reply else None
-            if streamed and raw_finish is None:
-                done = bridge.build_done(
-                    finish_reason="error",
-                    usage=usage,
-                    meta=meta,
-                    model=model,
-                    streamed=streamed,
-                    error=ErrorInfo(
-                        type="truncated",
-                        message="the provider stream ended without a finish reason; the reply is incomplete",
-                    ),
-                )
-                return done, StreamTruncatedError(
-                    f"step {bridge.step!r}: the stream ended without a finish reason (truncated reply)",
-                    step=bridge.step,
-                    done=done,
-                )
-            meta["finish_reason_raw"] = raw_finish
-            done = bridge.build_done(
-                finish_reason=map_finish_reason(raw_finish), usage=usage, meta=meta, model=model, streamed=streamed
-            )
-            return done, None
-        if bridge.failure is not None:
-            failure = bridge.failure
-            done = bridge.build_done(
-                finish_reason="error",
-                usage=None,
-                meta=meta,
-                streamed=streamed,
-                error=ErrorInfo(type="handler", message=str(failure), exception=_qualname(failure.error)),
-            )
-            err = HandlerError(f"step {bridge.step!r}: {failure}", step=bridge.step, done=done, handler=failure.handler)
-            err.__cause__ = failure.error
-            return done, err
-        if isinstance(error, _CANCELLATIONS):
-            done = bridge.build_done(
-                finish_reason="cancelled",
-                usage=None,
-                meta=meta,
-                streamed=streamed,
-                error=ErrorInfo(type="cancelled", message="the step was cancelled", exception=_qualname(error)),
-            )
-            return done, error
-        if isinstance(error, Exception):
-            kind: ErrorType
-            error_class: type[StepError]
-            # the stream had started and the connection broke: a reply cut off mid-body is a truncation
-            dropped = dropped_connection(error) if bridge.tail else None
-            if dropped is not None:
-                kind, error_class = "truncated", StreamTruncatedError
-                what = "the provider connection was dropped mid-stream (truncated reply)"
-                message = (
-                    f"the provider connection was dropped mid-stream ({type(dropped).__name__}: {dropped}); "
-                    "the reply is incomplete"
-                )
-            else:
-                kind = "timeout" if _is_timeout(error) else "provider"
-                error_class = StepTimeoutError if isinstance(error, StepTimeout) else ProviderError
-                what = "timed out" if isinstance(error, StepTimeout) else f"provider {bridge.provider!r} failed"
-                message = str(error) or type(error).__name__
-            done = bridge.build_done(
-                finish_reason="error",
-                usage=None,
-                meta=meta,
-                streamed=streamed,
-                error=ErrorInfo(type=kind, message=message, exception=_qualname(error)),
-            )
-            not_retried = ""
-            if self.policy.retries and bridge.delivered:
-                not_retried = f" (not retried: {bridge.delivered} deltas were already delivered)"
-            step_error = error_class(
-                f"step {bridge.step!r}: {what}: {type(error).__name__}: {error}{not_retried}",
-                step=bridge.step,
-                done=done,
-            )
-            step_error.__cause__ = error
-            return done, step_error
-        done = bridge.build_done(
-            finish_reason="cancelled",
-            usage=None,
-            meta=meta,
-            streamed=streamed,
-            error=ErrorInfo(type="cancelled", message=f"interrupted by {type(error).__name__}"),
+        """Build the Done for how the run ended (see `outcome`), and log it with `PIPELINE_STREAM_DEBUG`."""
+        done, to_raise = conclude(
+            self.bridge,
+            reply,
+            usage,
+            error,
+            streamed=self.streaming,
+            retries=self.policy.retries,
+            model_from_reply=self.built.model_from_reply,
         )
-        return done, error
+        if self.bridge.debug_log is not None:
+            self.bridge.debug_log.debug("event", **done.model_dump(mode="json"))
+        return done, to_raise
 
     def _finish(self, done: Done, error: BaseException | None, late: HandlerFailure | None) -> StepResult:
         if error is None and late is not None:
@@ -311,34 +212,6 @@ class _StepRun:
         return StepResult(done)
 
     # -- the two entry points --------------------------------------------------------------------
-
-    def _next_attempt(self, error: BaseException, attempt: int) -> Literal["fallback", "retry"] | None:
-        """Whether to try again after `error`: without streaming, as a retry, or not at all."""
-        bridge = self.bridge
-        if not isinstance(error, Exception) or bridge.failure is not None or bridge.delivered:
-            return None  # cancelled, a handler failed, or output was delivered: a retry would repeat it
-        if self.streaming and rejects_streaming(error):
-            logger.warning(
-                "step %r: model %r rejected streaming (%s); making one call and emitting its reply as one Delta",
-                bridge.step,
-                self.built.model,
-                error,
-            )
-            self.streaming = False
-            return "fallback"
-        deadline = None if self.policy.timeout is None else bridge.started + self.policy.timeout
-        out_of_time = deadline is not None and time.perf_counter() + retry_delay(attempt) >= deadline
-        if attempt > self.policy.retries or out_of_time:
-            return None
-        logger.warning(
-            "step %r: attempt %d of %d failed before any output (%s: %s); retrying",
-            bridge.step,
-            attempt,
-            self.policy.retries + 1,
-            type(error).__name__,
-            error,
-        )
-        return "retry"
 
     def execute(self) -> StepResult:
         """Run the step synchronously on the calling thread.
@@ -354,9 +227,9 @@ class _StepRun:
             reply: Any = None
             usage: dict[str, Any] | None = None
             error: BaseException | None = None
-            attempt = 0
+            attempts = Attempts(self.policy, self.bridge, self.built.model)
             while True:
-                attempt += 1
+                attempts.begin()
                 try:
                     with opened():
                         reply, usage = self._run_generator(self.bridge.on_chunk if self.streaming else None)
@@ -365,12 +238,13 @@ class _StepRun:
                     error = None
                 except BaseException as caught:
                     error = caught
-                    decision = self._next_attempt(caught, attempt)
-                    if decision is not None:
-                        if decision == "retry":
+                    again = attempts.after_failure(caught, streaming=self.streaming)
+                    if again is not None:
+                        self.streaming = again.stream
+                        if again.pause:
                             try:
                                 with opened():
-                                    time.sleep(retry_delay(attempt))
+                                    time.sleep(again.pause)
                             except BaseException as stop:  # interrupted during the pause
                                 error = stop
                                 break
@@ -381,8 +255,6 @@ class _StepRun:
             except Exception:
                 logger.exception("closing the %s generator failed", self.built.provider)
             done, to_raise = self._conclude(reply, usage, error)
-            if self.bridge.debug_log is not None:
-                self.bridge.debug_log.debug("event", **done.model_dump(mode="json"))
             late = self.dispatcher.emit_done(done)
         return self._finish(done, to_raise, late)
 
@@ -409,9 +281,9 @@ class _StepRun:
         reply: Any = None
         usage: dict[str, Any] | None = None
         error: BaseException | None = None
-        attempt = 0
+        attempts = Attempts(self.policy, self.bridge, self.built.model)
         while True:
-            attempt += 1
+            attempts.begin()
             try:
                 reply, usage = await self._attempt_async()
                 if not self.streaming and (delta := self._unstreamed_delta(reply)) is not None:
@@ -419,11 +291,12 @@ class _StepRun:
                 error = None
             except BaseException as caught:
                 error = caught
-                decision = self._next_attempt(caught, attempt)
-                if decision is not None:
-                    if decision == "retry":
+                again = attempts.after_failure(caught, streaming=self.streaming)
+                if again is not None:
+                    self.streaming = again.stream
+                    if again.pause:
                         try:
-                            await asyncio.sleep(retry_delay(attempt))
+                            await asyncio.sleep(again.pause)
                         except BaseException as stop:  # cancelled during the pause
                             error = stop
                             break
@@ -437,11 +310,9 @@ class _StepRun:
         except BaseException as stop:  # cancelled while the clients closed: the Done still goes out
             if error is None:
                 error = stop
-            elif not isinstance(error, _CANCELLATIONS):
+            elif not isinstance(error, CANCELLATIONS):
                 late_cancel = stop
         done, to_raise = self._conclude(reply, usage, error)
-        if self.bridge.debug_log is not None:
-            self.bridge.debug_log.debug("event", **done.model_dump(mode="json"))
         late = await self.dispatcher.aemit_done(done)
         if late_cancel is not None:
             raise late_cancel

@@ -29,7 +29,7 @@ from pipeline_ex.errors import (
     ProviderNotInstalledError,
     WorkflowError,
 )
-from pipeline_ex.llm.policy import STEP_OPTION_NAMES
+from pipeline_ex.llm.options import STEP_OPTION_NAMES
 from pipeline_ex.llm.providers import check_provider
 from pipeline_ex.llm.providers.mock import MockReply
 from pipeline_ex.llm.tools import ToolSpecError, as_tool

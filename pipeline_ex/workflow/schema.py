@@ -10,6 +10,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, TypeAdapter
 
+from pipeline_ex.llm.options import SamplingFields
+from pipeline_ex.llm.options import StepLimits as StepLimits
 from pipeline_ex.llm.providers.mock import MockReply
 
 STEP_ID_PATTERN = r"^[A-Za-z_][A-Za-z0-9_\-]*$"
@@ -39,27 +41,8 @@ class InputSpec(_Strict):
     is not an integer)."""
 
 
-class GenerationFields(_Strict):
-    """Sampling options accepted directly on a step (or in `defaults`)."""
-
-    temperature: float | None = None
-    max_tokens: int | None = Field(default=None, gt=0)
-    top_p: float | None = None
-    stop: list[str] | None = None
-    seed: int | None = None
-
-
-class StepLimits(_Strict):
-    """Time limits and failure policy of an LLM step."""
-
-    timeout: float | None = Field(default=None, gt=0)
-    """Seconds the whole step may take, retries included."""
-    chunk_timeout: float | None = Field(default=None, gt=0)
-    """The longest wait, in seconds, for the first chunk and between chunks."""
-    retries: int | None = Field(default=None, ge=0)
-    """Extra attempts for failures before the first Delta (never after: that would repeat output)."""
-    on_handler_error: Literal["raise", "log"] | None = None
-    """`raise` (default) stops the stream and fails the step; `log` logs once per handler and goes on."""
+GenerationFields = SamplingFields
+"""Sampling options accepted directly on a step (or in `defaults`), as `invoke()` takes them."""
 
 
 class GeneratorSpec(_Strict):

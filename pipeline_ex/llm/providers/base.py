@@ -15,6 +15,7 @@ from urllib.parse import urlparse
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from pipeline_ex.errors import ProviderConfigError
+from pipeline_ex.llm.options import SamplingFields
 from pipeline_ex.option_errors import describe_option_errors
 from pipeline_ex.redaction import register_secret_env
 
@@ -68,18 +69,12 @@ class ProviderOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class GenerationOptions(ProviderOptions):
-    """Sampling options most providers share."""
-
-    temperature: float | None = None
-    max_tokens: int | None = None
-    top_p: float | None = None
-    stop: list[str] | None = None
-    seed: int | None = None
+class GenerationOptions(ProviderOptions, SamplingFields):
+    """Provider options with the shared sampling fields (declared once, in `SamplingFields`)."""
 
     def generation_kwargs(self) -> dict[str, Any]:
         """The sampling options that were set, as haystack `generation_kwargs`."""
-        return {k: v for k, v in self.model_dump(include=set(GenerationOptions.model_fields)).items() if v is not None}
+        return {k: v for k, v in self.model_dump(include=set(SamplingFields.model_fields)).items() if v is not None}
 
 
 def parse_options(options_model: type[ProviderOptions], provider: str, options: Mapping[str, Any]) -> Any:
