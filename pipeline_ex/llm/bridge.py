@@ -284,6 +284,7 @@ class StreamBridge:
 
     def deliver_event(self, event: Any) -> None:
         """Deliver a `ToolCall`, `ToolResult` or `Partial` to sync handlers; a handler failure stops the step."""
+        self.delivered += 1
         try:
             self._emit(event)
         except HandlerFailure as failure:
@@ -292,6 +293,7 @@ class StreamBridge:
 
     async def adeliver_event(self, event: Any) -> None:
         """Async twin of `deliver_event`."""
+        self.delivered += 1
         if self.debug_log is not None:
             self.debug_log.debug("event", **event.model_dump(mode="json"))
         try:

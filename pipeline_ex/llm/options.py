@@ -51,3 +51,9 @@ LIMIT_EXPECTATIONS = {
     "on_handler_error": "'raise' or 'log'",
 }
 """What each step limit must be, in words, for the error that names a bad value."""
+
+
+DEFAULT_MAX_TOOL_ROUNDS = 5
+"""How many tool rounds a step runs at most, unless it sets `max_tool_rounds`."""
+DEFAULT_SCHEMA_RETRIES = 1
+"""How many times an invalid structured reply is sent back to be fixed, unless a step sets `schema_retries`."""

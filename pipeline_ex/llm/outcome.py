@@ -14,11 +14,20 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
-from pipeline_ex.errors import HandlerError, ProviderError, StepError, StepTimeoutError, StreamTruncatedError
+from pipeline_ex.errors import (
+    HandlerError,
+    ProviderError,
+    StepError,
+    StepTimeoutError,
+    StreamTruncatedError,
+    StructuredOutputError,
+    ToolRoundsError,
+)
 from pipeline_ex.events import Done, ErrorInfo, ErrorType, Usage
 from pipeline_ex.llm.bridge import StreamAbort, StreamBridge
 from pipeline_ex.llm.normalize import map_finish_reason, normalize_usage, raw_finish_reason
 from pipeline_ex.llm.policy import StepTimeout, dropped_connection
+from pipeline_ex.llm.rounds import ReplyMismatch, RoundLimitReached
 
 CANCELLATIONS = (KeyboardInterrupt, asyncio.CancelledError, GeneratorExit, StreamAbort)
 """What stops a step from outside (or a handler's failure stopping its stream): the step is cancelled."""
@@ -169,6 +178,37 @@ def _step_error(ending: Ending, *, kind: ErrorType, error_class: type[StepError]
     return done, step_error
 
 
+def _out_of_rounds(ending: Ending) -> bool:
+    return isinstance(ending.error, RoundLimitReached)
+
+
+def _round_limit(ending: Ending) -> Concluded:
+    """The model still called tools after the last round: `tool_calls`, as the model left it."""
+    bridge, error = ending.bridge, ending.error
+    assert error is not None
+    usage, meta, model = ending.reply_fields()
+    info = ErrorInfo(type="tool_rounds", message=str(error))
+    done = bridge.build_done(
+        finish_reason="tool_calls", usage=usage, meta=meta, model=model, streamed=ending.streamed, error=info
+    )
+    return done, ToolRoundsError(f"step {bridge.step!r}: {error}", step=bridge.step, done=done)
+
+
+def _mismatched(ending: Ending) -> bool:
+    return isinstance(ending.error, ReplyMismatch)
+
+
+def _schema_failure(ending: Ending) -> Concluded:
+    bridge, error = ending.bridge, ending.error
+    assert error is not None
+    usage, meta, model = ending.reply_fields()
+    info = ErrorInfo(type="schema", message=str(error))
+    done = bridge.build_done(
+        finish_reason="error", usage=usage, meta=meta, model=model, streamed=ending.streamed, error=info
+    )
+    return done, StructuredOutputError(f"step {bridge.step!r}: {error}", step=bridge.step, done=done)
+
+
 def _connection_dropped(ending: Ending) -> bool:
     # the stream had started and the connection broke: a reply cut off mid-body is a truncation
     return (
@@ -241,6 +281,8 @@ CASES: tuple[tuple[Callable[[Ending], bool], Callable[[Ending], Concluded]], ...
     (_returned, _truncated),
     (_handler_failed, _handler_failure),
     (_was_cancelled, _cancellation),
+    (_out_of_rounds, _round_limit),
+    (_mismatched, _schema_failure),
     (_connection_dropped, _dropped_connection),
     (_timed_out, _timeout),
     (_provider_failed, _provider_error),

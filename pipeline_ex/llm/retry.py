@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from pipeline_ex.llm.bridge import StreamBridge
 from pipeline_ex.llm.policy import StepPolicy, rejects_streaming, retry_delay
+from pipeline_ex.llm.rounds import ReplyMismatch, RoundLimitReached
 from pipeline_ex.redaction import redacting_logger
 
 logger = redacting_logger("pipeline_ex")
@@ -47,6 +48,8 @@ class Attempts:
         bridge = self.bridge
         if not isinstance(error, Exception) or bridge.failure is not None or bridge.delivered:
             return None  # cancelled, a handler failed, or output was delivered: a retry would repeat it
+        if isinstance(error, RoundLimitReached | ReplyMismatch):
+            return None  # the model's replies ended the step; calling it again would not change that
         if streaming and rejects_streaming(error):
             logger.warning(
                 "step %r: model %r rejected streaming (%s); making one call and emitting its reply as one Delta",

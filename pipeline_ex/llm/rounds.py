@@ -1,5 +1,6 @@
-"""The model calls of one LLM step: a tool round after each reply that calls tools, and a repair after a
-structured reply that does not match the step's `output_schema`.
+"""The model calls of one LLM step: a tool round after a reply that calls tools, a repair after a bad one.
+
+A repair follows a structured reply that does not match the step's `output_schema`.
 
 `Conversation` holds what the rounds share (the messages so far, the tools, the calls made, the usage of
 the earlier calls, the validated value) and decides, after each reply, what comes next (`after_reply`).

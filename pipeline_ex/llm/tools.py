@@ -54,7 +54,7 @@ def _describe(function: Callable[..., Any]) -> tuple[str | None, dict[str, str]]
 
 def tool_from_function(function: Callable[..., Any], name: str | None = None) -> Any:
     """A haystack `Tool` for a Python function: schema from its type hints, descriptions from its docstring."""
-    from haystack.tools import create_tool_from_function
+    from haystack.tools.from_function import create_tool_from_function
 
     description, params = _describe(function)
     tool = create_tool_from_function(function, name=name, description=description)
@@ -70,7 +70,7 @@ def declared_tool(spec: Mapping[str, Any]) -> Any:
 
     :param spec: `{name, description, parameters}`, or OpenAI's `{type: function, function: {...}}`.
     """
-    from haystack.tools import Tool
+    from haystack.tools.tool import Tool
 
     if spec.get("type") == "function" and isinstance(spec.get("function"), Mapping):
         spec = spec["function"]
@@ -86,7 +86,7 @@ def declared_tool(spec: Mapping[str, Any]) -> Any:
 
 def import_tool(reference: str) -> Any:
     """Import `package.module:name` (or `package.module.name`): a haystack `Tool`, or a function made one."""
-    from haystack.tools import Tool
+    from haystack.tools.tool import Tool
 
     from pipeline_ex.streaming.resolve import ensure_cwd_importable
 
@@ -107,7 +107,7 @@ def import_tool(reference: str) -> Any:
 
 def as_tool(item: Any) -> Any:
     """One haystack `Tool` from what `tools=` accepts: a Tool, a function, a dotted path or a declaration."""
-    from haystack.tools import Tool
+    from haystack.tools.tool import Tool
 
     if isinstance(item, Tool):
         return item

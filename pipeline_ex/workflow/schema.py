@@ -10,6 +10,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, TypeAdapter
 
+from pipeline_ex.llm.options import DEFAULT_MAX_TOOL_ROUNDS as DEFAULT_MAX_TOOL_ROUNDS
+from pipeline_ex.llm.options import DEFAULT_SCHEMA_RETRIES as DEFAULT_SCHEMA_RETRIES
 from pipeline_ex.llm.options import SamplingFields
 from pipeline_ex.llm.options import StepLimits as StepLimits
 from pipeline_ex.llm.providers.mock import MockReply
@@ -105,10 +107,6 @@ class ModelReference(_Strict):
 
     model: str = Field(min_length=1)
     """`package.module:Model` (or `package.module.Model`)."""
-
-
-DEFAULT_MAX_TOOL_ROUNDS = 5
-DEFAULT_SCHEMA_RETRIES = 1
 
 
 class LLMStep(GenerationFields, StepLimits, StreamingFields):
