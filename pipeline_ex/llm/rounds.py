@@ -45,7 +45,10 @@ class ReplyMismatch(Exception):
         self.attempts = attempts
         self.problems = problems
         tries = "1 attempt" if attempts == 1 else f"{attempts} attempts"
-        super().__init__(f"the reply does not match the output schema after {tries}: {problems}")
+        super().__init__(
+            f"the reply does not match the output schema after {tries}: {problems}; "
+            "raise schema_retries, simplify the schema, or use a provider with a structured mode"
+        )
 
 
 Next = Literal["done", "tools", "repair"]
@@ -125,7 +128,8 @@ class Conversation:
                 self.data = self.schema.validate_json(reply.text if reply is not None else "")
             except SchemaMismatch as mismatch:
                 if self.repairs >= self.schema_retries:
-                    raise ReplyMismatch(self.repairs + 1, mismatch.message) from None
+                    shown = "; ".join(mismatch.problems[:5]) or mismatch.message
+                    raise ReplyMismatch(self.repairs + 1, shown) from None
                 from haystack.dataclasses import ChatMessage
 
                 self._bank(reply, computed_usage)

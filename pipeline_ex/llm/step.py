@@ -469,7 +469,7 @@ def _select_generator(
         scripted = session.script.pick(last_user_text(talk.messages)) if session.script is not None else None
         if scripted is not None:
             mock_options.update(scripted.provider_options())
-        built = build_generator("mock", model, mock_options, **_structured(talk))
+        built = build_generator("mock", model, mock_options, output_schema=talk.schema)
     elif not session.live_allowed:
         name = check_provider(provider, options)  # a misspelt provider or option is the more useful error
         raise LiveCallBlocked(
@@ -478,15 +478,11 @@ def _select_generator(
             "or script the reply with the llm_mock fixture"
         )
     else:
-        built = build_generator(provider, model, options, **_structured(talk))
+        built = build_generator(provider, model, options, output_schema=talk.schema)
     if session.mode == "record":
         assert session.cassette is not None and request is not None
         handlers.append(resolve_handler(session.cassette.recorder(request)))
     return built
-
-
-def _structured(talk: Conversation) -> dict[str, Any]:
-    return {"output_schema": talk.schema} if talk.schema is not None else {}
 
 
 def _prepare(
