@@ -4,13 +4,17 @@ The generator is driven the way a step's tool loop drives any haystack chat gene
 with the conversation so far (after a round, the assistant message with its tool calls and one
 `ChatMessage.from_tool` per result are appended) and the step's tools. The chunks it streams are checked
 against haystack's own reassembly of a streamed reply (`_convert_streaming_chunks_to_chat_message`, what
-haystack's OpenAI generator returns), so they have the shape a real provider streams.
+haystack's OpenAI generator returns), so they have the shape a real provider streams. End to end, the
+step's own tool loop runs on the mock provider: through `invoke`/`ainvoke` with a `MockReply`, through the
+`llm_mock` fixture, and in a fresh project that uses the fixture with the example calculator tool.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import shutil
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,6 +22,9 @@ from haystack.components.generators.utils import _convert_streaming_chunks_to_ch
 from haystack.dataclasses import ChatMessage, StreamingChunk, ToolCall
 from haystack.tools import Tool
 
+import pipeline_ex
+from pipeline_ex import Done, StreamingRecorder, ToolResult, ToolRoundsError
+from pipeline_ex import ToolCall as ToolCallEvent
 from pipeline_ex.llm.providers import build_generator
 from pipeline_ex.llm.providers.mock import MockReply, MockToolCall
 from pipeline_ex.modes.conversation import tool_round, user_prompt
@@ -30,6 +37,8 @@ from pipeline_ex.modes.mock_generator import (
 from pipeline_ex.modes.mock_script import MockScript
 
 pytestmark = pytest.mark.streaming
+pytest_plugins = ["pytester"]
+ROOT = Path(__file__).resolve().parent.parent
 
 WEATHER = {"name": "weather", "arguments": {"city": "Paris", "days": 2}}
 TIME = {"name": "clock", "arguments": {"zone": "Europe/Paris"}}
@@ -38,6 +47,11 @@ TIME = {"name": "clock", "arguments": {"zone": "Europe/Paris"}}
 def weather(city: str, days: int = 1) -> str:
     """The forecast for a city."""
     return f"{city}: sunny for {days} days"
+
+
+def clock(zone: str) -> str:
+    """The time in a time zone."""
+    return f"09:00 in {zone}"
 
 
 WEATHER_TOOL = Tool(
@@ -305,3 +319,153 @@ def test_the_mock_provider_takes_a_mock_reply_as_a_mapping() -> None:
     built = build_generator("mock", "m", {"mock_response": {"tool_calls": [WEATHER], "text": "ok"}, "usage": None})
     chunks, reply = call(built.generator, [ChatMessage.from_user("q")])
     assert reply.tool_calls[0].tool_name == "weather" and chunks[0].meta == {"model": "m"}
+
+
+# -- end to end: the step's tool loop on the mock provider ----------------------------------------------
+
+
+def tool_calls_and_results(recorder: StreamingRecorder) -> list[tuple[str, str, str]]:
+    """The ToolCall and ToolResult events in order, as (type, id, name or result)."""
+    found = []
+    for event in recorder.events:
+        if isinstance(event, ToolCallEvent):
+            found.append(("call", event.id, event.name))
+        elif isinstance(event, ToolResult):
+            found.append(("result", event.id, event.result))
+    return found
+
+
+@pytest.mark.parametrize("run", ["sync", "async"])
+def test_invoke_streams_the_tool_loop_of_a_scripted_reply(run: str) -> None:
+    recorder = StreamingRecorder()
+    script = MockReply(tool_calls=[WEATHER, TIME], text="Sunny in Paris at nine.")
+    arguments: dict[str, Any] = {
+        "prompt": "Weather and time in Paris?",
+        "provider": "mock",
+        "tools": [weather, clock],
+        "mock_response": script,
+        "on_event": recorder,
+    }
+    result = pipeline_ex.invoke(**arguments) if run == "sync" else asyncio.run(pipeline_ex.ainvoke(**arguments))
+    recorder.assert_complete()
+    fragments = [d for d in recorder.deltas if d.kind == "tool_call"]
+    by_call = {(d.index, d.tool_call_id, d.tool_name): "" for d in fragments}
+    for d in fragments:
+        by_call[(d.index, d.tool_call_id, d.tool_name)] += d.content
+    assert list(by_call) == [(0, "call_1_0", "weather"), (1, "call_1_1", "clock")]
+    assert [json.loads(text) for text in by_call.values()] == [WEATHER["arguments"], TIME["arguments"]]
+    assert sum(1 for d in fragments if d.index == 0) >= 4, "a call streams in several fragments"
+    assert tool_calls_and_results(recorder) == [
+        ("call", "call_1_0", "weather"),
+        ("call", "call_1_1", "clock"),
+        ("result", "call_1_0", "Paris: sunny for 2 days"),
+        ("result", "call_1_1", "09:00 in Europe/Paris"),
+    ]
+    dones = [e for e in recorder.events if isinstance(e, Done)]
+    assert len(dones) == 1 and dones[0] is recorder.events[-1]
+    response = result.response
+    assert result.text == "Sunny in Paris at nine." == recorder.text and response.finish_reason == "stop"
+    assert [(c.id, c.name, c.arguments, c.result) for c in response.tool_calls] == [
+        ("call_1_0", "weather", WEATHER["arguments"], "Paris: sunny for 2 days"),
+        ("call_1_1", "clock", TIME["arguments"], "09:00 in Europe/Paris"),
+    ]
+    assert response.usage is not None and response.usage.input_tokens is not None
+    assert response.usage.input_tokens > 2 * len(["Weather", "and", "time", "in", "Paris?"]), "both calls counted"
+
+
+def test_a_script_without_text_reaches_the_round_limit_with_one_done() -> None:
+    recorder = StreamingRecorder()
+    with pytest.raises(ToolRoundsError) as caught:
+        pipeline_ex.invoke(
+            prompt="Loop forever",
+            provider="mock",
+            tools=[weather],
+            max_tool_rounds=3,
+            mock_response=MockReply(tool_calls=[WEATHER]),
+            on_event=recorder,
+        )
+    recorder.assert_complete()
+    done = recorder.done
+    assert done is not None and done == caught.value.done and done.error is not None
+    assert done.error.type == "tool_rounds" and done.response.finish_reason == "tool_calls"
+    calls = [e.id for e in recorder.events if isinstance(e, ToolCallEvent)]
+    assert calls[:3] == ["call_1_0", "call_2_0", "call_3_0"]
+    assert [e.id for e in recorder.events if isinstance(e, ToolResult)] == calls[:3], "three rounds ran"
+
+
+def test_a_failing_tool_is_an_error_result_and_the_scripted_text_still_follows() -> None:
+    def broken(city: str) -> str:
+        """Always fails."""
+        raise RuntimeError(f"no data for {city}")
+
+    recorder = StreamingRecorder()
+    result = pipeline_ex.invoke(
+        prompt="Weather?",
+        provider="mock",
+        tools=[broken],
+        mock_response=MockReply(tool_calls=[{"name": "broken", "arguments": {"city": "Oslo"}}], text="Sorry."),
+        on_event=recorder,
+    )
+    recorder.assert_complete()
+    (failed,) = [e for e in recorder.events if isinstance(e, ToolResult)]
+    assert failed.error and "no data for Oslo" in failed.result
+    assert result.text == "Sorry." and result.response.tool_calls[0].error
+
+
+def test_llm_mock_scripts_tool_calls_and_matches_the_user_prompt_in_every_round(
+    llm_mock: MockScript, stream_recorder: StreamingRecorder
+) -> None:
+    llm_mock.reply("Take sunglasses.", tool_calls=[[WEATHER], [TIME]], match="Paris")
+    llm_mock.reply("This answers a tool result, which it must not.", match="sunny")
+    result = pipeline_ex.invoke(prompt="What to wear in Paris?", provider="openai", tools=[weather, clock])
+    stream_recorder.assert_complete()
+    assert result.text == "Take sunglasses."
+    assert [c.name for c in result.response.tool_calls] == ["weather", "clock"]
+    assert [c.result for c in result.response.tool_calls] == ["Paris: sunny for 2 days", "09:00 in Europe/Paris"]
+    assert llm_mock.prompts == ["What to wear in Paris?"], "one pick per step run, from its prompt"
+
+
+PLUGIN_PROJECT_TEST = """
+import pytest
+
+from pipeline_ex import Delta, Done, ToolCall, ToolResult, run
+
+
+@pytest.mark.streaming
+def test_the_agent_calls_the_calculator(llm_mock, stream_recorder):
+    llm_mock.reply(
+        "It is 327.",
+        tool_calls=[{"name": "evaluate", "arguments": {"expression": "2480 * 0.125 + 17"}, "id": "calc"}],
+        match="2,480",
+    )
+    result = run("calculator.yaml")
+    stream_recorder.assert_complete()
+    events = stream_recorder.by_step["answer"]
+    assert [type(e).__name__ for e in events if not isinstance(e, Delta)] == ["ToolCall", "ToolResult", "Done"]
+    fragments = [d for d in events if isinstance(d, Delta) and d.kind == "tool_call"]
+    assert len(fragments) > 3 and {(d.tool_call_id, d.tool_name) for d in fragments} == {("calc", "evaluate")}
+    (tool_result,) = [e for e in events if isinstance(e, ToolResult)]
+    assert tool_result.result == "327" and not tool_result.error
+    assert result.steps["answer"].text == "It is 327."
+    assert llm_mock.prompts == ["What is 12.5% of 2,480, plus 17?"]
+"""
+
+CALCULATOR_WORKFLOW = """
+workflow:
+  name: calculator
+  inputs:
+    question: {default: "What is 12.5% of 2,480, plus 17?"}
+  steps:
+    - id: answer
+      provider: openai
+      prompt: "{{ inputs.question }}"
+      tools: [tools.calculator:evaluate]
+"""
+
+
+def test_a_fresh_project_scripts_tool_calls_with_the_llm_mock_fixture(pytester: pytest.Pytester) -> None:
+    shutil.copytree(ROOT / "tools", pytester.path / "tools")  # the example calculator tool
+    pytester.makefile(".yaml", calculator=CALCULATOR_WORKFLOW)
+    pytester.makepyfile(test_calculator=PLUGIN_PROJECT_TEST)
+    result = pytester.runpytest_subprocess("--strict-markers", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1)

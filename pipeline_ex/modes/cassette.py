@@ -13,6 +13,7 @@ the step runs its tools again, and their results may differ from the recorded on
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections import defaultdict
@@ -108,6 +109,32 @@ _MODEL_FAILURES = frozenset({"provider", "timeout", "truncated"})
 """Failures of a model call: a step that failed so after a round of tool calls had called the model again."""
 
 
+def _streamed_calls(deltas: list[tuple[float, Delta]]) -> list[ToolCall]:
+    """The tool calls the `tool_call` deltas of one round streamed, put together from their fragments."""
+    fragments: dict[int, list[Delta]] = {}
+    for _, delta in deltas:
+        if delta.kind == "tool_call":
+            fragments.setdefault(delta.index, []).append(delta)
+    calls = []
+    for index, parts in sorted(fragments.items()):
+        try:
+            arguments = json.loads("".join(part.content for part in parts))
+        except ValueError:
+            arguments = None
+        last = parts[-1]
+        calls.append(
+            ToolCall(
+                step=last.step,
+                run_id=last.run_id,
+                seq=last.seq,
+                id=last.tool_call_id or f"call_{index}",
+                name=last.tool_name or "",
+                arguments=arguments if isinstance(arguments, dict) else {},
+            )
+        )
+    return calls
+
+
 class _StepReader:
     """Splits one step run's recorded events into rounds, as `Cassette._load` reads them in order.
 
@@ -145,6 +172,9 @@ class _StepReader:
 
     def finish(self, done: Done, request: StepRequest | None, source: Path) -> RecordedStep:
         """The recorded step run that `done` closed."""
+        if not self.calls and any(delta.kind == "tool_call" for _, delta in self.deltas):
+            # the step stopped before running them (its round limit): only their fragments were recorded
+            self.calls = _streamed_calls(self.deltas)
         self._close_round()
         rounds = self.rounds
         if rounds[-1].tool_calls and done.error is not None and done.error.type in _MODEL_FAILURES:

@@ -8,7 +8,7 @@ A step with tools calls it once per round of its tool loop. Each call replays th
 conversation has reached (see `tool_round`): its text, reasoning and tool-call chunks, then, for a round
 that called tools, a final chunk with finish reason "tool_calls" and a reply carrying the recorded calls
 (ids, names and arguments), which the step runs again. The recorded usage is the step's total, so it is
-reported once, by the last round.
+reported once, by the first round: the step adds up what its rounds report, also when it stops early.
 """
 
 from __future__ import annotations
@@ -108,14 +108,15 @@ def replay_round(
     chunks = _round_chunks(round_, info)
     done = recording.done
     model = done.response.model
+    usage = _usage_meta(done) if number == 0 else None
     if number < len(rounds) - 1:
-        meta: dict[str, Any] = {"model": model, "usage": None, "finish_reason": "tool_calls"}
+        meta: dict[str, Any] = {"model": model, "usage": usage, "finish_reason": "tool_calls"}
         chunks.append((0.0, StreamingChunk(content="", component_info=info, finish_reason="tool_calls", meta=meta)))
         return chunks, _reply(round_, meta), None
     raw_finish = done.response.meta.get("finish_reason_raw")
     if raw_finish is None and round_.tool_calls:
         raw_finish = "tool_calls"
-    meta = {"model": model, "usage": _usage_meta(done), "finish_reason": raw_finish}
+    meta = {"model": model, "usage": usage, "finish_reason": raw_finish}
     error = done.error
     failure: Exception | None = None
     if error is not None and error.type != "truncated" and error.type not in _STEP_FAILURES:
