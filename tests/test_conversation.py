@@ -147,7 +147,7 @@ def test_a_history_holding_a_bad_message_fails_naming_it() -> None:
 @pytest.mark.parametrize(
     ("step", "message"),
     [
-        ("{id: s}", "needs either 'prompt' (one user message) or 'messages' (a conversation)"),
+        ("{id: s}", "missing required key 'prompt' (or 'messages', to send a conversation)"),
         ("{id: s, prompt: a, messages: [{role: user, content: b}]}", "give either 'prompt' or 'messages', not both"),
         ("{id: s, messages: [hello]}", "a messages entry is a mapping such as {role: user, content: ...}"),
         ("{id: s, messages: [{role: user, content: '{{ inputs.nope }}'}]}", "declares no input 'nope'"),
