@@ -130,6 +130,14 @@ class StreamTruncatedError(StepError):
     """The provider stream ended without a finish reason, so the reply is incomplete."""
 
 
+class ToolRoundsError(StepError):
+    """The model still called tools after the step's `max_tool_rounds` rounds."""
+
+
+class StructuredOutputError(StepError):
+    """The reply did not match the step's `output_schema`, also after `schema_retries` repair attempts."""
+
+
 class HandlerError(StepError):
     """A stream handler raised while receiving the step's events."""
 

@@ -54,9 +54,9 @@ def cli(
 
 @pytest.fixture
 def project(tmp_path: Path) -> Path:
-    """A scratch project directory with copies of workflows/ and handlers/."""
-    shutil.copytree(REPO / "workflows", tmp_path / "workflows")
-    shutil.copytree(REPO / "handlers", tmp_path / "handlers")
+    """A scratch project directory with copies of workflows/, handlers/ and tools/."""
+    for folder in ("workflows", "handlers", "tools"):
+        shutil.copytree(REPO / folder, tmp_path / folder)
     return tmp_path
 
 

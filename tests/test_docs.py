@@ -1,6 +1,6 @@
 """Docs are tests: every code block in README.md and MIGRATION.md runs, in order, as written.
 
-Each document runs in a fresh directory holding copies of `workflows/` and `handlers/`. An HTML comment
+Each document runs in a fresh directory holding copies of `workflows/`, `handlers/` and `tools/`. An HTML comment
 right before a block can set how it runs:
 
 - `<!-- docs: file=PATH -->` writes the block to PATH instead of running it (later blocks use it);
@@ -71,7 +71,7 @@ def _run_block(block: Block, workdir: Path, index: int) -> subprocess.CompletedP
 
 @pytest.mark.parametrize("doc", ["README.md", "MIGRATION.md"])
 def test_every_code_block_runs(doc: str, tmp_path: Path) -> None:
-    for folder in ("workflows", "handlers"):
+    for folder in ("workflows", "handlers", "tools"):
         shutil.copytree(ROOT / folder, tmp_path / folder)
     doc_blocks = blocks(doc)
     assert doc_blocks, f"{doc} has no code blocks"

@@ -26,11 +26,11 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any
 
 from haystack.dataclasses import StreamingChunk
 
-from pipeline_ex.events import Delta, Done, ErrorInfo, FinishReason, Response, Usage, new_delta
+from pipeline_ex.events import Delta, DeltaKind, Done, ErrorInfo, FinishReason, Partial, Response, Usage, new_delta
 from pipeline_ex.llm.interrupts import InterruptGate
 from pipeline_ex.redaction import redact_text
 from pipeline_ex.streaming.dispatch import Dispatcher, HandlerFailure
@@ -145,6 +145,13 @@ class StreamBridge:
         """When the latest chunk arrived; kept only when a `chunk_timeout` needs it."""
         self.gate: InterruptGate | None = None
         """Holds Ctrl-C back during a fan-out (sync steps on the main thread), once `use_gate` set it."""
+        self.calls: dict[int, tuple[int, str | None, str | None]] = {}
+        """This round's tool calls so far: provider index -> (position in the round, id, tool name)."""
+        self.partials: Any = None
+        """With an output schema: the `PartialObjects` parser of the current attempt's reply."""
+        self.attempt = 1
+        self.reply_text = ""
+        """The text of the current round (what an output schema validates)."""
         if debug_log is not None:
             self._emit = self._emit_logged
         else:
@@ -152,9 +159,55 @@ class StreamBridge:
 
     # -- building events -------------------------------------------------------------------------
 
-    def make_delta(self, content: str, kind: Literal["text", "reasoning"] = "text") -> Delta:
+    def make_delta(
+        self,
+        content: str,
+        kind: DeltaKind = "text",
+        index: int = 0,
+        tool_call_id: str | None = None,
+        tool_name: str | None = None,
+    ) -> Delta:
         """A Delta for this step, with the run's next sequence number."""
-        return new_delta(content, self.step, self.run_id, self.next_seq(), kind)
+        if kind != "tool_call":
+            return new_delta(content, self.step, self.run_id, self.next_seq(), kind)
+        return Delta(
+            content=content,
+            step=self.step,
+            run_id=self.run_id,
+            seq=self.next_seq(),
+            index=index,
+            kind=kind,
+            tool_call_id=tool_call_id,
+            tool_name=tool_name,
+        )
+
+    def tool_fragments(self, deltas: list[Any]) -> list[tuple[str, DeltaKind, int, str | None, str | None]]:
+        """The `make_delta` arguments for a chunk's tool-call fragments (haystack `ToolCallDelta`s).
+
+        A provider names a call's id and tool once, on its first fragment; later fragments carry only the
+        provider's index. Each fragment's Delta carries the id and name, and the call's position in the
+        round (providers number content blocks, not calls).
+        """
+        calls = self.calls
+        made: list[tuple[str, DeltaKind, int, str | None, str | None]] = []
+        for fragment in deltas:
+            known = calls.get(fragment.index)
+            if known is None:
+                known = (len(calls), fragment.id, fragment.tool_name)
+            elif fragment.id or fragment.tool_name:
+                known = (known[0], known[1] or fragment.id, known[2] or fragment.tool_name)
+            calls[fragment.index] = known
+            if fragment.arguments:
+                made.append((fragment.arguments, "tool_call", *known))
+        return made
+
+    def start_round(self, attempt: int | None = None) -> None:
+        """A new model call of the step begins (a tool round, or a repair of a structured reply)."""
+        self.calls = {}
+        self.reply_text = ""
+        if attempt is not None and self.partials is not None:
+            self.attempt = attempt
+            self.partials = type(self.partials)(self.partials.schema)
 
     def log_chunk(self, chunk: StreamingChunk) -> None:
         """Log a raw provider chunk (with `PIPELINE_STREAM_DEBUG`)."""
@@ -229,6 +282,54 @@ class StreamBridge:
             self.failure = failure
             raise StreamAbort from failure
 
+    def deliver_event(self, event: Any) -> None:
+        """Deliver a `ToolCall`, `ToolResult` or `Partial` to sync handlers; a handler failure stops the step."""
+        self.delivered += 1
+        try:
+            self._emit(event)
+        except HandlerFailure as failure:
+            self.failure = failure
+            raise StreamAbort from failure
+
+    async def adeliver_event(self, event: Any) -> None:
+        """Async twin of `deliver_event`."""
+        self.delivered += 1
+        if self.debug_log is not None:
+            self.debug_log.debug("event", **event.model_dump(mode="json"))
+        try:
+            await self.dispatcher.aemit(event)
+        except HandlerFailure as failure:
+            self.failure = failure
+            raise StreamAbort from failure
+
+    def use_partials(self, partials: Any) -> None:
+        """Follow the reply with `partials` (a `PartialObjects`), sending a `Partial` each time it grows.
+
+        Chosen once per step, as `use_gate` is: a step without an output schema pays nothing per chunk.
+        """
+        self.partials = partials
+        plain, aplain = self.deliver, self.adeliver
+
+        def deliver(delta: Delta) -> None:
+            plain(delta)
+            if delta.kind == "text" and (partial := self._grown(delta.content)) is not None:
+                self.deliver_event(partial)
+
+        async def adeliver(delta: Delta) -> None:
+            await aplain(delta)
+            if delta.kind == "text" and (partial := self._grown(delta.content)) is not None:
+                await self.adeliver_event(partial)
+
+        self.deliver = deliver  # type: ignore[method-assign]
+        self.adeliver = adeliver  # type: ignore[method-assign]
+
+    def _grown(self, content: str) -> Partial | None:
+        self.reply_text += content
+        changed, value = self.partials.feed(self.reply_text)
+        if not changed:
+            return None
+        return Partial(step=self.step, run_id=self.run_id, seq=self.next_seq(), data=value, attempt=self.attempt)
+
     def use_gate(self, gate: InterruptGate) -> None:
         """Hold Ctrl-C back during each fan-out (a sync step on the main thread; see `interrupts`)."""
         self.gate = gate
@@ -266,6 +367,9 @@ class StreamBridge:
         reasoning = chunk.reasoning
         if reasoning is not None and reasoning.reasoning_text:
             self.deliver(self.make_delta(reasoning.reasoning_text, "reasoning"))
+        if chunk.tool_calls:
+            for fragment in self.tool_fragments(chunk.tool_calls):
+                self.deliver(self.make_delta(*fragment))
         self.tail.append(chunk)
         if self.debug_log is not None:
             self.log_chunk(chunk)
@@ -283,6 +387,9 @@ class StreamBridge:
         reasoning = chunk.reasoning
         if reasoning is not None and reasoning.reasoning_text:
             await self.adeliver(self.make_delta(reasoning.reasoning_text, "reasoning"))
+        if chunk.tool_calls:
+            for fragment in self.tool_fragments(chunk.tool_calls):
+                await self.adeliver(self.make_delta(*fragment))
         self.tail.append(chunk)
         if self.debug_log is not None:
             self.log_chunk(chunk)
@@ -302,7 +409,8 @@ class HybridPump:
         self.bridge = bridge
         self.loop = loop
         self.finish_before_exit = finish_before_exit
-        self.pending: deque[tuple[str, Literal["text", "reasoning"]]] = deque()
+        self.pending: deque[tuple[Any, ...]] = deque()
+        """`make_delta` arguments, queued by the worker thread."""
         self.produced: list[str] = []
         self.aborted = False
         self._wake = asyncio.Event()
@@ -325,6 +433,10 @@ class HybridPump:
         if reasoning is not None and reasoning.reasoning_text:
             self.pending.append((reasoning.reasoning_text, "reasoning"))
             queued = True
+        if chunk.tool_calls:
+            fragments = bridge.tool_fragments(chunk.tool_calls)
+            self.pending.extend(fragments)
+            queued = queued or bool(fragments)
         bridge.tail.append(chunk)
         if bridge.debug_log is not None:
             bridge.log_chunk(chunk)

@@ -1,7 +1,7 @@
 """Per-step limits and failure policy: `timeout`, `chunk_timeout`, `retries`, `on_handler_error`.
 
 These are options of the step itself, not of the provider, so they are taken out of a step's options
-before the provider sees them.
+before the provider sees them, and validated by the same model as a workflow's (`options.StepLimits`).
 """
 
 from __future__ import annotations
@@ -9,12 +9,12 @@ from __future__ import annotations
 import re
 from collections.abc import MutableMapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
+
+from pydantic import ValidationError
 
 from pipeline_ex.errors import ProviderConfigError
-
-OnHandlerError = Literal["raise", "log"]
-STEP_OPTION_NAMES = ("timeout", "chunk_timeout", "retries", "on_handler_error")
+from pipeline_ex.llm.options import LIMIT_EXPECTATIONS, STEP_OPTION_NAMES, OnHandlerError, StepLimits
 
 _STREAMING_REJECTED = re.compile(
     r"stream(ing)?\b.*\b(not supported|unsupported|not available|not allowed|disabled)"
@@ -53,17 +53,18 @@ class StepPolicy:
     def take_from(cls, options: MutableMapping[str, Any]) -> StepPolicy:
         """Remove the step options from `options` and return them validated."""
         values = {name: options.pop(name) for name in STEP_OPTION_NAMES if name in options}
-        for name in ("timeout", "chunk_timeout"):
-            value = values.get(name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int | float) or value <= 0):
-                raise ProviderConfigError(f"{name} must be a positive number of seconds, got {value!r}")
-        retries = values.get("retries", 0)
-        if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
-            raise ProviderConfigError(f"retries must be a whole number of 0 or more, got {retries!r}")
-        on_error = values.get("on_handler_error", "raise")
-        if on_error not in ("raise", "log"):
-            raise ProviderConfigError(f"on_handler_error must be 'raise' or 'log', got {on_error!r}")
-        return cls(values.get("timeout"), values.get("chunk_timeout"), retries, on_error)
+        try:
+            # strict: a value given in Python must already have its type (True is not 1 retry, "5" no timeout)
+            limits = StepLimits.model_validate(values, strict=True)
+        except ValidationError as error:
+            name = str(error.errors()[0]["loc"][0])
+            raise ProviderConfigError(f"{name} must be {LIMIT_EXPECTATIONS[name]}, got {values[name]!r}") from None
+        return cls(
+            limits.timeout,
+            limits.chunk_timeout,
+            0 if limits.retries is None else limits.retries,
+            limits.on_handler_error or "raise",
+        )
 
 
 _DROPPED_CONNECTION = frozenset(

@@ -1,8 +1,12 @@
-"""The LLM step: `invoke` and `ainvoke` run one prompt on a provider and stream its events.
+"""The LLM step: `invoke` and `ainvoke` run one prompt (or conversation) on a provider and stream its events.
 
 Every call ends with exactly one `Done`, delivered to every handler: on success, on a provider error
 (with the partial text), on a stream that ends without a finish reason ("truncated"), on a handler
 error and on cancellation. After a failed step's Done is delivered, the exception is raised.
+
+`retry.Attempts` decides whether a failed attempt is tried again; `rounds.Conversation` what follows each
+reply (a tool round, a repair of a structured reply, or the end); `outcome.conclude` turns how the run
+ended into its Done.
 """
 
 from __future__ import annotations
@@ -13,34 +17,32 @@ import time
 from collections.abc import Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 from pipeline_ex.context import Context
 from pipeline_ex.debug import debug_logger
-from pipeline_ex.errors import (
-    HandlerError,
-    PipelineError,
-    ProviderError,
-    StepError,
-    StepTimeoutError,
-    StreamTruncatedError,
-)
-from pipeline_ex.events import Delta, Done, ErrorInfo, ErrorType, Response
-from pipeline_ex.llm.bridge import HybridPump, StreamAbort, StreamBridge, in_daemon_thread
+from pipeline_ex.errors import HandlerError, PipelineError, ProviderConfigError, StepError
+from pipeline_ex.events import Delta, Done, Response, ToolCallInfo
+from pipeline_ex.llm.bridge import HybridPump, StreamBridge, in_daemon_thread
 from pipeline_ex.llm.interrupts import interrupt_gate
-from pipeline_ex.llm.normalize import map_finish_reason, normalize_usage, raw_finish_reason
-from pipeline_ex.llm.policy import StepPolicy, StepTimeout, dropped_connection, rejects_streaming, retry_delay
+from pipeline_ex.llm.messages import chat_messages, last_user_text, prompt_messages
+from pipeline_ex.llm.options import DEFAULT_MAX_TOOL_ROUNDS, DEFAULT_SCHEMA_RETRIES
+from pipeline_ex.llm.outcome import CANCELLATIONS, conclude
+from pipeline_ex.llm.policy import StepPolicy
 from pipeline_ex.llm.providers import BuiltGenerator, MockOptions, build_generator, check_provider
+from pipeline_ex.llm.providers.mock import MockReply
+from pipeline_ex.llm.retry import Attempts
+from pipeline_ex.llm.rounds import Conversation, add_usage
 from pipeline_ex.llm.supervise import run_with_limits
+from pipeline_ex.llm.tools import Toolbox, arun_call, run_call
 from pipeline_ex.modes.session import LiveCallBlocked
 from pipeline_ex.redaction import redacting_logger
 from pipeline_ex.streaming.ambient import ambient_handlers
 from pipeline_ex.streaming.dispatch import Dispatcher, HandlerFailure
-from pipeline_ex.streaming.resolve import HandlerSpec, resolve_handler
+from pipeline_ex.streaming.resolve import HandlerSpec, normalize_handlers, resolve_handler
 
 logger = redacting_logger("pipeline_ex")
 
-_CANCELLATIONS = (KeyboardInterrupt, asyncio.CancelledError, GeneratorExit, StreamAbort)
 _sync_callback_only: set[type] = set()
 """Generator classes whose `run_async` turned out to accept only sync callbacks (hybrid from then on)."""
 
@@ -61,6 +63,16 @@ class StepResult:
         """The final response: text, model, provider, finish reason, usage and metadata."""
         return self.done.response
 
+    @property
+    def data(self) -> Any:
+        """The validated value of a step with an `output_schema` (None without one)."""
+        return self.done.response.data
+
+    @property
+    def tool_calls(self) -> list[ToolCallInfo]:
+        """The tool calls the step made, with their results."""
+        return self.done.response.tool_calls
+
 
 def _handler_specs(on_event: Any, ctx: Context) -> list[HandlerSpec]:
     """The step's handlers: the run's own (shared by every step) first, then the step's.
@@ -69,10 +81,7 @@ def _handler_specs(on_event: Any, ctx: Context) -> list[HandlerSpec]:
     the run's events in `seq` order: an event reaches them as soon as it is numbered, before any of the
     step's own async handlers is awaited (when the run-level ones are sync).
     """
-    refs: list[Any] = [*ctx.handlers, *ambient_handlers()]
-    if on_event is not None:
-        is_many = isinstance(on_event, Sequence) and not isinstance(on_event, str)
-        refs.extend(on_event if is_many else [on_event])
+    refs: list[Any] = [*ctx.handlers, *ambient_handlers(), *normalize_handlers(on_event)]
     return [ref if isinstance(ref, HandlerSpec) else resolve_handler(ref) for ref in refs]
 
 
@@ -88,18 +97,28 @@ def _can_stream(generator_class: type) -> bool:
     return known
 
 
-def _is_timeout(error: BaseException) -> bool:
-    return isinstance(error, TimeoutError) or "Timeout" in type(error).__name__
+_tool_classes: dict[type, bool] = {}
 
 
-def _qualname(error: BaseException) -> str:
-    cls = type(error)
-    return f"{cls.__module__}.{cls.__qualname__}"
+def _takes_tools(generator_class: type) -> bool:
+    """Whether a generator class's `run` takes `tools` (decided once per class)."""
+    known = _tool_classes.get(generator_class)
+    if known is None:
+        run = getattr(generator_class, "run")  # noqa: B009 - a class attribute of an arbitrary component
+        known = _tool_classes[generator_class] = "tools" in inspect.signature(run).parameters
+    return known
 
 
-def conversation(system: str | None, prompt: str) -> list[tuple[str, str]]:
-    """The messages a step sends, as (role, text) pairs: what the model is asked, and what a cassette records."""
-    return ([("system", system)] if system else []) + [("user", prompt)]
+def _with_instructions(messages: list[Any], schema: Any) -> list[Any]:
+    """The messages with the output schema's instructions added to the system prompt (or as one)."""
+    from haystack.dataclasses import ChatMessage
+
+    from pipeline_ex.llm.structured import instructions
+
+    text = instructions(schema)
+    if messages and messages[0].is_from("system"):
+        return [ChatMessage.from_system(f"{messages[0].text}\n\n{text}"), *messages[1:]]
+    return [ChatMessage.from_system(text), *messages]
 
 
 class _StepRun:
@@ -110,19 +129,22 @@ class _StepRun:
         ctx: Context,
         *,
         step: str,
-        prompt: str,
-        system: str | None,
+        talk: Conversation,
         built: BuiltGenerator,
         handlers: list[HandlerSpec],
         stream: bool,
         policy: StepPolicy,
     ) -> None:
-        from haystack.dataclasses import ChatMessage
-
         self.built = built
         self.policy = policy
-        as_message = {"system": ChatMessage.from_system, "user": ChatMessage.from_user}
-        self.messages = [as_message[role](text) for role, text in conversation(system, prompt)]
+        if talk.toolbox is not None and not _takes_tools(type(built.generator)):
+            raise ProviderConfigError(
+                f"step {step!r}: provider {built.provider!r} ({type(built.generator).__name__}) cannot call tools; "
+                "use a provider whose model calls tools (openai, anthropic, ollama, gemini, mock)"
+            )
+        if talk.schema is not None and built.structured != "native":
+            talk.messages = _with_instructions(talk.messages, talk.schema)
+        self.talk = talk
         self.dispatcher = Dispatcher([spec.bind() for spec in handlers], on_error=policy.on_handler_error)
         can_stream = _can_stream(type(built.generator))
         if stream and not can_stream:
@@ -149,7 +171,11 @@ class _StepRun:
     def _run_generator(self, callback: Any) -> tuple[Any, dict[str, Any] | None]:
         """Call the generator's sync `run` (under its lock); return the reply and computed usage."""
         built = self.built
-        kwargs: dict[str, Any] = {"messages": self.messages, "generation_kwargs": dict(built.generation_kwargs)}
+        kwargs: dict[str, Any] = {
+            "messages": self.talk.messages,
+            "generation_kwargs": dict(built.generation_kwargs),
+            **self.talk.generator_kwargs(),
+        }
         if not self.streaming:
             kwargs["generation_kwargs"].pop("stream_options", None)
         elif callback is not None:
@@ -178,7 +204,11 @@ class _StepRun:
             pump = HybridPump(self.bridge, loop, finish_before_exit=self.built.finish_before_exit)
             result: tuple[Any, dict[str, Any] | None] = await pump.run(lambda: self._run_generator(pump.on_chunk))
             return result
-        kwargs: dict[str, Any] = {"messages": self.messages, "generation_kwargs": dict(built.generation_kwargs)}
+        kwargs: dict[str, Any] = {
+            "messages": self.talk.messages,
+            "generation_kwargs": dict(built.generation_kwargs),
+            **self.talk.generator_kwargs(),
+        }
         if self.streaming:
             kwargs["streaming_callback"] = self.bridge.on_chunk_async
         else:
@@ -194,6 +224,63 @@ class _StepRun:
             return await self._run_generator_async()
         return (replies[0] if replies else None), None
 
+    # -- the conversation: a model call per tool round and per repair -----------------------------
+
+    def _follow_partials(self) -> None:
+        """With an output schema, send `Partial` events as the reply's JSON grows."""
+        if self.talk.schema is not None:
+            from pipeline_ex.llm.structured import PartialObjects
+
+            self.bridge.use_partials(PartialObjects(self.talk.schema))
+
+    def _converse(self, opened: Any) -> tuple[Any, dict[str, Any] | None]:
+        """Make the step's model calls on this thread until a reply ends it; return the last reply."""
+        talk, bridge = self.talk, self.bridge
+        while True:
+            with opened():
+                reply, usage = self._run_generator(bridge.on_chunk if self.streaming else None)
+            if not self.streaming and (delta := self._unstreamed_delta(reply)) is not None:
+                bridge.deliver(delta)
+            follows = talk.after_reply(reply, usage)
+            if follows == "done":
+                return reply, usage
+            if follows == "tools":
+                for event in talk.call_events(bridge.step, bridge.run_id, bridge.next_seq):
+                    bridge.deliver_event(event)
+                assert talk.toolbox is not None
+                with opened():
+                    results = [run_call(talk.toolbox, c.id, c.name, c.arguments) for c in talk.to_run()]
+                for result in talk.record(results, bridge.step, bridge.run_id, bridge.next_seq):
+                    bridge.deliver_event(result)
+                if talk.hands_back():
+                    return reply, usage
+            bridge.start_round(talk.repairs + 1 if follows == "repair" else None)
+
+    async def _aconverse(self) -> tuple[Any, dict[str, Any] | None]:
+        """Async twin of `_converse`: the calls on the event loop, sync tools on threads, async ones awaited."""
+        talk, bridge = self.talk, self.bridge
+        while True:
+            reply, usage = await self._run_generator_async()
+            if not self.streaming and (delta := self._unstreamed_delta(reply)) is not None:
+                await bridge.adeliver(delta)
+            follows = talk.after_reply(reply, usage)
+            if follows == "done":
+                return reply, usage
+            if follows == "tools":
+                for event in talk.call_events(bridge.step, bridge.run_id, bridge.next_seq):
+                    await bridge.adeliver_event(event)
+                toolbox = talk.toolbox
+                assert toolbox is not None
+                calls = [arun_call(toolbox, c.id, c.name, c.arguments) for c in talk.to_run()]
+                results = await asyncio.gather(*calls)
+                for result in talk.record(results, bridge.step, bridge.run_id, bridge.next_seq):
+                    await bridge.adeliver_event(result)
+                if talk.hands_back():
+                    return reply, usage
+                if bridge.track_chunks:  # the gap before the next round's first chunk starts now
+                    bridge.last_chunk_at = time.perf_counter()
+            bridge.start_round(talk.repairs + 1 if follows == "repair" else None)
+
     # -- concluding ------------------------------------------------------------------------------
 
     def _unstreamed_delta(self, reply: Any) -> Delta | None:
@@ -201,104 +288,32 @@ class _StepRun:
         return self.bridge.make_delta(text) if text else None
 
     def _conclude(
-        self, reply: Any, computed_usage: dict[str, Any] | None, error: BaseException | None
+        self, reply: Any, usage: dict[str, Any] | None, error: BaseException | None
     ) -> tuple[Done, BaseException | None]:
-        """Build the Done for how the run ended, and the exception to raise after delivering it."""
-        bridge = self.bridge
-        meta: dict[str, Any] = {}
-        streamed = self.streaming
-        if error is None:
-            reply_meta = dict(reply.meta) if reply is not None else {}
-            raw_finish = raw_finish_reason(bridge.tail if streamed else (), reply_meta)
-            usage = normalize_usage(reply_meta.get("usage")) or normalize_usage(computed_usage)
-            if computed_usage is not None and not reply_meta.get("usage"):
-                meta["usage_source"] = "counted by pipeline_ex"
-            model = (reply_meta.get("model") or None) if self.built.model_from_reply else None
-            if streamed and raw_finish is None:
-                done = bridge.build_done(
-                    finish_reason="error",
-                    usage=usage,
-                    meta=meta,
-                    model=model,
-                    streamed=streamed,
-                    error=ErrorInfo(
-                        type="truncated",
-                        message="the provider stream ended without a finish reason; the reply is incomplete",
-                    ),
-                )
-                return done, StreamTruncatedError(
-                    f"step {bridge.step!r}: the stream ended without a finish reason (truncated reply)",
-                    step=bridge.step,
-                    done=done,
-                )
-            meta["finish_reason_raw"] = raw_finish
-            done = bridge.build_done(
-                finish_reason=map_finish_reason(raw_finish), usage=usage, meta=meta, model=model, streamed=streamed
-            )
-            return done, None
-        if bridge.failure is not None:
-            failure = bridge.failure
-            done = bridge.build_done(
-                finish_reason="error",
-                usage=None,
-                meta=meta,
-                streamed=streamed,
-                error=ErrorInfo(type="handler", message=str(failure), exception=_qualname(failure.error)),
-            )
-            err = HandlerError(f"step {bridge.step!r}: {failure}", step=bridge.step, done=done, handler=failure.handler)
-            err.__cause__ = failure.error
-            return done, err
-        if isinstance(error, _CANCELLATIONS):
-            done = bridge.build_done(
-                finish_reason="cancelled",
-                usage=None,
-                meta=meta,
-                streamed=streamed,
-                error=ErrorInfo(type="cancelled", message="the step was cancelled", exception=_qualname(error)),
-            )
-            return done, error
-        if isinstance(error, Exception):
-            kind: ErrorType
-            error_class: type[StepError]
-            # the stream had started and the connection broke: a reply cut off mid-body is a truncation
-            dropped = dropped_connection(error) if bridge.tail else None
-            if dropped is not None:
-                kind, error_class = "truncated", StreamTruncatedError
-                what = "the provider connection was dropped mid-stream (truncated reply)"
-                message = (
-                    f"the provider connection was dropped mid-stream ({type(dropped).__name__}: {dropped}); "
-                    "the reply is incomplete"
-                )
-            else:
-                kind = "timeout" if _is_timeout(error) else "provider"
-                error_class = StepTimeoutError if isinstance(error, StepTimeout) else ProviderError
-                what = "timed out" if isinstance(error, StepTimeout) else f"provider {bridge.provider!r} failed"
-                message = str(error) or type(error).__name__
-            done = bridge.build_done(
-                finish_reason="error",
-                usage=None,
-                meta=meta,
-                streamed=streamed,
-                error=ErrorInfo(type=kind, message=message, exception=_qualname(error)),
-            )
-            not_retried = ""
-            if self.policy.retries and bridge.delivered:
-                not_retried = f" (not retried: {bridge.delivered} deltas were already delivered)"
-            step_error = error_class(
-                f"step {bridge.step!r}: {what}: {type(error).__name__}: {error}{not_retried}",
-                step=bridge.step,
-                done=done,
-            )
-            step_error.__cause__ = error
-            return done, step_error
-        done = bridge.build_done(
-            finish_reason="cancelled",
-            usage=None,
-            meta=meta,
-            streamed=streamed,
-            error=ErrorInfo(type="cancelled", message=f"interrupted by {type(error).__name__}"),
+        """Build the Done for how the run ended (see `outcome`), and log it with `PIPELINE_STREAM_DEBUG`."""
+        done, to_raise = conclude(
+            self.bridge,
+            reply,
+            usage,
+            error,
+            streamed=self.streaming,
+            retries=self.policy.retries,
+            model_from_reply=self.built.model_from_reply,
         )
-        return done, error
+        talk = self.talk
+        if talk.calls or talk.earlier_usage is not None or talk.data is not None:
+            response = done.response
+            update: dict[str, Any] = {"tool_calls": list(talk.calls)}
+            if talk.earlier_usage is not None:
+                update["usage"] = add_usage(talk.earlier_usage, response.usage)
+            if done.error is None:
+                update["data"] = talk.data
+            done = done.model_copy(update={"response": response.model_copy(update=update)})
+            if to_raise is not None and isinstance(to_raise, StepError):
+                to_raise.done = done
+        if self.bridge.debug_log is not None:
+            self.bridge.debug_log.debug("event", **done.model_dump(mode="json"))
+        return done, to_raise
 
     def _finish(self, done: Done, error: BaseException | None, late: HandlerFailure | None) -> StepResult:
         if error is None and late is not None:
@@ -312,34 +327,6 @@ class _StepRun:
 
     # -- the two entry points --------------------------------------------------------------------
 
-    def _next_attempt(self, error: BaseException, attempt: int) -> Literal["fallback", "retry"] | None:
-        """Whether to try again after `error`: without streaming, as a retry, or not at all."""
-        bridge = self.bridge
-        if not isinstance(error, Exception) or bridge.failure is not None or bridge.delivered:
-            return None  # cancelled, a handler failed, or output was delivered: a retry would repeat it
-        if self.streaming and rejects_streaming(error):
-            logger.warning(
-                "step %r: model %r rejected streaming (%s); making one call and emitting its reply as one Delta",
-                bridge.step,
-                self.built.model,
-                error,
-            )
-            self.streaming = False
-            return "fallback"
-        deadline = None if self.policy.timeout is None else bridge.started + self.policy.timeout
-        out_of_time = deadline is not None and time.perf_counter() + retry_delay(attempt) >= deadline
-        if attempt > self.policy.retries or out_of_time:
-            return None
-        logger.warning(
-            "step %r: attempt %d of %d failed before any output (%s: %s); retrying",
-            bridge.step,
-            attempt,
-            self.policy.retries + 1,
-            type(error).__name__,
-            error,
-        )
-        return "retry"
-
     def execute(self) -> StepResult:
         """Run the step synchronously on the calling thread.
 
@@ -351,26 +338,25 @@ class _StepRun:
             opened = nullcontext if gate is None else gate.opened
             if gate is not None:
                 self.bridge.use_gate(gate)
+            self._follow_partials()
             reply: Any = None
             usage: dict[str, Any] | None = None
             error: BaseException | None = None
-            attempt = 0
+            attempts = Attempts(self.policy, self.bridge, self.built.model)
             while True:
-                attempt += 1
+                attempts.begin()
                 try:
-                    with opened():
-                        reply, usage = self._run_generator(self.bridge.on_chunk if self.streaming else None)
-                    if not self.streaming and (delta := self._unstreamed_delta(reply)) is not None:
-                        self.bridge.deliver(delta)
+                    reply, usage = self._converse(opened)
                     error = None
                 except BaseException as caught:
                     error = caught
-                    decision = self._next_attempt(caught, attempt)
-                    if decision is not None:
-                        if decision == "retry":
+                    again = attempts.after_failure(caught, streaming=self.streaming)
+                    if again is not None:
+                        self.streaming = again.stream
+                        if again.pause:
                             try:
                                 with opened():
-                                    time.sleep(retry_delay(attempt))
+                                    time.sleep(again.pause)
                             except BaseException as stop:  # interrupted during the pause
                                 error = stop
                                 break
@@ -381,18 +367,16 @@ class _StepRun:
             except Exception:
                 logger.exception("closing the %s generator failed", self.built.provider)
             done, to_raise = self._conclude(reply, usage, error)
-            if self.bridge.debug_log is not None:
-                self.bridge.debug_log.debug("event", **done.model_dump(mode="json"))
             late = self.dispatcher.emit_done(done)
         return self._finish(done, to_raise, late)
 
     async def _attempt_async(self) -> tuple[Any, dict[str, Any] | None]:
         if not self.policy.has_limits:
-            return await self._run_generator_async()
+            return await self._aconverse()
         bridge = self.bridge
         bridge.last_chunk_at = None
         return await run_with_limits(
-            self._run_generator_async(),
+            self._aconverse(),
             self.policy,
             started=bridge.started,
             attempt_started=time.perf_counter(),
@@ -406,24 +390,24 @@ class _StepRun:
         between retries or while the generator's clients close. Whichever it is, every handler still
         gets the Done, and the cancellation is raised afterwards.
         """
+        self._follow_partials()
         reply: Any = None
         usage: dict[str, Any] | None = None
         error: BaseException | None = None
-        attempt = 0
+        attempts = Attempts(self.policy, self.bridge, self.built.model)
         while True:
-            attempt += 1
+            attempts.begin()
             try:
                 reply, usage = await self._attempt_async()
-                if not self.streaming and (delta := self._unstreamed_delta(reply)) is not None:
-                    await self.bridge.adeliver(delta)
                 error = None
             except BaseException as caught:
                 error = caught
-                decision = self._next_attempt(caught, attempt)
-                if decision is not None:
-                    if decision == "retry":
+                again = attempts.after_failure(caught, streaming=self.streaming)
+                if again is not None:
+                    self.streaming = again.stream
+                    if again.pause:
                         try:
-                            await asyncio.sleep(retry_delay(attempt))
+                            await asyncio.sleep(again.pause)
                         except BaseException as stop:  # cancelled during the pause
                             error = stop
                             break
@@ -437,11 +421,9 @@ class _StepRun:
         except BaseException as stop:  # cancelled while the clients closed: the Done still goes out
             if error is None:
                 error = stop
-            elif not isinstance(error, _CANCELLATIONS):
+            elif not isinstance(error, CANCELLATIONS):
                 late_cancel = stop
         done, to_raise = self._conclude(reply, usage, error)
-        if self.bridge.debug_log is not None:
-            self.bridge.debug_log.debug("event", **done.model_dump(mode="json"))
         late = await self.dispatcher.aemit_done(done)
         if late_cancel is not None:
             raise late_cancel
@@ -454,13 +436,12 @@ _MOCK_KEYS = frozenset(MockOptions.model_fields)
 def _select_generator(
     ctx: Context,
     step: str,
-    prompt: str,
+    talk: Conversation,
     provider: str | None,
     model: str | None,
     options: dict[str, Any],
     handlers: list[HandlerSpec],
-    system: str | None = None,
-    mock_response: str | list[str] | None = None,
+    mock_response: str | list[str] | MockReply | None = None,
 ) -> BuiltGenerator:
     """Build the step's generator as the run's test mode says: live, mock, record or replay.
 
@@ -472,7 +453,7 @@ def _select_generator(
     if session.mode in ("record", "replay"):
         from pipeline_ex.modes.request import StepRequest
 
-        messages = conversation(system, prompt)
+        messages = [(m.role.value, m.text or "") for m in talk.messages]
         request = StepRequest.of(step, provider=provider, model=model, messages=messages, options=options)
     if session.mode == "replay":
         from pipeline_ex.modes.cassette_generator import CassetteChatGenerator
@@ -485,10 +466,10 @@ def _select_generator(
         mock_options = {k: v for k, v in options.items() if k in _MOCK_KEYS}
         if mock_response is not None:
             mock_options["mock_response"] = mock_response
-        scripted = session.script.pick(prompt) if session.script is not None else None
+        scripted = session.script.pick(last_user_text(talk.messages)) if session.script is not None else None
         if scripted is not None:
             mock_options.update(scripted.provider_options())
-        built = build_generator("mock", model, mock_options)
+        built = build_generator("mock", model, mock_options, output_schema=talk.schema)
     elif not session.live_allowed:
         name = check_provider(provider, options)  # a misspelt provider or option is the more useful error
         raise LiveCallBlocked(
@@ -497,7 +478,7 @@ def _select_generator(
             "or script the reply with the llm_mock fixture"
         )
     else:
-        built = build_generator(provider, model, options)
+        built = build_generator(provider, model, options, output_schema=talk.schema)
     if session.mode == "record":
         assert session.cassette is not None and request is not None
         handlers.append(resolve_handler(session.cassette.recorder(request)))
@@ -507,7 +488,12 @@ def _select_generator(
 def _prepare(
     ctx: Context | None,
     *,
-    prompt: str,
+    prompt: str | None,
+    messages: Sequence[Any] | None,
+    tools: Sequence[Any] | None,
+    max_tool_rounds: int,
+    output_schema: Any,
+    schema_retries: int,
     provider: str | None,
     model: str | None,
     system: str | None,
@@ -515,7 +501,7 @@ def _prepare(
     on_event: Any,
     step: str,
     options: Mapping[str, Any],
-    mock_response: str | list[str] | None = None,
+    mock_response: str | list[str] | MockReply | None = None,
 ) -> _StepRun:
     ctx = ctx if ctx is not None else Context()
     defaults = ctx.defaults
@@ -527,46 +513,80 @@ def _prepare(
     policy = StepPolicy.take_from(merged)
     handlers = _handler_specs(on_event, ctx)
     system = system if system is not None else defaults.get("system")
+    talk = _conversation(step, prompt, messages, system, tools, max_tool_rounds, output_schema, schema_retries)
     built = _select_generator(
-        ctx,
-        step,
-        prompt,
-        provider_name,
-        model or defaults.get("model"),
-        merged,
-        handlers,
-        system=system,
-        mock_response=mock_response,
+        ctx, step, talk, provider_name, model or defaults.get("model"), merged, handlers, mock_response=mock_response
     )
-    return _StepRun(
-        ctx,
-        step=step,
-        prompt=prompt,
-        system=system,
-        built=built,
-        handlers=handlers,
-        stream=stream,
-        policy=policy,
-    )
+    return _StepRun(ctx, step=step, talk=talk, built=built, handlers=handlers, stream=stream, policy=policy)
+
+
+def _conversation(
+    step: str,
+    prompt: str | None,
+    messages: Sequence[Any] | None,
+    system: str | None,
+    tools: Sequence[Any] | None,
+    max_tool_rounds: int,
+    output_schema: Any,
+    schema_retries: int,
+) -> Conversation:
+    """The step's conversation: its messages, tools and output schema, checked."""
+    if (prompt is None) == (messages is None):
+        raise PipelineError(
+            f"step {step!r}: give either prompt= (one user message) or messages= (a conversation)"
+            + (", not both" if prompt is not None else "")
+        )
+    if isinstance(max_tool_rounds, bool) or not isinstance(max_tool_rounds, int) or max_tool_rounds < 0:
+        raise ProviderConfigError(f"max_tool_rounds must be a whole number of 0 or more, got {max_tool_rounds!r}")
+    if isinstance(schema_retries, bool) or not isinstance(schema_retries, int) or schema_retries < 0:
+        raise ProviderConfigError(f"schema_retries must be a whole number of 0 or more, got {schema_retries!r}")
+    entries = prompt_messages(system, prompt) if prompt is not None else list(messages or [])
+    chat = chat_messages(entries, system if prompt is None else None)
+    schema = None
+    if output_schema is not None:
+        from pipeline_ex.llm.structured import resolve_output_schema
+
+        schema = resolve_output_schema(output_schema)
+    toolbox = Toolbox.of(tools) if tools else None
+    return Conversation(chat, toolbox, max_tool_rounds, schema, schema_retries)
 
 
 def invoke(
     ctx: Context | None = None,
     *,
-    prompt: str,
+    prompt: str | None = None,
+    messages: Sequence[Any] | None = None,
+    tools: Sequence[Any] | None = None,
+    max_tool_rounds: int = DEFAULT_MAX_TOOL_ROUNDS,
+    output_schema: Any = None,
+    schema_retries: int = DEFAULT_SCHEMA_RETRIES,
     provider: str | None = None,
     model: str | None = None,
     system: str | None = None,
     stream: bool = True,
     on_event: Any = None,
     step: str = "llm",
-    mock_response: str | list[str] | None = None,
+    mock_response: str | list[str] | MockReply | None = None,
     **options: Any,
 ) -> StepResult:
     """Run one LLM step and stream its events to `on_event`; return the `StepResult`.
 
     :param ctx: the run's `Context` (run id, defaults, run-wide handlers), or None for a fresh one.
-    :param prompt: the user prompt.
+    :param prompt: the user prompt; or give `messages`.
+    :param messages: the conversation to send instead of a prompt: haystack `ChatMessage`s, or mappings in
+        OpenAI's chat format (`{"role": "user", "content": "..."}`, assistant `tool_calls`, `tool` results).
+    :param tools: tools the model may call: Python functions (described by their type hints and docstring),
+        haystack `Tool`s, dotted paths to either, or declared tools (`{name, description, parameters}`, whose
+        calls are handed back: the step ends with `finish_reason="tool_calls"`). The step runs the calls,
+        sends the results back and calls the model again, streaming `Delta(kind="tool_call")` fragments,
+        then a `ToolCall` and a `ToolResult` event per call.
+    :param max_tool_rounds: the most tool rounds; a model still calling tools after them fails the step
+        with `ToolRoundsError` (`Done.response.finish_reason == "tool_calls"`).
+    :param output_schema: the reply must be JSON matching this: a JSON Schema (a mapping), a pydantic model
+        class, or `{"model": "package.module:Model"}`. `Partial` events stream the object as it grows, and
+        the validated value is `StepResult.data` (and `Done.response.data`).
+    :param schema_retries: how many times an invalid structured reply is sent back with the validation
+        errors; after that the step fails with `StructuredOutputError` (`error.type == "schema"`).
     :param provider: "local" (the default), "openai" or "mock"; falls back to `ctx.defaults["provider"]`.
     :param model: the model name; falls back to `ctx.defaults["model"]`, then the provider's default.
     :param system: an optional system prompt.
@@ -580,11 +600,17 @@ def invoke(
     :param options: provider options such as `api_base_url`, `temperature` or `max_tokens`, and the step
         options `timeout`, `chunk_timeout`, `retries` and `on_handler_error` (see `StepPolicy`).
     :raises StepError: after the Done was delivered, when the step failed (`ProviderError`,
-        `StreamTruncatedError`, `HandlerError`). Cancellation (KeyboardInterrupt) is re-raised as is.
+        `StreamTruncatedError`, `HandlerError`, `ToolRoundsError`, `StructuredOutputError`). Cancellation
+        (KeyboardInterrupt) is re-raised as is.
     """
     run = _prepare(
         ctx,
         prompt=prompt,
+        messages=messages,
+        tools=tools,
+        max_tool_rounds=max_tool_rounds,
+        output_schema=output_schema,
+        schema_retries=schema_retries,
         provider=provider,
         model=model,
         system=system,
@@ -610,14 +636,19 @@ def invoke(
 async def ainvoke(
     ctx: Context | None = None,
     *,
-    prompt: str,
+    prompt: str | None = None,
+    messages: Sequence[Any] | None = None,
+    tools: Sequence[Any] | None = None,
+    max_tool_rounds: int = DEFAULT_MAX_TOOL_ROUNDS,
+    output_schema: Any = None,
+    schema_retries: int = DEFAULT_SCHEMA_RETRIES,
     provider: str | None = None,
     model: str | None = None,
     system: str | None = None,
     stream: bool = True,
     on_event: Any = None,
     step: str = "llm",
-    mock_response: str | list[str] | None = None,
+    mock_response: str | list[str] | MockReply | None = None,
     **options: Any,
 ) -> StepResult:
     """Async twin of `invoke`: native async for generators with `run_async`, hybrid for sync-only ones.
@@ -629,6 +660,11 @@ async def ainvoke(
     run = _prepare(
         ctx,
         prompt=prompt,
+        messages=messages,
+        tools=tools,
+        max_tool_rounds=max_tool_rounds,
+        output_schema=output_schema,
+        schema_retries=schema_retries,
         provider=provider,
         model=model,
         system=system,

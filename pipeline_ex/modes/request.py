@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
-from pipeline_ex.llm.policy import STEP_OPTION_NAMES
+from pipeline_ex.llm.options import STEP_OPTION_NAMES
 from pipeline_ex.redaction import redact
 
 CONNECTION_OPTIONS = frozenset(

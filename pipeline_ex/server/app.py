@@ -409,7 +409,7 @@ class PipelineServer:
             async def chunks() -> AsyncIterator[str]:
                 try:
                     async for chunk in openai_api.stream_chunks(
-                        self._events(log), loaded, run_id, chat.include_usage, self._describe_run(log)
+                        self._events(log), loaded, run_id, chat.include_usage, self._describe_run(log), chat.tool_names
                     ):
                         yield chunk
                 finally:
@@ -420,7 +420,7 @@ class PipelineServer:
                 with_keepalive(chunks(), self.keepalive), media_type=MEDIA_TYPE, headers=HEADERS, on_close=log.release
             )
         try:
-            return JSONResponse(await openai_api.complete(self._events(log), loaded, run_id))
+            return JSONResponse(await openai_api.complete(self._events(log), loaded, run_id, chat.tool_names))
         except Exception as error:
             if error is not log.error:
                 raise

@@ -5,11 +5,12 @@ Steps that run at the same time print through a shared console board instead (`c
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from typing import Literal, TextIO
 
-from pipeline_ex.events import Delta, Done, Event
+from pipeline_ex.events import Delta, Done, Partial, StepEvent, ToolCall, ToolResult
 from pipeline_ex.redaction import redact_text
 from pipeline_ex.streaming.concurrency import current_region
 from pipeline_ex.streaming.console_board import StepSlot, board_for
@@ -78,16 +79,23 @@ class ConsoleHandler:
             self._live = _isatty(self._out)
             self.handle_event = self._handle_in_region  # type: ignore[method-assign]
 
-    def handle_event(self, event: Event) -> None:
-        """Print a delta's text, or the summary for a Done."""
+    def handle_event(self, event: StepEvent) -> None:
+        """Print a delta's text, a line per tool call and result, or the summary for a Done."""
         if isinstance(event, Delta):
             if event.kind == "text":
                 self._write(event.content)
-            elif self.show_reasoning:
+            elif event.kind == "reasoning" and self.show_reasoning:
                 self._write(f"{_DIM}{event.content}{_RESET}" if self.color else event.content)
             return
+        if isinstance(event, Partial):
+            return  # the object's text streams as text deltas already
         if not self._ends_with_newline:
             self._write("\n")
+        if isinstance(event, ToolCall | ToolResult):
+            line = tool_line(event)
+            self._err.write((f"{_DIM}{line}{_RESET}" if self.color else line) + "\n")
+            self._err.flush()
+            return
         if self.summary:
             line = summary_line(event)
             if self.color:
@@ -100,8 +108,10 @@ class ConsoleHandler:
         self._out.flush()
         self._ends_with_newline = text.endswith("\n")
 
-    def _handle_in_region(self, event: Event) -> None:
+    def _handle_in_region(self, event: StepEvent) -> None:
         """Keep a delta's text on the board, or print the step's text and summary for a Done."""
+        if isinstance(event, ToolCall | ToolResult | Partial):
+            return  # a board row shows the step's text; its tool calls are in its Done
         slot = self._slot
         if slot is None:
             live = self._live and isinstance(event, Delta)  # no row for a step that ends before any delta
@@ -115,6 +125,16 @@ class ConsoleHandler:
                 slot.count()
             return
         self._board.finish(slot, summary_line(event) if self.summary else None, failed=event.error is not None)
+
+
+def tool_line(event: ToolCall | ToolResult, width: int = 160) -> str:
+    """Describe a tool call (`→ name(arguments)`) or its result (`← name: result`) in one line."""
+    if isinstance(event, ToolCall):
+        text = f"[{event.step}] → {event.name}({json.dumps(event.arguments, ensure_ascii=False)})"
+    else:
+        text = f"[{event.step}] ← {event.name}{' failed' if event.error else ''}: {event.result}"
+    text = " ".join(redact_text(text).split())
+    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 def summary_line(done: Done) -> str:

@@ -40,6 +40,16 @@ HandlerRef = Any
 function, or an object with `handle_event`."""
 
 
+def normalize_handlers(on_event: Any) -> list[HandlerRef]:
+    """`on_event` as a list of handler references: None is none, a list or tuple is many, else it is one.
+
+    A string is one reference (a name or a dotted path), never a sequence of them.
+    """
+    if on_event is None:
+        return []
+    return list(on_event) if isinstance(on_event, list | tuple) else [on_event]
+
+
 @dataclass(frozen=True)
 class HandlerSpec:
     """A resolved handler: `bind()` gives what one step run delivers events to.

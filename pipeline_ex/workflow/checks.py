@@ -187,7 +187,17 @@ class TemplateChecker:
         if step.when is not None:
             self._expression(step.when, (*path, "when"), scope, "when:")
         if isinstance(step, LLMStep):
-            self.check(step.prompt, (*path, "prompt"), scope)
+            if step.prompt is not None:
+                self.check(step.prompt, (*path, "prompt"), scope)
+            for position, message in enumerate(step.messages or []):
+                where = (*path, "messages", position)
+                if isinstance(message, str):
+                    self._expression(message, where, scope, "a messages entry that is not a mapping")
+                else:
+                    self.check(message.content, (*where, "content"), scope)
+            for position, tool in enumerate(step.tools or []):
+                if isinstance(tool, str) and "{" in tool:
+                    self._expression(tool, (*path, "tools", position), scope, "a templated tools entry")
             if step.system:
                 self.check(step.system, (*path, "system"), scope)
             if step.output_to_file is not None and "{" in step.output_to_file:

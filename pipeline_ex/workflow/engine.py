@@ -227,8 +227,10 @@ class Engine:
         handlers: list[Any] = list(item.handlers)
         if not handlers and self.default_handler is not None:
             handlers = [self.default_handler]
-        prompt = self.render(step.prompt, item, "prompt", scope)
+        prompt = self.render(step.prompt, item, "prompt", scope) if step.prompt is not None else None
         system = self.render(item.system, item, "system", scope) if item.system else None
+        messages = self._messages(item, step, scope, system) if step.messages is not None else None
+        tools = self._tools(item, scope) if item.tools else None
         relative = step.output_to_file
         if relative is not None:
             if "{" in relative:
@@ -241,6 +243,11 @@ class Engine:
             result = await ainvoke(
                 self.ctx,
                 prompt=prompt,
+                messages=messages,
+                tools=tools,
+                max_tool_rounds=item.max_tool_rounds,
+                output_schema=item.output_schema,
+                schema_retries=item.schema_retries,
                 provider=item.provider,
                 model=item.model,
                 system=system,
@@ -261,6 +268,51 @@ class Engine:
         scope.record(item, result)
         if relative is not None:
             self.outputs[path] = write_output(scope.output_dir, relative, result.text, path)
+
+    def _messages(self, item: LoadedStep, step: LLMStep, scope: Scope, system: str | None) -> list[Any]:
+        """The step's conversation: its messages rendered, and the chat histories its expressions give."""
+        from pipeline_ex.llm.messages import MessageError, chat_messages
+
+        entries: list[Any] = []
+        for position, entry in enumerate(step.messages or []):
+            if isinstance(entry, str):
+                history = self.evaluate(entry, item, "messages", scope)
+                if isinstance(history, tuple):
+                    history = list(history)
+                if not isinstance(history, list):
+                    message = f"this messages entry must give a list of messages, but it gave {_kind_of(history)}"
+                    raise WorkflowError([Issue(scope.loaded.location(*item.path, "messages", position), message)])
+                entries.extend(history)
+            else:
+                content = self.render(entry.content, item, "messages", scope)
+                entries.append({"role": entry.role, "content": content})
+        try:
+            return chat_messages(entries, system)
+        except MessageError as error:
+            raise self._location_issue(scope, item, "messages", str(error)) from None
+
+    def _tools(self, item: LoadedStep, scope: Scope) -> list[Any]:
+        """The step's tools, with the declared tools its expressions give added."""
+        from pipeline_ex.llm.tools import ToolSpecError, declared_tool
+
+        tools: list[Any] = []
+        for position, entry in enumerate(item.tools):
+            if not isinstance(entry, str):
+                tools.append(entry)
+                continue
+            where = scope.loaded.location(*item.path, "tools", position)
+            given = self.evaluate(entry, item, "tools", scope)
+            if not isinstance(given, list | tuple):
+                message = f"this tools entry must give a list of tool declarations, but it gave {_kind_of(given)}"
+                raise WorkflowError([Issue(where, message)])
+            for spec in given:
+                try:
+                    if not isinstance(spec, Mapping):
+                        raise ToolSpecError(f"a tool declaration is a mapping with a 'name', got {_kind_of(spec)}")
+                    tools.append(declared_tool(spec))
+                except ToolSpecError as error:
+                    raise WorkflowError([Issue(where, str(error))]) from None
+        return tools
 
     def _count(self, usage: Usage | None) -> None:
         if usage is not None:

@@ -23,8 +23,8 @@ from typing import Any
 
 from pipeline_ex.errors import PipelineError, RunCancelled
 from pipeline_ex.events import RunEvent
+from pipeline_ex.streaming.resolve import normalize_handlers
 from pipeline_ex.workflow.loader import LoadedWorkflow
-from pipeline_ex.workflow.observers import as_list
 from pipeline_ex.workflow.runner import RunResult, arun
 
 _END = object()
@@ -51,7 +51,7 @@ class EventStream:
         self._run_id = run_id
         self._mock = mock
         self._lifecycle = lifecycle
-        self._extra = as_list(on_event)
+        self._extra = normalize_handlers(on_event)
         self._output_dir = output_dir
         self._queue: asyncio.Queue[Any] = asyncio.Queue()
         self._task: asyncio.Task[RunResult] | None = None

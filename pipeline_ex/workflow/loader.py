@@ -1,7 +1,8 @@
 """Load a workflow file: YAML -> schema -> checked references -> resolved handlers and providers.
 
 Everything that can be checked before a provider is called is checked here, and every problem is
-reported at once with its file, line, column and key path. Nothing here imports haystack.
+reported at once with its file, line, column and key path. Nothing here imports haystack, except
+to build the tools of a step that has some.
 """
 
 from __future__ import annotations
@@ -28,13 +29,17 @@ from pipeline_ex.errors import (
     ProviderNotInstalledError,
     WorkflowError,
 )
-from pipeline_ex.llm.policy import STEP_OPTION_NAMES
+from pipeline_ex.llm.options import STEP_OPTION_NAMES
 from pipeline_ex.llm.providers import check_provider
+from pipeline_ex.llm.providers.mock import MockReply
+from pipeline_ex.llm.tools import ToolSpecError, as_tool
 from pipeline_ex.modes.session import active_override, mode_from_env
 from pipeline_ex.streaming.resolve import HandlerSpec, ensure_cwd_importable, resolve_handler
 from pipeline_ex.workflow.checks import TemplateChecker
 from pipeline_ex.workflow.inputs import InputValueError, typed_value
 from pipeline_ex.workflow.schema import (
+    DEFAULT_MAX_TOOL_ROUNDS,
+    DEFAULT_SCHEMA_RETRIES,
     STEP_LIST_FIELDS,
     STEP_MODELS,
     AnyStep,
@@ -45,6 +50,7 @@ from pipeline_ex.workflow.schema import (
     LLMStep,
     LoopSpec,
     LoopStep,
+    ModelReference,
     ParallelStep,
     PythonStep,
     StepLimits,
@@ -89,8 +95,14 @@ class LoadedStep:
     system: str | None = None
     options: dict[str, Any] = field(default_factory=dict)
     """Provider options and step options (`timeout`, `retries`, ...)."""
-    mock_response: str | list[str] | None = None
+    mock_response: str | list[str] | MockReply | None = None
     """The reply the step gets in mock runs."""
+    tools: list[Any] = field(default_factory=list)
+    """The step's tools: haystack `Tool`s resolved at load, and template expressions giving declared tools."""
+    max_tool_rounds: int = DEFAULT_MAX_TOOL_ROUNDS
+    output_schema: Any = None
+    """The step's resolved `OutputSchema`, or None."""
+    schema_retries: int = DEFAULT_SCHEMA_RETRIES
     function: Callable[..., Any] | None = None
     children: list[LoadedStep] = field(default_factory=list)
     """The steps of a `parallel` group, or the body of a `for_each` or `loop`."""
@@ -543,6 +555,7 @@ class _StepLoader:
         item.system = step.system if step.system is not None else defaults.system
         item.options = _provider_options(step, defaults, provider)
         item.mock_response = step.mock_response
+        self._conversation(item, step, path)
         provider_path: Path = (
             (*path, "generator")
             if step.generator is not None
@@ -565,6 +578,52 @@ class _StepLoader:
             )
         if problem is not None:
             checker.add((*path, "output_to_file"), problem)
+
+    def _conversation(self, item: LoadedStep, step: LLMStep, path: Path) -> None:
+        """Check `prompt`/`messages`, and resolve the step's tools and output schema."""
+        checker = self.checker
+        if (step.prompt is None) == (step.messages is None):
+            problem = "give both" if step.prompt is not None else "give one"
+            checker.add(
+                path,
+                f"an LLM step needs either 'prompt' (one user message) or 'messages' (a conversation), {problem}"
+                if step.prompt is None
+                else "give either 'prompt' or 'messages', not both",
+                at_key=step.prompt is None,
+            )
+        for position, message in enumerate(step.messages or []):
+            if isinstance(message, str) and "{{" not in message:
+                checker.add(
+                    (*path, "messages", position),
+                    "a messages entry is a mapping such as {role: user, content: ...}, or one expression that "
+                    'gives a list of messages, such as "{{ inputs.history }}"',
+                )
+        if step.max_tool_rounds is not None:
+            item.max_tool_rounds = step.max_tool_rounds
+        if step.schema_retries is not None:
+            item.schema_retries = step.schema_retries
+        for position, entry in enumerate(step.tools or []):
+            where = (*path, "tools", position)
+            if isinstance(entry, str) and "{" in entry:
+                item.tools.append(entry)  # a template: its declared tools are known when it is rendered
+                continue
+            try:
+                item.tools.append(as_tool(entry))
+            except ToolSpecError as error:
+                checker.add(where, str(error))
+        named = [getattr(tool, "name", None) for tool in item.tools if not isinstance(tool, str)]
+        for name in {n for n in named if named.count(n) > 1}:
+            checker.add((*path, "tools"), f"two tools are named {name!r}; give each tool its own name")
+        if step.output_schema is not None:
+            from pipeline_ex.llm.structured import OutputSchemaError, resolve_output_schema
+
+            spec = step.output_schema
+            try:
+                item.output_schema = resolve_output_schema(
+                    spec.model_dump() if isinstance(spec, ModelReference) else spec
+                )
+            except OutputSchemaError as error:
+                checker.add((*path, "output_schema"), str(error))
 
     def _nested(self, step: WorkflowStep, path: Path) -> LoadedWorkflow | None:
         """Load the workflow a step nests, relative to this file; check its inputs and recursion."""

@@ -20,14 +20,7 @@ from pipeline_ex.errors import PipelineError
 from pipeline_ex.events import LifecycleEvent
 from pipeline_ex.streaming.ambient import ambient_handlers
 from pipeline_ex.streaming.dispatch import BoundHandler, Dispatcher, HandlerFailure
-from pipeline_ex.streaming.resolve import HandlerSpec, resolve_handler
-
-
-def as_list(on_event: Any) -> list[Any]:
-    """`on_event` as a list of handler references (None is no handler; a list or tuple is many)."""
-    if on_event is None:
-        return []
-    return list(on_event) if isinstance(on_event, list | tuple) else [on_event]
+from pipeline_ex.streaming.resolve import HandlerSpec, normalize_handlers, resolve_handler
 
 
 def wants_lifecycle(handler: Any) -> bool:
@@ -52,7 +45,7 @@ class RunObservers:
     def of(cls, on_event: Any, *, lifecycle: bool) -> RunObservers:
         """Sort a run's `on_event` handlers (and the ambient ones) into per-step and lifecycle observers."""
         observers = cls()
-        for ref in as_list(on_event):
+        for ref in normalize_handlers(on_event):
             spec = ref if isinstance(ref, HandlerSpec) else resolve_handler(ref)
             if lifecycle or wants_lifecycle(ref):  # an object or a class that declares it
                 bound = spec.bind()

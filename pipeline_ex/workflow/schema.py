@@ -10,6 +10,12 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, TypeAdapter
 
+from pipeline_ex.llm.options import DEFAULT_MAX_TOOL_ROUNDS as DEFAULT_MAX_TOOL_ROUNDS
+from pipeline_ex.llm.options import DEFAULT_SCHEMA_RETRIES as DEFAULT_SCHEMA_RETRIES
+from pipeline_ex.llm.options import SamplingFields
+from pipeline_ex.llm.options import StepLimits as StepLimits
+from pipeline_ex.llm.providers.mock import MockReply
+
 STEP_ID_PATTERN = r"^[A-Za-z_][A-Za-z0-9_\-]*$"
 NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
 HandlerRef = Annotated[str, Field(min_length=1)]
@@ -37,27 +43,8 @@ class InputSpec(_Strict):
     is not an integer)."""
 
 
-class GenerationFields(_Strict):
-    """Sampling options accepted directly on a step (or in `defaults`)."""
-
-    temperature: float | None = None
-    max_tokens: int | None = Field(default=None, gt=0)
-    top_p: float | None = None
-    stop: list[str] | None = None
-    seed: int | None = None
-
-
-class StepLimits(_Strict):
-    """Time limits and failure policy of an LLM step."""
-
-    timeout: float | None = Field(default=None, gt=0)
-    """Seconds the whole step may take, retries included."""
-    chunk_timeout: float | None = Field(default=None, gt=0)
-    """The longest wait, in seconds, for the first chunk and between chunks."""
-    retries: int | None = Field(default=None, ge=0)
-    """Extra attempts for failures before the first Delta (never after: that would repeat output)."""
-    on_handler_error: Literal["raise", "log"] | None = None
-    """`raise` (default) stops the stream and fails the step; `log` logs once per handler and goes on."""
+GenerationFields = SamplingFields
+"""Sampling options accepted directly on a step (or in `defaults`), as `invoke()` takes them."""
 
 
 class GeneratorSpec(_Strict):
@@ -88,15 +75,60 @@ class Defaults(GenerationFields, StepLimits, StreamingFields):
     """Provider options (`api_base_url`, `include_usage`, `n_ctx`, ...) for steps on the default provider."""
 
 
+class Message(_Strict):
+    """One message of a conversation: who says it, and what (a template)."""
+
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+
+MessageItem = Message | str
+"""A message, or one template expression that gives a list of messages, such as a chat history from a
+`list` input (`"{{ inputs.history }}"`): each a mapping with `role` and `content`, in OpenAI's chat format
+(assistant `tool_calls` and `tool` messages included)."""
+
+
+class DeclaredTool(_Strict):
+    """A tool the model may call but the step does not run: the calls are handed back to the caller."""
+
+    name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_\-]{0,63}$")
+    description: str | None = None
+    parameters: dict[str, Any] = Field(default_factory=lambda: {"type": "object", "properties": {}})
+    """The JSON Schema of the call's arguments."""
+
+
+ToolItem = str | DeclaredTool
+"""A dotted path to a Python function or a haystack `Tool` (`tools.calc:evaluate`), a declared tool, or one
+template expression that gives a list of declared tools (`"{{ inputs.tools }}"`, OpenAI's format too)."""
+
+
+class ModelReference(_Strict):
+    """A pydantic model by dotted path, whose JSON Schema the reply must match."""
+
+    model: str = Field(min_length=1)
+    """`package.module:Model` (or `package.module.Model`)."""
+
+
 class LLMStep(GenerationFields, StepLimits, StreamingFields):
-    """Run a prompt on a provider and stream its events to the step's handler."""
+    """Run a prompt (or a conversation) on a provider and stream its events to the step's handler."""
 
     id: str = Field(pattern=STEP_ID_PATTERN)
     type: Literal["llm"] = "llm"
     when: Condition | None = None
     """Run the step only when this holds; otherwise it is skipped (`steps.<id>.skipped`)."""
-    prompt: str
+    prompt: str | None = None
+    """The user message (a template). Give `prompt` or `messages`."""
+    messages: list[MessageItem] | None = Field(default=None, min_length=1)
+    """The conversation to send instead of `prompt`: messages with templated content, and chat histories."""
     system: str | None = None
+    tools: list[ToolItem] | None = Field(default=None, min_length=1)
+    """Tools the model may call; the step runs them and sends the results back, round after round."""
+    max_tool_rounds: int | None = Field(default=None, ge=0, le=100)
+    """The most rounds of tool calls (5 by default); a model still calling tools after them fails the step."""
+    output_schema: ModelReference | dict[str, Any] | None = None
+    """The reply must be JSON matching this: an inline JSON Schema, or `{model: package.module:Model}`."""
+    schema_retries: int | None = Field(default=None, ge=0, le=10)
+    """How many times an invalid reply is sent back with the validation errors to be fixed (1 by default)."""
     provider: str | None = None
     generator: GeneratorSpec | None = None
     """Instead of `provider`: any haystack chat generator by dotted path."""
@@ -105,8 +137,9 @@ class LLMStep(GenerationFields, StepLimits, StreamingFields):
     """Provider options (`api_base_url`, `include_usage`, `n_ctx`, ...)."""
     output_to_file: str | None = None
     """Write the step's full text to this file, under the output directory."""
-    mock_response: str | list[str] | None = None
-    """The reply (or exact chunks) the mock provider gives for this step in mock runs."""
+    mock_response: str | list[str] | MockReply | None = None
+    """The reply (or exact chunks) the mock provider gives for this step in mock runs, or tool calls first:
+    `{tool_calls: [{name: ..., arguments: {...}}], text: ...}`."""
 
 
 class PythonStep(_Strict):

@@ -8,11 +8,13 @@ haystack (for `pipeline-ex validate`); `build_generator` builds it for a step ru
 from __future__ import annotations
 
 import difflib
+import functools
 import importlib.util
+import inspect
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipeline_ex.errors import ProviderConfigError, ProviderNotInstalledError
 from pipeline_ex.llm.providers import anthropic, gemini, generator, local, mock, ollama, openai
@@ -26,6 +28,9 @@ from pipeline_ex.llm.providers.base import (
 )
 from pipeline_ex.llm.providers.mock import MockOptions
 from pipeline_ex.redaction import register_secret_env
+
+if TYPE_CHECKING:
+    from pipeline_ex.llm.structured import OutputSchema
 
 
 @dataclass(frozen=True)
@@ -139,10 +144,37 @@ def check_provider(provider: str | None, options: Mapping[str, Any], *, offline:
     return name
 
 
-def build_generator(provider: str | None, model: str | None, options: Mapping[str, Any]) -> BuiltGenerator:
-    """Build the generator for `provider` (default "local") with `model` and provider `options`."""
+@functools.cache
+def _takes_output_schema(build: Callable[..., BuiltGenerator]) -> bool:
+    try:
+        parameters = inspect.signature(build).parameters
+    except (TypeError, ValueError):
+        return False
+    return "output_schema" in parameters or any(p.kind is p.VAR_KEYWORD for p in parameters.values())
+
+
+def build_generator(
+    provider: str | None,
+    model: str | None,
+    options: Mapping[str, Any],
+    *,
+    output_schema: OutputSchema | None = None,
+) -> BuiltGenerator:
+    """Build the generator for `provider` (default "local") with `model` and provider `options`.
+
+    With an `output_schema` the generator is set up to reply with JSON matching it, and
+    `BuiltGenerator.structured` says how: "native" (the provider enforces the schema) or "instructions"
+    (the step must add the schema to the prompt). A builder registered in code that takes no
+    `output_schema` gets "instructions".
+    """
     _, info = _lookup(provider)
-    return info.build(model, options)
+    if output_schema is None:
+        return info.build(model, options)
+    build: Callable[..., BuiltGenerator] = info.build
+    built = build(model, options, output_schema=output_schema) if _takes_output_schema(build) else build(model, options)
+    if built.structured is None:
+        built.structured = "instructions"
+    return built
 
 
 __all__ = [

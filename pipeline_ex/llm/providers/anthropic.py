@@ -1,17 +1,23 @@
 """The `anthropic` provider (alias `claude`): `AnthropicChatGenerator` from anthropic-haystack.
 
 The Anthropic SDK reads `ANTHROPIC_BASE_URL` to talk to another endpoint (a proxy or a test server).
+
+An output schema is asked for with instructions, not by forcing a tool call: a forced tool would stream
+the JSON as tool-call arguments rather than as the reply text the step parses and shows as it grows.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import field_validator
 
 from pipeline_ex.errors import ProviderNotInstalledError
 from pipeline_ex.llm.providers.base import BuiltGenerator, GenerationOptions, env_secret, parse_options
+
+if TYPE_CHECKING:
+    from pipeline_ex.llm.structured import OutputSchema
 
 
 class AnthropicOptions(GenerationOptions):
@@ -50,8 +56,10 @@ class AnthropicOptions(GenerationOptions):
         return kwargs
 
 
-def build(model: str | None, options: Mapping[str, Any]) -> BuiltGenerator:
-    """Build an `AnthropicChatGenerator` for one step run."""
+def build(
+    model: str | None, options: Mapping[str, Any], *, output_schema: OutputSchema | None = None
+) -> BuiltGenerator:
+    """Build an `AnthropicChatGenerator` for one step run (an `output_schema` is left to instructions)."""
     opts: AnthropicOptions = parse_options(AnthropicOptions, "anthropic", options)
     try:
         from haystack_integrations.components.generators.anthropic import AnthropicChatGenerator
@@ -64,4 +72,4 @@ def build(model: str | None, options: Mapping[str, Any]) -> BuiltGenerator:
         generation_kwargs=opts.generation_kwargs(),
         max_retries=opts.max_retries,
     )
-    return BuiltGenerator(generator, "anthropic", model_name)
+    return BuiltGenerator(generator, "anthropic", model_name, structured="instructions" if output_schema else None)

@@ -15,6 +15,7 @@ from urllib.parse import urlparse
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from pipeline_ex.errors import ProviderConfigError
+from pipeline_ex.llm.options import SamplingFields
 from pipeline_ex.option_errors import describe_option_errors
 from pipeline_ex.redaction import register_secret_env
 
@@ -45,6 +46,10 @@ class BuiltGenerator:
     """Report the model name the provider returns (False when it is only a file path)."""
     finish_before_exit: bool = False
     """Its calls run native code that must not be torn down mid-call: the interpreter waits for them."""
+    structured: Literal["native", "instructions"] | None = None
+    """How a step built with an output schema gets JSON: "native" when the provider enforces the schema
+    itself; "instructions" when the step must add `structured.instructions(...)` to the system prompt and
+    rely on validation; None when the step has no output schema."""
 
     def close(self) -> None:
         """Close an owned generator's clients, which drops any open provider connection."""
@@ -68,18 +73,12 @@ class ProviderOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class GenerationOptions(ProviderOptions):
-    """Sampling options most providers share."""
-
-    temperature: float | None = None
-    max_tokens: int | None = None
-    top_p: float | None = None
-    stop: list[str] | None = None
-    seed: int | None = None
+class GenerationOptions(ProviderOptions, SamplingFields):
+    """Provider options with the shared sampling fields (declared once, in `SamplingFields`)."""
 
     def generation_kwargs(self) -> dict[str, Any]:
         """The sampling options that were set, as haystack `generation_kwargs`."""
-        return {k: v for k, v in self.model_dump(include=set(GenerationOptions.model_fields)).items() if v is not None}
+        return {k: v for k, v in self.model_dump(include=set(SamplingFields.model_fields)).items() if v is not None}
 
 
 def parse_options(options_model: type[ProviderOptions], provider: str, options: Mapping[str, Any]) -> Any:

@@ -12,13 +12,16 @@ import importlib
 import os
 import re
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import Field, model_validator
 
 from pipeline_ex.errors import ProviderConfigError
 from pipeline_ex.llm.providers.base import BuiltGenerator, ProviderOptions, parse_options
 from pipeline_ex.redaction import register_secret_env
+
+if TYPE_CHECKING:
+    from pipeline_ex.llm.structured import OutputSchema
 
 _SECRET_KEY = re.compile(r"(api[_-]?key|token|secret|password)$", re.IGNORECASE)
 
@@ -93,8 +96,13 @@ def import_generator_class(path: str) -> type:
     return cls
 
 
-def build(model: str | None, options: Mapping[str, Any]) -> BuiltGenerator:
-    """Build the named generator from its init parameters, as haystack's `from_dict` does."""
+def build(
+    model: str | None, options: Mapping[str, Any], *, output_schema: OutputSchema | None = None
+) -> BuiltGenerator:
+    """Build the named generator from its init parameters, as haystack's `from_dict` does.
+
+    An `output_schema` is left to instructions: generators have no common way to ask for one.
+    """
     opts: GeneratorOptions = parse_options(GeneratorOptions, "generator", options)
     register_secret_env(*opts.key_variables())
     missing = [variable for variable in opts.key_variables() if not os.environ.get(variable)]
@@ -118,5 +126,9 @@ def build(model: str | None, options: Mapping[str, Any]) -> BuiltGenerator:
         ) from error
     model_name = getattr(generator, "model", None) or model
     return BuiltGenerator(
-        generator, cls.__name__, str(model_name) if model_name else None, dict(opts.generation_kwargs or {})
+        generator,
+        cls.__name__,
+        str(model_name) if model_name else None,
+        dict(opts.generation_kwargs or {}),
+        structured="instructions" if output_schema else None,
     )

@@ -1,13 +1,21 @@
-"""The `mock` provider: a scripted generator with no network, for tests and `--mock` runs."""
+"""The `mock` provider: a scripted generator with no network, for tests and `--mock` runs.
+
+With an output schema and no scripted reply, the mock replies with `structured.example_value` of the
+schema as JSON text, so a structured step runs unchanged on the mock.
+"""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field
 
 from pipeline_ex.llm.providers.base import BuiltGenerator, GenerationOptions, ProviderOptions, parse_options
+
+if TYPE_CHECKING:
+    from pipeline_ex.llm.structured import OutputSchema
 
 
 class MockToolCall(ProviderOptions):
@@ -48,13 +56,20 @@ class MockOptions(GenerationOptions):
         return ()
 
 
-def build(model: str | None, options: Mapping[str, Any]) -> BuiltGenerator:
+def build(
+    model: str | None, options: Mapping[str, Any], *, output_schema: OutputSchema | None = None
+) -> BuiltGenerator:
     """Build a `ScriptedChatGenerator` for one step run."""
     from pipeline_ex.modes.mock_generator import ScriptedChatGenerator
 
     opts: MockOptions = parse_options(MockOptions, "mock", options)
+    response = opts.mock_response
+    if response is None and output_schema is not None:
+        from pipeline_ex.llm.structured import example_value
+
+        response = json.dumps(example_value(output_schema), ensure_ascii=False)
     generator = ScriptedChatGenerator(
-        opts.mock_response,
+        response,
         model=model or "mock",
         delay_ms=opts.delay_ms,
         error_after=opts.error_after,
@@ -62,4 +77,4 @@ def build(model: str | None, options: Mapping[str, Any]) -> BuiltGenerator:
         finish_reason=opts.finish_reason,
         yield_to_loop=True,  # a mock run streams like a network stream, so leaving early stops it
     )
-    return BuiltGenerator(generator, "mock", model or "mock")
+    return BuiltGenerator(generator, "mock", model or "mock", structured="native" if output_schema else None)

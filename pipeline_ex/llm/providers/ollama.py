@@ -1,12 +1,18 @@
-"""The `ollama` provider: `OllamaChatGenerator` from ollama-haystack, for a running Ollama server."""
+"""The `ollama` provider: `OllamaChatGenerator` from ollama-haystack, for a running Ollama server.
+
+An output schema goes to the generator's `response_format`, which it sends as Ollama's `format`.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipeline_ex.errors import ProviderNotInstalledError
 from pipeline_ex.llm.providers.base import BuiltGenerator, GenerationOptions, parse_options
+
+if TYPE_CHECKING:
+    from pipeline_ex.llm.structured import OutputSchema
 
 
 class OllamaOptions(GenerationOptions):
@@ -24,8 +30,10 @@ class OllamaOptions(GenerationOptions):
         return kwargs
 
 
-def build(model: str | None, options: Mapping[str, Any]) -> BuiltGenerator:
-    """Build an `OllamaChatGenerator` for one step run."""
+def build(
+    model: str | None, options: Mapping[str, Any], *, output_schema: OutputSchema | None = None
+) -> BuiltGenerator:
+    """Build an `OllamaChatGenerator` for one step run (asking for `output_schema` if given)."""
     opts: OllamaOptions = parse_options(OllamaOptions, "ollama", options)
     try:
         from haystack_integrations.components.generators.ollama import OllamaChatGenerator
@@ -38,5 +46,6 @@ def build(model: str | None, options: Mapping[str, Any]) -> BuiltGenerator:
         generation_kwargs=opts.generation_kwargs(),
         keep_alive=opts.keep_alive,
         think=opts.think,
+        response_format=output_schema.json_schema if output_schema is not None else None,
     )
-    return BuiltGenerator(generator, "ollama", model_name)
+    return BuiltGenerator(generator, "ollama", model_name, structured="native" if output_schema else None)

@@ -1,0 +1,1 @@
+"""Example tools for the workflows in `workflows/` (importable from the project root)."""
