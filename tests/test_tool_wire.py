@@ -882,8 +882,7 @@ def assert_deltas_make_the_calls(round_: Round, wire: StepWire) -> None:
         assert all(d.content for d in deltas)
         assert json.loads("".join(d.content for d in deltas)) == call.arguments
         assert {d.tool_name for d in deltas} == {call.name}
-        if wire.server_ids:  # see test_tool_call_deltas_carry_the_id_of_their_call for the other formats
-            assert {d.tool_call_id for d in deltas} == {call.id}, f"the deltas of call {index} name another id"
+        assert {d.tool_call_id for d in deltas} == {call.id}, f"the deltas of call {index} name another id"
 
 
 def weather_tool_result(city: str) -> str:
@@ -1201,20 +1200,7 @@ def test_cancel_while_a_tool_runs_gives_one_cancelled_done(provider_id: str, req
 
 # -- ids, and the shapes an integration misreads ---------------------------------------------------------
 
-ID_BUG = (
-    "pipeline_ex bug: for a format without call ids (Ollama, Gemini) the step makes up the ToolCall's id "
-    "(rounds.py, after the reply) but the bridge has already sent the call's tool-call deltas with "
-    "tool_call_id=None (bridge.tool_fragments takes the provider's id only)"
-)
-
-
-@pytest.mark.parametrize(
-    "wire_id",
-    [
-        pytest.param(w, marks=pytest.mark.xfail(strict=True, reason=ID_BUG)) if not f.server_ids else w
-        for w, f in STEP_WIRES.items()
-    ],
-)
+@pytest.mark.parametrize("wire_id", list(STEP_WIRES))
 def test_tool_call_deltas_carry_the_id_of_their_call(wire_id: str, mode: Mode, request: pytest.FixtureRequest) -> None:
     """Every tool-call Delta names the id its ToolCall event has, so a client can match them up."""
     wire = make_wire(wire_id, request)
@@ -1265,12 +1251,22 @@ def test_gemini_calls_in_separate_chunks_all_run(mode: Mode, request: pytest.Fix
     assert [(c.name, c.arguments) for c in calls] == [("get_weather", PARIS.arguments), ("get_time", TOKYO.arguments)]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="pipeline_ex bug: the step sends back haystack's streamed reply as is (functionCall.id '', from "
-    "haystack's chunk merger) but the results with the ids it made up (functionResponse.id 'call_1_0'), so "
-    "the ids of round 2 do not pair up",
-)
+def test_gemini_calls_haystack_drops_fail_the_step_instead_of_ending_it_quietly(
+    mode: Mode, request: pytest.FixtureRequest
+) -> None:
+    """A reply that finished to call tools but lost its calls in the integration is a provider error."""
+    wire = make_wire("gemini", request)
+    wire.server.queue(wire.endpoint.calling(PARIS, TOKYO, tool_call_chunks="each"), wire.endpoint.replying("Done."))
+    recorder = StreamingRecorder()
+
+    with pytest.raises(pipeline_ex.ProviderError, match="holds no tool call the provider integration could read"):
+        wire.call_step(mode, tools=[get_weather, get_time], on_event=recorder)
+
+    done = one_done_last(recorder)
+    assert done.error is not None and done.error.type == "provider"
+    assert len(wire.server.requests) == 1
+
+
 def test_gemini_round_two_pairs_each_response_with_its_call(mode: Mode, request: pytest.FixtureRequest) -> None:
     """In round 2 each functionResponse carries the id of its functionCall (or neither carries one)."""
     wire = make_wire("gemini", request)
