@@ -30,6 +30,18 @@ DeltaKind = Literal["text", "reasoning", "tool_call"]
 """What a Delta carries: reply text, reasoning text, or a fragment of a tool call's JSON arguments."""
 
 
+def _none(value: Any) -> bool:
+    return value is None
+
+
+def _empty(value: Any) -> bool:
+    return not value
+
+
+# Fields that only some events use are left out of their JSON when unset, so a text Delta's SSE frame
+# and a plain step's Done stay as small as they were before tool calls and structured output existed.
+
+
 class _FrozenModel(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -72,9 +84,9 @@ class Response(_FrozenModel):
     finish_reason: FinishReason
     usage: Usage | None = None
     meta: dict[str, Any] = Field(default_factory=dict)
-    tool_calls: list[ToolCallInfo] = Field(default_factory=list)
+    tool_calls: list[ToolCallInfo] = Field(default_factory=list, exclude_if=_empty)
     """Every tool call of the step, in the order the model made them, over all its tool rounds."""
-    data: Any = None
+    data: Any = Field(default=None, exclude_if=_none)
     """The validated value of a step with an `output_schema` (None without one, or when it failed)."""
 
 
@@ -89,9 +101,9 @@ class Delta(_FrozenModel):
     index: int = 0
     """For `tool_call` deltas, the call's position in its round (parallel calls stream side by side)."""
     kind: DeltaKind = "text"
-    tool_call_id: str | None = None
+    tool_call_id: str | None = Field(default=None, exclude_if=_none)
     """For `tool_call` deltas: the id of the call the fragment belongs to."""
-    tool_name: str | None = None
+    tool_name: str | None = Field(default=None, exclude_if=_none)
     """For `tool_call` deltas: the name of the tool being called."""
 
 

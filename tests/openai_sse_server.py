@@ -13,6 +13,19 @@ an empty role chunk comes first, the finish chunk and its `finish_reason`, a usa
 between chunks, and `break_after=N` to drop the connection after N content chunks without a finish
 chunk or `[DONE]`.
 
+Tool calls: `StreamScript.tool_calls` (`provider_servers.ScriptedToolCall`s) are streamed after the content
+pieces as `choices[0].delta.tool_calls` entries: the first fragment of a call carries `index`, `id`,
+`type: "function"`, `function.name` and empty `function.arguments`; the following ones only `index` and
+a `function.arguments` fragment. `tool_call_style` says how the calls of one reply are laid out:
+`"sequential"` (one call after the other, as OpenAI streams them), `"interleaved"` (the fragments of
+parallel calls alternate by index, as some compatible servers send them) or `"one_chunk"` (every call whole
+in a single delta, as Ollama's and llama.cpp's OpenAI-compatible endpoints do). `StreamScript.calling(...)`
+makes a reply of tool calls with `finish_reason: "tool_calls"`. Non-streamed replies carry them in
+`message.tool_calls`.
+
+`server.queue(round1, round2, ...)` answers the next requests with those scripts, one each, and then
+the standing script set by `server.script(...)`, so a test can script a tool loop round by round.
+
 The body can be framed two ways (`StreamScript.framing`):
 
 - `"close"` (default): HTTP/1.0 style, no `Content-Length`; the end of the body is the end of the
@@ -21,9 +34,9 @@ The body can be framed two ways (`StreamScript.framing`):
   the socket without the terminating zero-length chunk, so the client can tell the body is incomplete.
 
 Every request is recorded (`RecordedRequest`: parsed JSON body, headers, how many content chunks were
-written, whether the script ran to its end) together with the moment the server noticed that the
-client closed the connection: while waiting between chunks it watches the socket for EOF/reset, and
-a write failing with `BrokenPipeError` / `ConnectionResetError` counts too.
+written, the ids of the tool calls sent, whether the script ran to its end) together with the moment
+the server noticed that the client closed the connection: while waiting between chunks it watches the
+socket for EOF/reset, and a write failing with `BrokenPipeError` / `ConnectionResetError` counts too.
 """
 
 from __future__ import annotations
@@ -33,11 +46,15 @@ import select
 import socket
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Literal
+from typing import Any, Literal, Self
+
+from provider_servers import ScriptedToolCall
 
 Framing = Literal["close", "chunked"]
+ToolCallStyle = Literal["sequential", "interleaved", "one_chunk"]
 
 COMPLETIONS_PATH = "/v1/chat/completions"
 DEFAULT_USAGE: dict[str, int] = {"prompt_tokens": 11, "completion_tokens": 4, "total_tokens": 15}
@@ -63,6 +80,8 @@ class StreamScript:
         (`reject_message` with `{key}` replaced).
     :param delay_s: pause before every chunk after the first, watching for the client hanging up.
     :param framing: how the response body is delimited, see the module docstring.
+    :param tool_calls: tool calls streamed after the pieces (ids made as `call_<request>_<n>` when not given).
+    :param tool_call_style: how the calls' fragments are laid out, see the module docstring.
     """
 
     pieces: tuple[str, ...] = ("Hello", ", ", "wor", "ld", "!")
@@ -77,6 +96,20 @@ class StreamScript:
     reject_message: str = "Incorrect API key provided: {key}. You can find your API key in your account."
     delay_s: float = 0.0
     framing: Framing = "close"
+    tool_calls: tuple[ScriptedToolCall, ...] = ()
+    tool_call_style: ToolCallStyle = "sequential"
+
+    @classmethod
+    def calling(cls, *calls: ScriptedToolCall, **changes: Any) -> Self:
+        """A reply that calls `calls`, with no text unless `pieces` is given, and `finish_reason: "tool_calls"`."""
+        changes["pieces"] = tuple(changes.get("pieces", ()))
+        changes.setdefault("finish_reason", "tool_calls")
+        return cls(tool_calls=tuple(calls), **changes)
+
+    @classmethod
+    def replying(cls, *pieces: str, **changes: Any) -> Self:
+        """A text reply made of `pieces` (the round after the tool results, typically)."""
+        return cls(pieces=tuple(pieces), **changes)
 
     @property
     def text(self) -> str:
@@ -97,6 +130,8 @@ class RecordedRequest:
 
     :param received_at: `time.perf_counter()` when the request was read.
     :param content_chunks_sent: content chunks successfully written.
+    :param number: the request's position among those the server received, from 1.
+    :param tool_call_ids: the ids of the tool calls sent in the response.
     :param completed: the response was written to its scripted end (or its scripted break).
     :param finished: set once the server is done with the response, however it ended.
     :param client_closed_at: `time.perf_counter()` when the server noticed the client had closed the
@@ -109,6 +144,8 @@ class RecordedRequest:
     body: Any
     received_at: float
     content_chunks_sent: int = 0
+    number: int = 0
+    tool_call_ids: list[str] = field(default_factory=list)
     completed: bool = False
     client_closed_at: float | None = None
     finished: threading.Event = field(default_factory=threading.Event, repr=False)
@@ -147,7 +184,7 @@ class _Handler(BaseHTTPRequestHandler):
             body=body,
             received_at=time.perf_counter(),
         )
-        script = owner.current_script()
+        script = owner.take_script()
         owner.add_request(record)
         try:
             if self.path != COMPLETIONS_PATH or not isinstance(body, dict):
@@ -160,7 +197,7 @@ class _Handler(BaseHTTPRequestHandler):
             elif body.get("stream"):
                 self._stream(script, record, body)
             else:
-                self._send_json(200, _completion(script))
+                self._send_json(200, _completion(script, record))
             record.completed = True
         except ClientClosed:
             owner.note_client_closed(record)
@@ -234,6 +271,8 @@ class _Handler(BaseHTTPRequestHandler):
             failure = {"message": f"the test server failed after {script.error_after} chunks", "type": "server_error"}
             send(json.dumps({"error": failure}), last=True)
             return
+        for delta in _tool_call_deltas(script, record):
+            send(chunk([choice({"tool_calls": delta})]))
         if script.finish_reason is not None:
             send(chunk([choice({}, script.finish_reason)]))
         stream_options = body.get("stream_options") or {}
@@ -287,8 +326,38 @@ class _Handler(BaseHTTPRequestHandler):
         self.close_connection = True
 
 
-def _completion(script: StreamScript) -> dict[str, Any]:
+def _tool_call_deltas(script: StreamScript, record: RecordedRequest) -> list[list[dict[str, Any]]]:
+    """The `delta.tool_calls` lists of the chunks that stream the script's tool calls, in sending order."""
+    per_call: list[list[dict[str, Any]]] = []
+    whole: list[dict[str, Any]] = []
+    for index, call in enumerate(script.tool_calls):
+        call_id = call.wire_id("call_", record.number, index)
+        record.tool_call_ids.append(call_id)
+        arguments = call.arguments_json if script.tool_call_style == "one_chunk" else ""
+        function = {"name": call.name, "arguments": arguments}
+        head = {"index": index, "id": call_id, "type": "function", "function": function}
+        whole.append(head)
+        fragments = [{"index": index, "function": {"arguments": f}} for f in call.argument_fragments()]
+        per_call.append([head, *fragments])
+    if script.tool_call_style == "one_chunk":
+        return [whole] if whole else []
+    if script.tool_call_style == "sequential":
+        return [[entry] for entries in per_call for entry in entries]
+    longest = max((len(entries) for entries in per_call), default=0)
+    return [[entries[step]] for step in range(longest) for entries in per_call if step < len(entries)]
+
+
+def _completion(script: StreamScript, record: RecordedRequest) -> dict[str, Any]:
     """The non-streaming `chat.completion` reply for `script`."""
+    message: dict[str, Any] = {"role": "assistant", "content": script.text, "refusal": None}
+    if script.tool_calls:
+        message["content"] = script.text or None
+        message["tool_calls"] = []
+        for index, call in enumerate(script.tool_calls):
+            call_id = call.wire_id("call_", record.number, index)
+            record.tool_call_ids.append(call_id)
+            function = {"name": call.name, "arguments": call.arguments_json}
+            message["tool_calls"].append({"id": call_id, "type": "function", "function": function})
     payload: dict[str, Any] = {
         "id": "chatcmpl-test-plain",
         "object": "chat.completion",
@@ -298,7 +367,7 @@ def _completion(script: StreamScript) -> dict[str, Any]:
         "choices": [
             {
                 "index": 0,
-                "message": {"role": "assistant", "content": script.text, "refusal": None},
+                "message": message,
                 "logprobs": None,
                 "finish_reason": script.finish_reason or "stop",
             }
@@ -323,6 +392,7 @@ class OpenAISSEServer:
 
     def __init__(self, script: StreamScript | None = None) -> None:
         self._script = script or StreamScript()
+        self._queued: deque[StreamScript] = deque()
         self._lock = threading.Condition()
         self._requests: list[RecordedRequest] = []
         self.stopping = threading.Event()
@@ -385,9 +455,28 @@ class OpenAISSEServer:
         return new
 
     def current_script(self) -> StreamScript:
-        """The script the next request is answered with."""
+        """The standing script: what requests are answered with once the queued scripts are used up."""
         with self._lock:
             return self._script
+
+    def queue(self, *scripts: StreamScript) -> None:
+        """Answer the next requests with `scripts`, one each, in order; after them, the standing script.
+
+        A tool loop is scripted this way: round 1 calls tools, round 2 (which carries the results) replies.
+        """
+        with self._lock:
+            self._queued.extend(scripts)
+
+    @property
+    def queued(self) -> int:
+        """How many queued scripts are still unused."""
+        with self._lock:
+            return len(self._queued)
+
+    def take_script(self) -> StreamScript:
+        """The script for a request that just arrived: the next queued one, else the standing one."""
+        with self._lock:
+            return self._queued.popleft() if self._queued else self._script
 
     # -- what happened ---------------------------------------------------------------------------
 
@@ -395,6 +484,7 @@ class OpenAISSEServer:
         """Record a received request (called by the request handler)."""
         with self._lock:
             self._requests.append(record)
+            record.number = len(self._requests)
             self._lock.notify_all()
 
     def note_client_closed(self, record: RecordedRequest) -> None:

@@ -26,21 +26,43 @@ N pieces), `break_after=N` (drop the connection after N pieces, with no finish a
 between events, and the framing (`"close"`: the body ends with the connection; `"chunked"`: HTTP/1.1
 chunked encoding, so an abrupt close is visibly incomplete to the client).
 
+Tool calls: a script's `tool_calls` (`ScriptedToolCall`: name, arguments, optional id, how many fragments
+the arguments JSON is split into) are sent after the text pieces, each in its format's own shape:
+
+- Anthropic: one `tool_use` content block per call (after the text block, if there is text):
+  `content_block_start` with `{"type": "tool_use", "id", "name", "input": {}}`, an empty `input_json_delta`
+  (as the API sends first), one `input_json_delta.partial_json` fragment per piece, `content_block_stop`;
+  then `message_delta` with the script's `stop_reason` (`AnthropicScript.calling` makes it `"tool_use"`).
+- Ollama: `message.tool_calls` (`{"function": {"index", "name", "arguments": {...}}}`, arguments a whole
+  object, as Ollama never splits them), all calls on one NDJSON line or one line per call
+  (`OllamaScript.tool_call_lines`); the final line says `done_reason: "stop"`, as Ollama does after tool calls.
+- Gemini: `functionCall {name, args}` parts (with `id` only when the call has one, since the Developer API
+  usually sends none), all in one chunk or one chunk per call (`GeminiScript.tool_call_chunks`), the last
+  chunk carrying `finishReason: "STOP"` (or a chunk of its own, `finish_chunk`, as Gemini 3 models do).
+
+A server answers the next requests with queued scripts, one each (`server.queue(round1, round2, ...)`),
+then with the standing script set by `server.script(...)`: that is how a test scripts a tool loop, round by
+round. `ScriptClass.calling(*calls)` builds a round that only calls tools, with the format's finish reason.
+
 Every request is recorded (`RecordedRequest`: path, query, headers, parsed JSON body, pieces written,
-whether the script ran to its end, when the client hung up mid-response).
+the ids of the tool calls sent, whether the script ran to its end, when the client hung up mid-response),
+so a test can check what the SDK sent: the tool definitions and, in later rounds, the assistant's tool
+calls and the tool results.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import select
 import socket
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, ClassVar, Generic, Literal, TypeVar
+from typing import Any, ClassVar, Generic, Literal, Self, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
 Framing = Literal["close", "chunked"]
@@ -61,6 +83,40 @@ GEMINI_USAGE: dict[str, int] = {"promptTokenCount": 8, "candidatesTokenCount": 5
 
 
 @dataclass(frozen=True)
+class ScriptedToolCall:
+    """One tool call a server sends.
+
+    :param name: the tool's name.
+    :param arguments: the arguments object; its JSON (`json.dumps`) is what the fragments join to.
+    :param id: the call id; None lets a format that needs one generate it (`call_<request>_<n>` for OpenAI,
+        `toolu_<request>_<n>` for Anthropic) and a format where it is optional (Ollama, Gemini) send none.
+    :param fragments: how many pieces the arguments JSON is split into, where the format streams it in
+        pieces (OpenAI, Anthropic); fewer when the JSON is shorter than that.
+    """
+
+    name: str
+    arguments: dict[str, Any] = field(default_factory=dict)
+    id: str | None = None
+    fragments: int = 3
+
+    @property
+    def arguments_json(self) -> str:
+        """The arguments as the JSON text the fragments join to."""
+        return json.dumps(self.arguments)
+
+    def argument_fragments(self) -> tuple[str, ...]:
+        """The arguments JSON split into `fragments` non-empty pieces of about equal length."""
+        text = self.arguments_json
+        count = max(1, min(self.fragments, len(text)))
+        bounds = [round(i * len(text) / count) for i in range(count + 1)]
+        return tuple(text[start:end] for start, end in itertools.pairwise(bounds))
+
+    def wire_id(self, prefix: str, request_number: int, index: int) -> str:
+        """The id to send: the call's own, else one made from the request's number and the call's index."""
+        return self.id or f"{prefix}{request_number}_{index}"
+
+
+@dataclass(frozen=True)
 class Script:
     """What a server answers to the next requests (the fields every wire format shares).
 
@@ -73,7 +129,11 @@ class Script:
     :param break_after: after this many pieces, close the connection abruptly (no finish, no usage).
     :param delay_s: pause before every event after the first, watching for the client hanging up.
     :param framing: how the response body is delimited (see the module docstring).
+    :param tool_calls: the tool calls sent after the pieces (not sent when the stream stops early).
     """
+
+    TOOL_FINISH_REASON: ClassVar[str | None] = None
+    """The finish reason the format gives a reply that calls tools."""
 
     pieces: tuple[str, ...] = DEFAULT_PIECES
     model: str | None = None
@@ -84,6 +144,19 @@ class Script:
     break_after: int | None = None
     delay_s: float = 0.0
     framing: Framing = "close"
+    tool_calls: tuple[ScriptedToolCall, ...] = ()
+
+    @classmethod
+    def calling(cls, *calls: ScriptedToolCall, **changes: Any) -> Self:
+        """A reply that calls `calls`, with no text unless `pieces` is given, and the format's tool finish reason."""
+        changes["pieces"] = tuple(changes.get("pieces", ()))
+        changes.setdefault("finish_reason", cls.TOOL_FINISH_REASON)
+        return cls(tool_calls=tuple(calls), **changes)
+
+    @classmethod
+    def replying(cls, *pieces: str, **changes: Any) -> Self:
+        """A text reply made of `pieces` (the round after the tool results, typically)."""
+        return cls(pieces=tuple(pieces), **changes)
 
     @property
     def text(self) -> str:
@@ -111,20 +184,31 @@ class AnthropicScript(Script):
     count in `message_delta`.
 
     :param error_type: the `error.type` of a mid-stream error event.
+    :param empty_json_delta: open every tool call's input with an empty `partial_json` delta, as the API does.
     """
+
+    TOOL_FINISH_REASON: ClassVar[str | None] = "tool_use"
 
     finish_reason: str | None = "end_turn"
     usage: dict[str, int] | None = field(default_factory=lambda: dict(ANTHROPIC_USAGE))
     start_output_tokens: int = 1
     error_type: str = "overloaded_error"
+    empty_json_delta: bool = True
 
 
 @dataclass(frozen=True)
 class OllamaScript(Script):
-    """An Ollama /api/chat stream. `usage` is `{"prompt_eval_count": ..., "eval_count": ...}`."""
+    """An Ollama /api/chat stream. `usage` is `{"prompt_eval_count": ..., "eval_count": ...}`.
+
+    :param tool_call_lines: `"one"` puts all tool calls in one NDJSON line's `message.tool_calls`; `"each"`
+        sends one line per call.
+    """
+
+    TOOL_FINISH_REASON: ClassVar[str | None] = "stop"  # Ollama has no finish reason of its own for tool calls
 
     finish_reason: str | None = "stop"
     usage: dict[str, int] | None = field(default_factory=lambda: dict(OLLAMA_USAGE))
+    tool_call_lines: Literal["one", "each"] = "one"
 
 
 @dataclass(frozen=True)
@@ -135,13 +219,23 @@ class GeminiScript(Script):
         the Gemini API does; the last chunk carries the final counts.
     :param error_code: the HTTP-style `error.code` of a mid-stream error event.
     :param error_status: the `error.status` of a mid-stream error event.
+    :param tool_call_chunks: `"one"` puts all `functionCall` parts in one chunk; `"each"` sends one chunk per call.
+    :param calls_with_last_piece: put the first chunk of `functionCall` parts in the chunk of the last text
+        piece (a reply whose one chunk holds both text and calls), instead of a chunk after it.
+    :param finish_chunk: send the finish reason and usage in a chunk of their own after the calls, as Gemini 3
+        models do, instead of on the last chunk with content.
     """
+
+    TOOL_FINISH_REASON: ClassVar[str | None] = "STOP"  # Gemini has no finish reason of its own for tool calls
 
     finish_reason: str | None = "STOP"
     usage: dict[str, int] | None = field(default_factory=lambda: dict(GEMINI_USAGE))
     usage_on_every_chunk: bool = False
     error_code: int = 503
     error_status: str = "UNAVAILABLE"
+    tool_call_chunks: Literal["one", "each"] = "one"
+    calls_with_last_piece: bool = False
+    finish_chunk: bool = False
 
 
 S = TypeVar("S", bound=Script)
@@ -155,6 +249,7 @@ class RecordedRequest:
     """One request a server received, and what became of its response.
 
     :param pieces_sent: content pieces successfully written.
+    :param tool_call_ids: the ids of the tool calls sent in the response (None where the format sent none).
     :param completed: the response was written to its scripted end (or its scripted error or break).
     :param client_closed_at: `time.perf_counter()` when the server noticed the client had hung up while the
         response was still being written; None if it never did.
@@ -167,7 +262,10 @@ class RecordedRequest:
     body: Any
     received_at: float
     stream: bool = False
+    number: int = 0
+    """The request's position among those the server received, from 1."""
     pieces_sent: int = 0
+    tool_call_ids: list[str | None] = field(default_factory=list)
     completed: bool = False
     client_closed_at: float | None = None
     finished: threading.Event = field(default_factory=threading.Event, repr=False)
@@ -204,7 +302,7 @@ class _Handler(BaseHTTPRequestHandler):
             body=body,
             received_at=time.perf_counter(),
         )
-        script = owner.current_script()
+        script = owner.take_script()
         owner.add_request(record)
         self.chunked = False
         self.first_event = True
@@ -306,6 +404,7 @@ class ProviderServer(Generic[S]):
 
     def __init__(self, script: S | None = None) -> None:
         self._script: S = script or self.script_class()  # type: ignore[assignment]
+        self._queued: deque[S] = deque()
         self._lock = threading.Condition()
         self._requests: list[RecordedRequest] = []
         self.stopping = threading.Event()
@@ -361,15 +460,34 @@ class ProviderServer(Generic[S]):
         base = script or self.script_class()
         if "pieces" in changes:
             changes["pieces"] = tuple(changes["pieces"])
-        new: S = replace(base, **changes)  # type: ignore[type-var]
+        new: S = replace(base, **changes)  # type: ignore[assignment]
         with self._lock:
             self._script = new
         return new
 
     def current_script(self) -> S:
-        """The script the next request is answered with."""
+        """The standing script: what requests are answered with once the queued scripts are used up."""
         with self._lock:
             return self._script
+
+    def queue(self, *scripts: S) -> None:
+        """Answer the next requests with `scripts`, one each, in order; after them, the standing script.
+
+        A tool loop is scripted this way: round 1 calls tools, round 2 (which carries the results) replies.
+        """
+        with self._lock:
+            self._queued.extend(scripts)
+
+    @property
+    def queued(self) -> int:
+        """How many queued scripts are still unused."""
+        with self._lock:
+            return len(self._queued)
+
+    def take_script(self) -> S:
+        """The script for a request that just arrived: the next queued one, else the standing one."""
+        with self._lock:
+            return self._queued.popleft() if self._queued else self._script
 
     # -- responding (subclasses) -----------------------------------------------------------------
 
@@ -407,6 +525,7 @@ class ProviderServer(Generic[S]):
         """Record a received request (called by the request handler)."""
         with self._lock:
             self._requests.append(record)
+            record.number = len(self._requests)
             self._lock.notify_all()
 
     def note_client_closed(self, record: RecordedRequest) -> None:
@@ -476,7 +595,7 @@ class AnthropicServer(ProviderServer[AnthropicScript]):
         model = script.model or body.get("model") or "claude-test"
         message_id = f"msg_test{id(record):x}"
         if not record.stream:
-            handler.send_json(200, self._message(script, model, message_id))
+            handler.send_json(200, self._message(script, record, model, message_id))
             return
         handler.start_stream("text/event-stream; charset=utf-8", script.framing)
         usage = script.usage
@@ -501,18 +620,23 @@ class AnthropicServer(ProviderServer[AnthropicScript]):
         if start_usage is not None:
             message["usage"] = start_usage
         handler.send_event(_sse("message_start", {"type": "message_start", "message": message}), script.delay_s)
-        block = {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}
-        handler.send_event(_sse("content_block_start", block), script.delay_s)
+        has_text = bool(script.pieces) or not script.tool_calls  # the API sends no empty text block before tools
+        if has_text:
+            block = {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}
+            handler.send_event(_sse("content_block_start", block), script.delay_s)
         handler.send_event(_sse("ping", {"type": "ping"}), script.delay_s)
 
         def encode(number: int, piece: str) -> bytes:
             delta = {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": piece}}
             return _sse("content_block_delta", delta)
 
-        error = {"type": "error", "error": {"type": script.error_type, "message": script.error_message}}
-        if not self.stream_pieces(handler, script, record, encode, _sse("error", error)):
+        failure = {"type": script.error_type, "message": script.error_message}
+        if not self.stream_pieces(handler, script, record, encode, _sse("error", {"type": "error", "error": failure})):
             return
-        handler.send_event(_sse("content_block_stop", {"type": "content_block_stop", "index": 0}), script.delay_s)
+        if has_text:
+            handler.send_event(_sse("content_block_stop", {"type": "content_block_stop", "index": 0}), script.delay_s)
+        for number, call in enumerate(script.tool_calls):
+            self._stream_tool_use(handler, script, record, number, int(has_text) + number, call)
         message_delta: dict[str, Any] = {
             "type": "message_delta",
             "delta": {"stop_reason": script.finish_reason, "stop_sequence": None},
@@ -524,13 +648,48 @@ class AnthropicServer(ProviderServer[AnthropicScript]):
         handler.end_stream()
 
     @staticmethod
-    def _message(script: AnthropicScript, model: str, message_id: str) -> dict[str, Any]:
+    def _stream_tool_use(
+        handler: _Handler,
+        script: AnthropicScript,
+        record: RecordedRequest,
+        number: int,
+        index: int,
+        call: ScriptedToolCall,
+    ) -> None:
+        """One `tool_use` content block: its start, its input as `input_json_delta` fragments, its stop."""
+        call_id = call.wire_id("toolu_", record.number, number)
+        record.tool_call_ids.append(call_id)
+        start = {
+            "type": "content_block_start",
+            "index": index,
+            "content_block": {"type": "tool_use", "id": call_id, "name": call.name, "input": {}},
+        }
+        handler.send_event(_sse("content_block_start", start), script.delay_s)
+        fragments = ("", *call.argument_fragments()) if script.empty_json_delta else call.argument_fragments()
+        for fragment in fragments:
+            delta = {
+                "type": "content_block_delta",
+                "index": index,
+                "delta": {"type": "input_json_delta", "partial_json": fragment},
+            }
+            handler.send_event(_sse("content_block_delta", delta), script.delay_s)
+        handler.send_event(_sse("content_block_stop", {"type": "content_block_stop", "index": index}), script.delay_s)
+
+    @staticmethod
+    def _message(script: AnthropicScript, record: RecordedRequest, model: str, message_id: str) -> dict[str, Any]:
+        content: list[dict[str, Any]] = []
+        if script.text or not script.tool_calls:
+            content.append({"type": "text", "text": script.text})
+        for number, call in enumerate(script.tool_calls):
+            call_id = call.wire_id("toolu_", record.number, number)
+            record.tool_call_ids.append(call_id)
+            content.append({"type": "tool_use", "id": call_id, "name": call.name, "input": call.arguments})
         payload: dict[str, Any] = {
             "id": message_id,
             "type": "message",
             "role": "assistant",
             "model": model,
-            "content": [{"type": "text", "text": script.text}],
+            "content": content,
             "stop_reason": script.finish_reason,
             "stop_sequence": None,
         }
@@ -562,31 +721,51 @@ class OllamaServer(ProviderServer[OllamaScript]):
         record.stream = bool(body.get("stream"))
         model = script.model or body.get("model") or "ollama-test"
         if not record.stream:
-            handler.send_json(200, self._final(script, model, script.text))
+            handler.send_json(200, self._final(script, model, script.text, self._tool_calls(script, record)))
             return
         handler.start_stream("application/x-ndjson", script.framing)
 
-        def encode(number: int, piece: str) -> bytes:
-            return _ndjson(
-                {
-                    "model": model,
-                    "created_at": self.CREATED_AT,
-                    "message": {"role": "assistant", "content": piece},
-                    "done": False,
-                }
-            )
+        def line(content: str, tool_calls: list[dict[str, Any]] | None = None) -> bytes:
+            message: dict[str, Any] = {"role": "assistant", "content": content}
+            if tool_calls:
+                message["tool_calls"] = tool_calls
+            return _ndjson({"model": model, "created_at": self.CREATED_AT, "message": message, "done": False})
 
-        if not self.stream_pieces(handler, script, record, encode, _ndjson({"error": script.error_message})):
+        if not self.stream_pieces(
+            handler, script, record, lambda number, piece: line(piece), _ndjson({"error": script.error_message})
+        ):
             return
+        calls = self._tool_calls(script, record)
+        groups = [calls] if script.tool_call_lines == "one" else [[call] for call in calls]
+        for group in groups:
+            if group:
+                handler.send_event(line("", group), script.delay_s)
         handler.send_event(_ndjson(self._final(script, model, "")), script.delay_s)
         handler.end_stream()
 
-    def _final(self, script: OllamaScript, model: str, content: str) -> dict[str, Any]:
+    @staticmethod
+    def _tool_calls(script: OllamaScript, record: RecordedRequest) -> list[dict[str, Any]]:
+        """The script's tool calls as Ollama writes them: arguments a whole object, an id only when given."""
+        calls: list[dict[str, Any]] = []
+        for number, call in enumerate(script.tool_calls):
+            entry: dict[str, Any] = {"function": {"index": number, "name": call.name, "arguments": call.arguments}}
+            if call.id is not None:
+                entry["id"] = call.id
+            record.tool_call_ids.append(call.id)
+            calls.append(entry)
+        return calls
+
+    def _final(
+        self, script: OllamaScript, model: str, content: str, tool_calls: list[dict[str, Any]] | None = None
+    ) -> dict[str, Any]:
         """The `done: true` object: the last line of a stream, or the whole non-streamed reply."""
+        message: dict[str, Any] = {"role": "assistant", "content": content}
+        if tool_calls:
+            message["tool_calls"] = tool_calls
         payload: dict[str, Any] = {
             "model": model,
             "created_at": self.CREATED_AT,
-            "message": {"role": "assistant", "content": content},
+            "message": message,
             "done": True,
         }
         if script.finish_reason is not None:
@@ -625,25 +804,49 @@ class GeminiServer(ProviderServer[GeminiScript]):
             return
         model = script.model or match["model"]
         record.stream = match["method"] == "streamGenerateContent"
+        call_parts = self._call_parts(script, record)
         if not record.stream:
-            handler.send_json(200, self._response(script, model, script.text, finish=True, usage=script.usage))
+            parts = ([{"text": script.text}] if script.text or not call_parts else []) + call_parts
+            handler.send_json(200, self._response(script, model, parts, finish=True, usage=script.usage))
             return
         handler.start_stream("text/event-stream", script.framing)
+        groups = ([call_parts] if call_parts else []) if script.tool_call_chunks == "one" else [[p] for p in call_parts]
         last = len(script.pieces) - 1
         early = script.stop_after is not None
+        merged = groups.pop(0) if groups and script.pieces and script.calls_with_last_piece else []
+        finish_on_content = not script.finish_chunk
 
         def encode(number: int, piece: str) -> bytes:
-            final = number == last and not early
+            final = number == last and not early and not groups and finish_on_content
             usage = script.usage if final else self._running_usage(script)
-            return _data(self._response(script, model, piece, finish=final, usage=usage))
+            parts = [{"text": piece}, *(merged if number == last else [])]
+            return _data(self._response(script, model, parts, finish=final, usage=usage))
 
         error = {"error": {"code": script.error_code, "message": script.error_message, "status": script.error_status}}
         if not self.stream_pieces(handler, script, record, encode, _data(error)):
+            record.tool_call_ids.clear()  # the stream stopped before any call was sent
             return
-        if not script.pieces:  # nothing carried the finish reason and usage: send them on their own
-            final = self._response(script, model, "", finish=True, usage=script.usage)
-            handler.send_event(_data(final), script.delay_s)
+        for number, group in enumerate(groups):
+            final = number == len(groups) - 1 and finish_on_content
+            usage = script.usage if final else self._running_usage(script)
+            handler.send_event(_data(self._response(script, model, group, finish=final, usage=usage)), script.delay_s)
+        if script.finish_chunk or not (script.pieces or groups):
+            # nothing carried the finish reason and usage: send them on their own
+            closing = self._response(script, model, [{"text": ""}], finish=True, usage=script.usage)
+            handler.send_event(_data(closing), script.delay_s)
         handler.end_stream()
+
+    @staticmethod
+    def _call_parts(script: GeminiScript, record: RecordedRequest) -> list[dict[str, Any]]:
+        """The script's tool calls as `functionCall` parts: whole `args` objects, an `id` only when given."""
+        parts: list[dict[str, Any]] = []
+        for call in script.tool_calls:
+            function_call: dict[str, Any] = {"name": call.name, "args": call.arguments}
+            if call.id is not None:
+                function_call["id"] = call.id
+            record.tool_call_ids.append(call.id)
+            parts.append({"functionCall": function_call})
+        return parts
 
     @staticmethod
     def _running_usage(script: GeminiScript) -> dict[str, int] | None:
@@ -654,9 +857,9 @@ class GeminiServer(ProviderServer[GeminiScript]):
 
     @staticmethod
     def _response(
-        script: GeminiScript, model: str, text: str, *, finish: bool, usage: dict[str, int] | None
+        script: GeminiScript, model: str, parts: list[dict[str, Any]], *, finish: bool, usage: dict[str, int] | None
     ) -> dict[str, Any]:
-        candidate: dict[str, Any] = {"content": {"parts": [{"text": text}], "role": "model"}, "index": 0}
+        candidate: dict[str, Any] = {"content": {"parts": parts, "role": "model"}, "index": 0}
         if finish and script.finish_reason is not None:
             candidate["finishReason"] = script.finish_reason
         payload: dict[str, Any] = {"candidates": [candidate], "modelVersion": model, "responseId": "resp-test"}

@@ -1,7 +1,7 @@
 """Docs are tests: every code block in README.md and MIGRATION.md runs, in order, as written.
 
-Each document runs in a fresh directory holding copies of `workflows/`, `handlers/` and `tools/`. An HTML comment
-right before a block can set how it runs:
+Each document runs in a fresh directory holding copies of `workflows/`, `handlers/` and `tools/`. An HTML
+comment right before a block can set how it runs:
 
 - `<!-- docs: file=PATH -->` writes the block to PATH instead of running it (later blocks use it);
 - `<!-- docs: exit=N -->` expects a bash block to exit with N.

@@ -150,6 +150,8 @@ class StreamBridge:
         self.partials: Any = None
         """With an output schema: the `PartialObjects` parser of the current attempt's reply."""
         self.attempt = 1
+        self.model_call = 1
+        """Which model call of the step is streaming (1 for the first; each tool round and repair adds one)."""
         self.reply_text = ""
         """The text of the current round (what an output schema validates)."""
         if debug_log is not None:
@@ -198,13 +200,19 @@ class StreamBridge:
                 known = (known[0], known[1] or fragment.id, known[2] or fragment.tool_name)
             calls[fragment.index] = known
             if fragment.arguments:
-                made.append((fragment.arguments, "tool_call", *known))
+                position, call_id, name = known
+                made.append((fragment.arguments, "tool_call", position, call_id or self.call_id(position), name))
         return made
+
+    def call_id(self, position: int) -> str:
+        """The id of the current model call's call at `position`, for providers that give calls no id."""
+        return f"call_{self.model_call}_{position}"
 
     def start_round(self, attempt: int | None = None) -> None:
         """A new model call of the step begins (a tool round, or a repair of a structured reply)."""
         self.calls = {}
         self.reply_text = ""
+        self.model_call += 1
         if attempt is not None and self.partials is not None:
             self.attempt = attempt
             self.partials = type(self.partials)(self.partials.schema)

@@ -17,13 +17,26 @@ that decision, so the rules live here once:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from pipeline_ex.events import ToolCall, ToolCallInfo, ToolResult, Usage
 from pipeline_ex.llm.normalize import normalize_usage
 from pipeline_ex.llm.tools import Toolbox
+
+
+def _with_call_ids(reply: Any, pending: Sequence[PendingCall]) -> Any:
+    """The reply with each tool call carrying the id its result will name (providers that give none).
+
+    Sending the made-up ids back with both the calls and their results keeps each result paired with its
+    call in the next request (Gemini sends `functionCall.id` and `functionResponse.id`).
+    """
+    from haystack.dataclasses import ChatMessage
+    from haystack.dataclasses import ToolCall as HaystackToolCall
+
+    calls = [HaystackToolCall(tool_name=c.name, arguments=c.arguments, id=c.id) for c in pending]
+    return ChatMessage.from_assistant(reply.text, meta=reply.meta, tool_calls=calls, reasoning=reply.reasoning)
 
 
 class RoundLimitReached(Exception):
@@ -48,6 +61,16 @@ class ReplyMismatch(Exception):
         super().__init__(
             f"the reply does not match the output schema after {tries}: {problems}; "
             "raise schema_retries, simplify the schema, or use a provider with a structured mode"
+        )
+
+
+class UnreadableToolCalls(Exception):
+    """The model ended its reply to call tools, but no call could be read from the reply."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "the model finished its reply to call tools, but the reply holds no tool call the provider "
+            "integration could read (it dropped malformed or merged calls); the step cannot go on"
         )
 
 
@@ -107,18 +130,30 @@ class Conversation:
         """What every call passes besides the messages: the tools, when the step has some."""
         return {"tools": list(self.toolbox.tools)} if self.toolbox is not None else {}
 
-    def after_reply(self, reply: Any, computed_usage: dict[str, Any] | None) -> Next:
-        """Decide what follows `reply`; raises `RoundLimitReached` or `ReplyMismatch` when the step must fail."""
+    def after_reply(self, reply: Any, computed_usage: dict[str, Any] | None, call_id: Callable[[int], str]) -> Next:
+        """Decide what follows `reply`; raises `RoundLimitReached` or `ReplyMismatch` when the step must fail.
+
+        :param call_id: the id for the call at a position of the reply, when the provider gave it none
+            (the bridge named the call's argument fragments with the same id).
+        """
         calls = (reply.tool_calls if reply is not None else None) or []
+        if (
+            self.toolbox is not None
+            and not calls
+            and reply is not None
+            and reply.meta.get("finish_reason") == "tool_calls"
+        ):
+            raise UnreadableToolCalls
         if calls and self.toolbox is not None:
             if self.rounds >= self.max_tool_rounds:
                 raise RoundLimitReached(self.rounds, [c.tool_name for c in calls])
             self._bank(reply, computed_usage)
             self.rounds += 1
             self.pending = [
-                PendingCall(c.id or f"call_{self.rounds}_{i}", c.tool_name, dict(c.arguments or {}))
-                for i, c in enumerate(calls)
+                PendingCall(c.id or call_id(i), c.tool_name, dict(c.arguments or {})) for i, c in enumerate(calls)
             ]
+            if any(not c.id for c in calls):
+                reply = _with_call_ids(reply, self.pending)
             self.messages.append(reply)
             return "tools"
         if self.schema is not None:

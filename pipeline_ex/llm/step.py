@@ -241,7 +241,7 @@ class _StepRun:
                 reply, usage = self._run_generator(bridge.on_chunk if self.streaming else None)
             if not self.streaming and (delta := self._unstreamed_delta(reply)) is not None:
                 bridge.deliver(delta)
-            follows = talk.after_reply(reply, usage)
+            follows = talk.after_reply(reply, usage, bridge.call_id)
             if follows == "done":
                 return reply, usage
             if follows == "tools":
@@ -263,7 +263,7 @@ class _StepRun:
             reply, usage = await self._run_generator_async()
             if not self.streaming and (delta := self._unstreamed_delta(reply)) is not None:
                 await bridge.adeliver(delta)
-            follows = talk.after_reply(reply, usage)
+            follows = talk.after_reply(reply, usage, bridge.call_id)
             if follows == "done":
                 return reply, usage
             if follows == "tools":

@@ -32,7 +32,17 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from pipeline_ex.errors import PipelineError, RunCancelled, StepError
-from pipeline_ex.events import Delta, Done, ErrorInfo, RunEvent, RunFinished, StepFinished
+from pipeline_ex.events import (
+    Delta,
+    Done,
+    ErrorInfo,
+    Partial,
+    RunEvent,
+    RunFinished,
+    StepFinished,
+    ToolCall,
+    ToolResult,
+)
 from pipeline_ex.redaction import redact_text, redacting_logger
 from pipeline_ex.workflow.iterate import EventStream, astream
 from pipeline_ex.workflow.loader import LoadedWorkflow
@@ -59,6 +69,11 @@ def event_size(event: RunEvent) -> int:
     """
     if isinstance(event, Delta):
         return len(event.content) + _EVENT_OVERHEAD
+    if isinstance(event, ToolResult):
+        return len(event.result) + 2 * _EVENT_OVERHEAD
+    if isinstance(event, ToolCall | Partial):
+        carried = event.arguments if isinstance(event, ToolCall) else event.data
+        return len(repr(carried)) + 2 * _EVENT_OVERHEAD
     error = getattr(event, "error", None)  # StepStarted has none
     size = len(error.message) if error is not None else 0
     if isinstance(event, Done):
@@ -159,8 +174,8 @@ class RunLog:
         An error that is not one of pipeline_ex's own (a python step raising `TypeError`, say) is logged
         here with a new reference, which the event's message then names; the run's own failure reuses it.
         """
-        error: ErrorInfo | None = getattr(event, "error", None)
-        if error is None:
+        error = getattr(event, "error", None)
+        if not isinstance(error, ErrorInfo):  # none, or a ToolResult's flag
             return event
         if error.type == "step" and not _is_pipeline_error(error.exception):
             key = (error.message, error.exception)

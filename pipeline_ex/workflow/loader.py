@@ -306,6 +306,8 @@ def _schema_issues(error: ValidationError, body: Any, checker: _Checker) -> None
             checker.add(path, f"unknown key {key!r}{hint}", at_key=True)
         elif kind == "missing":
             checker.add(path[:-1], f"missing required key {last!r}")
+        elif kind == "conversation":
+            checker.add(path, item["msg"])
         elif kind == "step_type" and not isinstance(item.get("input"), dict):
             checker.add(path, "a step must be a mapping with an id, a type and its settings")
         elif kind == "step_type" or (kind == "literal_error" and path[-1:] == ("type",) and _is_step_path(path[:-1])):
@@ -580,17 +582,8 @@ class _StepLoader:
             checker.add((*path, "output_to_file"), problem)
 
     def _conversation(self, item: LoadedStep, step: LLMStep, path: Path) -> None:
-        """Check `prompt`/`messages`, and resolve the step's tools and output schema."""
+        """Check `messages`, and resolve the step's tools and output schema."""
         checker = self.checker
-        if (step.prompt is None) == (step.messages is None):
-            problem = "give both" if step.prompt is not None else "give one"
-            checker.add(
-                path,
-                f"an LLM step needs either 'prompt' (one user message) or 'messages' (a conversation), {problem}"
-                if step.prompt is None
-                else "give either 'prompt' or 'messages', not both",
-                at_key=step.prompt is None,
-            )
         for position, message in enumerate(step.messages or []):
             if isinstance(message, str) and "{{" not in message:
                 checker.add(

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, TypeAdapter
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, TypeAdapter, model_validator
+from pydantic_core import PydanticCustomError
 
 from pipeline_ex.llm.options import DEFAULT_MAX_TOOL_ROUNDS as DEFAULT_MAX_TOOL_ROUNDS
 from pipeline_ex.llm.options import DEFAULT_SCHEMA_RETRIES as DEFAULT_SCHEMA_RETRIES
@@ -140,6 +141,16 @@ class LLMStep(GenerationFields, StepLimits, StreamingFields):
     mock_response: str | list[str] | MockReply | None = None
     """The reply (or exact chunks) the mock provider gives for this step in mock runs, or tool calls first:
     `{tool_calls: [{name: ..., arguments: {...}}], text: ...}`."""
+
+    @model_validator(mode="after")
+    def _prompt_or_messages(self) -> LLMStep:
+        if self.prompt is None and self.messages is None:
+            raise PydanticCustomError(
+                "conversation", "missing required key 'prompt' (or 'messages', to send a conversation)"
+            )
+        if self.prompt is not None and self.messages is not None:
+            raise PydanticCustomError("conversation", "give either 'prompt' or 'messages', not both")
+        return self
 
 
 class PythonStep(_Strict):
