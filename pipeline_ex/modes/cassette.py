@@ -172,8 +172,9 @@ class _StepReader:
 
     def finish(self, done: Done, request: StepRequest | None, source: Path) -> RecordedStep:
         """The recorded step run that `done` closed."""
-        if not self.calls and any(delta.kind == "tool_call" for _, delta in self.deltas):
-            # the step stopped before running them (its round limit): only their fragments were recorded
+        out_of_rounds = done.error is not None and done.error.type == "tool_rounds"
+        if out_of_rounds and not self.calls:
+            # the step stopped at its round limit before emitting the calls: only their fragments were recorded
             self.calls = _streamed_calls(self.deltas)
         self._close_round()
         rounds = self.rounds
