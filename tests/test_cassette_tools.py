@@ -461,10 +461,6 @@ def test_a_cassette_recorded_before_tools_existed_still_replays(tmp_path: Path) 
         assert pipeline_ex.invoke(prompt="hi", provider="mock", step="plain").text == "Mock reply to: hi"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the step does not pass its tools to StepRequest.of yet (pipeline_ex/llm/step.py, _select_generator)",
-)
 def test_a_cassette_recorded_with_other_tools_does_not_replay(tmp_path: Path) -> None:
     path = tmp_path / "tape.jsonl"
     run_step("record", path)

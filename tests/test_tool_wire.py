@@ -1200,6 +1200,7 @@ def test_cancel_while_a_tool_runs_gives_one_cancelled_done(provider_id: str, req
 
 # -- ids, and the shapes an integration misreads ---------------------------------------------------------
 
+
 @pytest.mark.parametrize("wire_id", list(STEP_WIRES))
 def test_tool_call_deltas_carry_the_id_of_their_call(wire_id: str, mode: Mode, request: pytest.FixtureRequest) -> None:
     """Every tool-call Delta names the id its ToolCall event has, so a client can match them up."""

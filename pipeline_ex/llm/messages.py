@@ -129,6 +129,18 @@ def message_record(message: Any) -> dict[str, Any]:
     return record
 
 
+def message_text(message: Any) -> tuple[str, str]:
+    """A message as the (role, text) pair a cassette's request compares: a tool call or result as JSON."""
+    role = message.role.value
+    result = message.tool_call_result
+    if result is not None:
+        return role, json.dumps({"tool_call_id": result.origin.id, "result": result.result})
+    if message.tool_calls:
+        calls = [{"id": c.id, "name": c.tool_name, "arguments": c.arguments} for c in message.tool_calls]
+        return role, json.dumps({"text": message.text, "tool_calls": calls}, sort_keys=True)
+    return role, message.text or ""
+
+
 def last_user_text(messages: Sequence[Any]) -> str:
     """The text of the last user message (what a mock script matches and a chat prompt is)."""
     return next((m.text or "" for m in reversed(messages) if m.is_from("user")), "")

@@ -25,7 +25,7 @@ from pipeline_ex.errors import HandlerError, PipelineError, ProviderConfigError,
 from pipeline_ex.events import Delta, Done, Response, ToolCallInfo
 from pipeline_ex.llm.bridge import HybridPump, StreamBridge, in_daemon_thread
 from pipeline_ex.llm.interrupts import interrupt_gate
-from pipeline_ex.llm.messages import chat_messages, last_user_text, prompt_messages
+from pipeline_ex.llm.messages import chat_messages, last_user_text, message_text, prompt_messages
 from pipeline_ex.llm.options import DEFAULT_MAX_TOOL_ROUNDS, DEFAULT_SCHEMA_RETRIES
 from pipeline_ex.llm.outcome import CANCELLATIONS, conclude
 from pipeline_ex.llm.policy import StepPolicy
@@ -453,8 +453,9 @@ def _select_generator(
     if session.mode in ("record", "replay"):
         from pipeline_ex.modes.request import StepRequest
 
-        messages = [(m.role.value, m.text or "") for m in talk.messages]
-        request = StepRequest.of(step, provider=provider, model=model, messages=messages, options=options)
+        messages = [message_text(m) for m in talk.messages]
+        tools = talk.toolbox.tools if talk.toolbox is not None else ()
+        request = StepRequest.of(step, provider=provider, model=model, messages=messages, options=options, tools=tools)
     if session.mode == "replay":
         from pipeline_ex.modes.cassette_generator import CassetteChatGenerator
 

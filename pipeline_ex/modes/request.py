@@ -107,7 +107,7 @@ class StepRequest:
     ) -> StepRequest:
         """The request of a step run: its messages, its provider options and the tools it offers.
 
-        :param messages: (role, text) pairs (`conversation(system, prompt)`), or the `{role, content}`
+        :param messages: (role, text) pairs (`messages.message_text`), or the `{role, content}`
             mappings of a `messages:` step.
         :param tools: haystack `Tool`s (or a `Toolset`), or `{name, description, parameters}` mappings.
         :raises ValueError: for a message without a role or content, or a tool without a name.

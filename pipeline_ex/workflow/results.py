@@ -130,11 +130,14 @@ class NestedResult:
 
 
 def result_json(value: Any) -> Any:
-    """Any step's result as JSON: an LLM step's text, finish reason, usage and timing; a group's children."""
+    """Any step's result as JSON: an LLM step's text, finish reason, usage and timing; a group's children.
+
+    An LLM step's tool calls and validated `data` are included when it has them.
+    """
     done = getattr(value, "done", None)
     if done is not None and hasattr(done, "response"):
         response = done.response
-        return {
+        summary = {
             "text": response.text,
             "finish_reason": response.finish_reason,
             "model": response.model,
@@ -144,6 +147,11 @@ def result_json(value: Any) -> Any:
             "ttft_ms": done.ttft_ms,
             "duration_ms": done.duration_ms,
         }
+        if response.tool_calls:
+            summary["tool_calls"] = [call.model_dump(mode="json") for call in response.tool_calls]
+        if response.data is not None:
+            summary["data"] = response.data
+        return summary
     if isinstance(value, SkippedResult | FailedResult | ParallelResult | ForEachResult | LoopResult | NestedResult):
         return value.to_json()
     return jsonable(value)
