@@ -94,6 +94,13 @@ def collect_stream(stream: Any) -> tuple[str, list[dict[str, Any]], str | None, 
     return "".join(text), [calls[i] for i in sorted(calls)], finish, count
 
 
+def test_a_developer_message_is_a_system_message(assistant: openai.OpenAI, openai_server: OpenAISSEServer) -> None:
+    messages: Any = [{"role": "developer", "content": "Be terse."}, {"role": "user", "content": "Hi"}]
+    assistant.chat.completions.create(model="assistant", messages=messages)
+    sent = openai_server.requests[0].body["messages"]
+    assert sent[0] == {"role": "system", "content": "Be terse."}
+
+
 def test_a_client_side_tool_loop_works_with_the_openai_client(
     assistant: openai.OpenAI, openai_server: OpenAISSEServer
 ) -> None:
@@ -160,6 +167,7 @@ def test_an_unstreamed_completion_carries_the_tool_calls_in_its_message(
         model="assistant", messages=[{"role": "user", "content": "Weather in Bergen?"}], tools=[WEATHER_TOOL]
     )
     choice = completion.choices[0]
+    assert completion.usage is not None and completion.usage.total_tokens == 15  # one model call, counted once
     assert choice.finish_reason == "tool_calls"
     assert choice.message.content is None
     (call,) = choice.message.tool_calls or []
@@ -197,6 +205,32 @@ def test_tools_for_a_workflow_without_a_tools_input_are_refused(
             {"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "tool_calls": "f"}]},
             "'tool_calls' of message 1 must be a list",
         ),
+        ({"messages": [{"role": "robot", "content": "x"}]}, "'role' of message 0 must be one of"),
+        (
+            {
+                "messages": [
+                    {"role": "user", "content": "x"},
+                    {"role": "assistant", "tool_calls": [{"id": "c", "function": {"name": "f", "arguments": "{bad"}}]},
+                ]
+            },
+            "'arguments' must be a JSON object",
+        ),
+        (
+            {
+                "messages": [
+                    {"role": "user", "content": "x"},
+                    {"role": "assistant", "tool_calls": [{"id": "c", "function": {"name": "f", "arguments": "[1]"}}]},
+                ]
+            },
+            "'arguments' must be a JSON object",
+        ),
+        ({"tools": [WEATHER_TOOL, WEATHER_TOOL]}, "two tools are named 'get_weather'"),
+        ({"tools": [{"type": "function", "function": {"name": "no spaces"}}]}, "must be 1 to 64 letters"),
+        (
+            {"tools": [{"type": "function", "function": {"name": "local_time"}}]},
+            "names 'local_time', which the workflow's own step defines",
+        ),
+        ({"messages": [{"role": "user", "content": "x"}, {"role": "assistant"}]}, "'content' of message 1 is missing"),
     ],
 )
 def test_a_malformed_tool_request_is_a_400_naming_the_field(
@@ -204,5 +238,5 @@ def test_a_malformed_tool_request_is_a_400_naming_the_field(
 ) -> None:
     payload = {"model": "assistant", "messages": [{"role": "user", "content": "x"}], **body}
     response = httpx.post(f"{assistant.base_url}chat/completions", json=payload, timeout=10)
-    assert response.status_code == 400
+    assert response.status_code == 400, response.text
     assert problem in response.text

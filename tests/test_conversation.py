@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +22,7 @@ from pydantic import BaseModel
 import pipeline_ex
 from pipeline_ex import Done, Partial, PipelineError, StreamingRecorder, WorkflowError, run
 from pipeline_ex.llm.messages import MessageError, chat_messages
-from pipeline_ex.llm.tools import Toolbox, ToolSpecError, tool_from_function
+from pipeline_ex.llm.tools import Toolbox, ToolSpecError, tool_from_function, tool_name
 from pipeline_ex.workflow.loader import parse_workflow
 
 pytestmark = [pytest.mark.streaming, pytest.mark.live]  # live: the OpenAI calls go to a loopback server
@@ -161,6 +163,8 @@ def test_a_history_holding_a_bad_message_fails_naming_it() -> None:
         ("{id: s, prompt: a, output_schema: {type: objekt}}", "output_schema"),
         ("{id: s, prompt: a, output_schema: {model: 'no_such_module:Model'}}", "no_such_module"),
         ("{id: s, prompt: a, schema_retries: 11}", "schema_retries"),
+        ("{id: s, prompt: a, max_tool_rounds: 2}", "max_tool_rounds is given but the step has no tools"),
+        ("{id: s, prompt: a, schema_retries: 2}", "schema_retries is given but the step has no output_schema"),
     ],
 )
 def test_a_conversation_mistake_is_reported_at_load_with_its_line(step: str, message: str) -> None:
@@ -265,6 +269,48 @@ def test_the_calculator_tool_evaluates_arithmetic_and_refuses_anything_else() ->
         evaluate("9 ** 999")
 
 
+def test_loading_a_workflow_with_tools_imports_no_haystack() -> None:
+    code = (
+        "import sys; from pipeline_ex import load_workflow; "
+        "load_workflow('workflows/calculator.yaml', mock=True); "
+        "assert not [m for m in sys.modules if m.startswith('haystack')], 'haystack was imported'"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+
+
+async def async_weather(city: str) -> str:
+    """Look up the weather, asynchronously.
+
+    :param city: the city.
+    """
+    await asyncio.sleep(0)
+    return f"rain in {city}"
+
+
+def test_an_async_tool_runs_in_a_sync_invoke_and_is_refused_inside_a_running_loop() -> None:
+    reply = {"tool_calls": [{"name": "async_weather", "arguments": {"city": "Oslo"}}], "text": "Rain."}
+    result = pipeline_ex.invoke(prompt="x", provider="mock", tools=[async_weather], mock_response=reply)
+    assert [c.result for c in result.tool_calls] == ["rain in Oslo"]
+
+    async def inside_a_loop() -> None:
+        pipeline_ex.invoke(prompt="x", provider="mock", tools=[async_weather], mock_response=reply)
+
+    with pytest.raises(PipelineError, match=r"has an async tool but invoke\(\) was called inside a running event loop"):
+        asyncio.run(inside_a_loop())
+
+
+def test_legacy_and_callback_handlers_see_only_what_they_know() -> None:
+    legacy: list[Any] = []
+    dones: list[Any] = []
+    reply = {"tool_calls": [{"name": "weather", "arguments": {"city": "Oslo"}}], "text": "Rain."}
+    with pytest.warns(DeprecationWarning, match="legacy tuple handler"):
+        handlers = [pipeline_ex.legacy_handler(legacy.append), pipeline_ex.CallbackHandler(on_done=dones.append)]
+    pipeline_ex.invoke(prompt="x", provider="mock", tools=[weather], mock_response=reply, on_event=handlers)
+    assert [kind for kind, _ in legacy] == ["chunk", "complete"]
+    assert [type(d).__name__ for d in dones] == ["Done"]
+
+
 # -- structured output -------------------------------------------------------------------------------
 
 
@@ -363,4 +409,4 @@ def test_the_example_workflows_declare_what_the_readme_says(tmp_path: Path) -> N
     chat = pipeline_ex.load_workflow(str(ROOT / "workflows" / "chat.yaml"), mock=True)
     assert chat.workflow.inputs["history"].type == "list"
     calculator = pipeline_ex.load_workflow(str(ROOT / "workflows" / "calculator.yaml"), mock=True)
-    assert [t.name for t in calculator.steps[0].tools] == ["evaluate"]
+    assert [tool_name(t) for t in calculator.steps[0].tools] == ["evaluate"]

@@ -1281,3 +1281,85 @@ def test_gemini_round_two_pairs_each_response_with_its_call(mode: Mode, request:
     assert len(call_ids) == 2
     assert response_ids == call_ids
     assert "" not in call_ids
+
+
+# -- regressions: usage over rounds, a cut-off later round, seq order, hand-back ------------------------
+
+
+def test_a_later_round_cut_off_without_a_finish_reason_is_truncated(mode: Mode, wire: StepWire) -> None:
+    """Round 1's `tool_calls` finish must not make a round 2 that ends without one look complete."""
+    wire.server.queue(wire.endpoint.calling(LIMA), wire.endpoint.replying("It is ", "sunny", finish_reason=None))
+    recorder = StreamingRecorder()
+
+    with pytest.raises(pipeline_ex.StreamTruncatedError):
+        wire.call_step(mode, tools=[get_weather], on_event=recorder)
+
+    done = one_done_last(recorder)
+    assert done.error is not None and done.error.type == "truncated"
+    assert done.response.text == "It is sunny"
+
+
+def test_the_round_limit_counts_the_usage_of_every_call(mode: Mode, request: pytest.FixtureRequest) -> None:
+    wire = make_wire("openai", request)
+    wire.server.queue(wire.endpoint.calling(LIMA), wire.endpoint.calling(LIMA))
+    recorder = StreamingRecorder()
+
+    with pytest.raises(pipeline_ex.ToolRoundsError):
+        wire.call_step(mode, tools=[get_weather], max_tool_rounds=1, on_event=recorder)
+
+    done = one_done_last(recorder)
+    assert len(wire.server.requests) == 2
+    assert done.response.usage == Usage(input_tokens=22, output_tokens=8, total_tokens=30)
+
+
+def test_a_call_handed_back_counts_its_usage_once(mode: Mode, request: pytest.FixtureRequest) -> None:
+    wire = make_wire("openai", request)
+    wire.server.queue(wire.endpoint.calling(LIMA))
+    declared = {"name": "get_weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}
+
+    result = wire.call_step(mode, tools=[declared])
+
+    assert result.response.finish_reason == "tool_calls" and result.done.error is None
+    assert [(c.name, c.arguments, c.result) for c in result.tool_calls] == [("get_weather", {"city": "Lima"}, None)]
+    assert result.response.usage == OPENAI_USAGE
+
+
+def test_a_declared_call_is_handed_back_even_at_the_round_limit(mode: Mode, request: pytest.FixtureRequest) -> None:
+    wire = make_wire("openai", request)
+    wire.server.queue(wire.endpoint.calling(LIMA))
+    declared = {"name": "get_weather", "parameters": {"type": "object"}}
+
+    result = wire.call_step(mode, tools=[declared], max_tool_rounds=0)
+
+    assert result.response.finish_reason == "tool_calls" and result.done.error is None
+
+
+def test_tool_events_of_concurrent_steps_reach_run_handlers_in_seq_order(request: pytest.FixtureRequest) -> None:
+    """Two steps with async handlers share a run: every event reaches the run's handler numbered in order."""
+    wire = make_wire("openai", request)
+    wire.server.queue(
+        wire.endpoint.calling(PARIS, TOKYO), wire.endpoint.calling(PARIS, TOKYO), *[wire.endpoint.replying("ok.")] * 2
+    )
+    seen: list[int] = []
+
+    async def slow_handler(event: Any) -> None:
+        await asyncio.sleep(0)
+
+    async def main() -> None:
+        ctx = pipeline_ex.Context(handlers=[lambda e: seen.append(e.seq)])
+        options = {**wire.endpoint.options, "tools": [get_weather, get_time], "on_event": slow_handler}
+        await asyncio.gather(
+            pipeline_ex.ainvoke(ctx, prompt=QUESTION, provider="openai", step="a", **options),
+            pipeline_ex.ainvoke(ctx, prompt=QUESTION, provider="openai", step="b", **options),
+        )
+
+    asyncio.run(main())
+    assert seen == sorted(seen) and len(seen) == len(set(seen)) > 8
+
+
+def test_chunk_timeout_during_a_tool_names_the_tool(request: pytest.FixtureRequest) -> None:
+    wire = make_wire("openai", request)
+    wire.server.queue(wire.endpoint.calling(ScriptedToolCall("slow_lookup", {"query": "x"})))
+
+    with pytest.raises(pipeline_ex.StepTimeoutError, match=r"while the tool\(s\) slow_lookup ran"):
+        wire.call_step("async", tools=[slow_lookup], chunk_timeout=0.3)

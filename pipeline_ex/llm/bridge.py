@@ -151,6 +151,8 @@ class StreamBridge:
         """With an output schema: the `PartialObjects` parser of the current attempt's reply."""
         self.attempt = 1
         self.model_call = 1
+        self.running_tools: str | None = None
+        """The tools running right now, named in a `chunk_timeout` error (async runs)."""
         """Which model call of the step is streaming (1 for the first; each tool round and repair adds one)."""
         self.reply_text = ""
         """The text of the current round (what an output schema validates)."""
@@ -210,6 +212,7 @@ class StreamBridge:
 
     def start_round(self, attempt: int | None = None) -> None:
         """A new model call of the step begins (a tool round, or a repair of a structured reply)."""
+        self.tail.clear()  # the finish reason and usage of a call are those of its own last chunks
         self.calls = {}
         self.reply_text = ""
         self.model_call += 1
@@ -291,13 +294,24 @@ class StreamBridge:
             raise StreamAbort from failure
 
     def deliver_event(self, event: Any) -> None:
-        """Deliver a `ToolCall`, `ToolResult` or `Partial` to sync handlers; a handler failure stops the step."""
+        """Deliver a `ToolCall`, `ToolResult` or `Partial` to sync handlers; a handler failure stops the step.
+
+        Like a Delta's, the fan-out holds Ctrl-C back until every handler has the event (see `use_gate`).
+        """
         self.delivered += 1
+        gate = self.gate
+        if gate is not None:
+            gate.closed += 1
         try:
             self._emit(event)
         except HandlerFailure as failure:
             self.failure = failure
             raise StreamAbort from failure
+        finally:
+            if gate is not None:
+                gate.closed -= 1
+        if gate is not None and gate.pending and not gate.closed:
+            gate.release()
 
     async def adeliver_event(self, event: Any) -> None:
         """Async twin of `deliver_event`."""

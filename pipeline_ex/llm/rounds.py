@@ -17,7 +17,7 @@ that decision, so the rules live here once:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -78,8 +78,28 @@ Next = Literal["done", "tools", "repair"]
 """What follows a reply: nothing (the step ends), a tool round, or a repair of a structured reply."""
 
 
+def add_round_usage(total: Usage | None, more: Usage | None, *, first: bool) -> Usage | None:
+    """The usage of one step's model calls added up: a count some call did not report stays None.
+
+    :param first: `total` holds no call yet (None then means "nothing counted", not "not reported").
+    """
+    if first:
+        return more
+    if total is None or more is None:
+        return None
+
+    def plus(a: int | None, b: int | None) -> int | None:
+        return None if a is None or b is None else a + b
+
+    return Usage(
+        input_tokens=plus(total.input_tokens, more.input_tokens),
+        output_tokens=plus(total.output_tokens, more.output_tokens),
+        total_tokens=plus(total.total_tokens, more.total_tokens),
+    )
+
+
 def add_usage(total: Usage | None, more: Usage | None) -> Usage | None:
-    """Two usages added up; a count neither reported stays None."""
+    """Two steps' usages added up (a run's total); a count neither reported stays None."""
     if more is None:
         return total
     if total is None:
@@ -124,7 +144,8 @@ class Conversation:
     """The usage of the calls before the last one (the last one's is in its reply)."""
     data: Any = None
     pending: list[PendingCall] = field(default_factory=list)
-    mismatch: Any = None
+    banked: int = 0
+    """How many replies `earlier_usage` counts."""
 
     def generator_kwargs(self) -> dict[str, Any]:
         """What every call passes besides the messages: the tools, when the step has some."""
@@ -145,9 +166,10 @@ class Conversation:
         ):
             raise UnreadableToolCalls
         if calls and self.toolbox is not None:
-            if self.rounds >= self.max_tool_rounds:
+            handed_back_only = all(c.tool_name in self.toolbox.declared for c in calls)
+            if self.rounds >= self.max_tool_rounds and not handed_back_only:
+                self.bank(reply, computed_usage)  # the step fails with this reply: its usage still counts
                 raise RoundLimitReached(self.rounds, [c.tool_name for c in calls])
-            self._bank(reply, computed_usage)
             self.rounds += 1
             self.pending = [
                 PendingCall(c.id or call_id(i), c.tool_name, dict(c.arguments or {})) for i, c in enumerate(calls)
@@ -163,43 +185,49 @@ class Conversation:
                 self.data = self.schema.validate_json(reply.text if reply is not None else "")
             except SchemaMismatch as mismatch:
                 if self.repairs >= self.schema_retries:
+                    self.bank(reply, computed_usage)  # the step fails with this reply: its usage still counts
                     shown = "; ".join(mismatch.problems[:5]) or mismatch.message
                     raise ReplyMismatch(self.repairs + 1, shown) from None
                 from haystack.dataclasses import ChatMessage
 
-                self._bank(reply, computed_usage)
                 self.repairs += 1
                 self.messages.extend([reply, ChatMessage.from_user(repair_message(mismatch))])
                 return "repair"
         return "done"
 
-    def _bank(self, reply: Any, computed_usage: dict[str, Any] | None) -> None:
+    def bank(self, reply: Any, computed_usage: dict[str, Any] | None) -> None:
+        """Count a reply's usage into `earlier_usage`: another model call follows it, or the step fails on it.
+
+        The reply the step ends with normally is not banked: its usage is in the Done already.
+        """
         meta = reply.meta if reply is not None else {}
         usage = normalize_usage(meta.get("usage")) or normalize_usage(computed_usage)
-        self.earlier_usage = add_usage(self.earlier_usage, usage)
+        self.earlier_usage = add_round_usage(self.earlier_usage, usage, first=self.banked == 0)
+        self.banked += 1
 
-    def call_events(self, step: str, run_id: str, next_seq: Any) -> list[ToolCall]:
-        """The `ToolCall` events of the pending calls (the arguments are complete)."""
-        return [
-            ToolCall(step=step, run_id=run_id, seq=next_seq(), id=c.id, name=c.name, arguments=c.arguments)
-            for c in self.pending
-        ]
+    def call_events(self, step: str, run_id: str, next_seq: Any) -> Iterator[ToolCall]:
+        """The `ToolCall` events of the pending calls (the arguments are complete).
+
+        Each is numbered as it is taken, so that events delivered in between keep `seq` in order.
+        """
+        for c in self.pending:
+            yield ToolCall(step=step, run_id=run_id, seq=next_seq(), id=c.id, name=c.name, arguments=c.arguments)
 
     def to_run(self) -> list[PendingCall]:
         """The pending calls the step runs itself (not the declared ones, which are handed back)."""
         declared = self.toolbox.declared if self.toolbox is not None else frozenset()
         return [c for c in self.pending if c.name not in declared]
 
-    def record(self, done: Sequence[ToolCallInfo], step: str, run_id: str, next_seq: Any) -> list[ToolResult]:
-        """Keep the round's results, add them to the messages, and return their `ToolResult` events.
+    def record(self, done: Sequence[ToolCallInfo], step: str, run_id: str, next_seq: Any) -> Iterator[ToolResult]:
+        """Keep the round's results, add them to the messages, and yield their `ToolResult` events.
 
-        :returns: the events, in call order; the declared calls get none (the caller runs them).
+        The events come in call order, each numbered as it is taken; the declared calls get none (the
+        caller runs them). Take them all: the messages for the next call are added as they are taken.
         """
         from haystack.dataclasses import ChatMessage
         from haystack.dataclasses import ToolCall as HaystackToolCall
 
         by_id = {info.id: info for info in done}
-        events = []
         for call in self.pending:
             info = by_id.get(call.id)
             if info is None:  # a declared tool: handed back with no result
@@ -208,18 +236,15 @@ class Conversation:
             self.calls.append(info)
             origin = HaystackToolCall(tool_name=call.name, arguments=call.arguments, id=call.id)
             self.messages.append(ChatMessage.from_tool(info.result or "", origin=origin, error=info.error))
-            events.append(
-                ToolResult(
-                    step=step,
-                    run_id=run_id,
-                    seq=next_seq(),
-                    id=call.id,
-                    name=call.name,
-                    result=info.result or "",
-                    error=info.error,
-                )
+            yield ToolResult(
+                step=step,
+                run_id=run_id,
+                seq=next_seq(),
+                id=call.id,
+                name=call.name,
+                result=info.result or "",
+                error=info.error,
             )
-        return events
 
     def hands_back(self) -> bool:
         """Whether the round just run called a declared tool (the step then ends, handing the calls back)."""

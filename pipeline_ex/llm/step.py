@@ -32,7 +32,7 @@ from pipeline_ex.llm.policy import StepPolicy
 from pipeline_ex.llm.providers import BuiltGenerator, MockOptions, build_generator, check_provider
 from pipeline_ex.llm.providers.mock import MockReply
 from pipeline_ex.llm.retry import Attempts
-from pipeline_ex.llm.rounds import Conversation, add_usage
+from pipeline_ex.llm.rounds import Conversation, add_round_usage
 from pipeline_ex.llm.supervise import run_with_limits
 from pipeline_ex.llm.tools import Toolbox, arun_call, run_call
 from pipeline_ex.modes.session import LiveCallBlocked
@@ -254,6 +254,7 @@ class _StepRun:
                     bridge.deliver_event(result)
                 if talk.hands_back():
                     return reply, usage
+            talk.bank(reply, usage)
             bridge.start_round(talk.repairs + 1 if follows == "repair" else None)
 
     async def _aconverse(self) -> tuple[Any, dict[str, Any] | None]:
@@ -272,13 +273,18 @@ class _StepRun:
                 toolbox = talk.toolbox
                 assert toolbox is not None
                 calls = [arun_call(toolbox, c.id, c.name, c.arguments) for c in talk.to_run()]
-                results = await asyncio.gather(*calls)
+                bridge.running_tools = ", ".join(c.name for c in talk.to_run())
+                try:
+                    results = await asyncio.gather(*calls)
+                finally:
+                    bridge.running_tools = None
                 for result in talk.record(results, bridge.step, bridge.run_id, bridge.next_seq):
                     await bridge.adeliver_event(result)
                 if talk.hands_back():
                     return reply, usage
                 if bridge.track_chunks:  # the gap before the next round's first chunk starts now
                     bridge.last_chunk_at = time.perf_counter()
+            talk.bank(reply, usage)
             bridge.start_round(talk.repairs + 1 if follows == "repair" else None)
 
     # -- concluding ------------------------------------------------------------------------------
@@ -301,11 +307,13 @@ class _StepRun:
             model_from_reply=self.built.model_from_reply,
         )
         talk = self.talk
-        if talk.calls or talk.earlier_usage is not None or talk.data is not None:
+        if talk.calls or talk.banked or talk.data is not None:
             response = done.response
             update: dict[str, Any] = {"tool_calls": list(talk.calls)}
-            if talk.earlier_usage is not None:
-                update["usage"] = add_usage(talk.earlier_usage, response.usage)
+            if talk.banked:  # the earlier calls' usage, and the last one's unless the step failed without it
+                last = response.usage
+                earlier = talk.earlier_usage
+                update["usage"] = earlier if last is None else add_round_usage(earlier, last, first=False)
             if done.error is None:
                 update["data"] = talk.data
             done = done.model_copy(update={"response": response.model_copy(update=update)})
@@ -381,6 +389,7 @@ class _StepRun:
             started=bridge.started,
             attempt_started=time.perf_counter(),
             last_chunk=lambda: bridge.last_chunk_at,
+            busy=lambda: bridge.running_tools,
         )
 
     async def aexecute(self) -> StepResult:
@@ -455,7 +464,12 @@ def _select_generator(
 
         messages = [message_text(m) for m in talk.messages]
         tools = talk.toolbox.tools if talk.toolbox is not None else ()
-        request = StepRequest.of(step, provider=provider, model=model, messages=messages, options=options, tools=tools)
+        asked = dict(options)
+        if talk.toolbox is not None:
+            asked["max_tool_rounds"] = talk.max_tool_rounds
+        if talk.schema is not None:  # a recording made for another schema must not replay
+            asked.update(output_schema=talk.schema.json_schema, schema_retries=talk.schema_retries)
+        request = StepRequest.of(step, provider=provider, model=model, messages=messages, options=asked, tools=tools)
     if session.mode == "replay":
         from pipeline_ex.modes.cassette_generator import CassetteChatGenerator
 
@@ -538,9 +552,13 @@ def _conversation(
             + (", not both" if prompt is not None else "")
         )
     if isinstance(max_tool_rounds, bool) or not isinstance(max_tool_rounds, int) or max_tool_rounds < 0:
-        raise ProviderConfigError(f"max_tool_rounds must be a whole number of 0 or more, got {max_tool_rounds!r}")
+        raise ProviderConfigError(
+            f"step {step!r}: max_tool_rounds must be a whole number of 0 or more, got {max_tool_rounds!r}"
+        )
     if isinstance(schema_retries, bool) or not isinstance(schema_retries, int) or schema_retries < 0:
-        raise ProviderConfigError(f"schema_retries must be a whole number of 0 or more, got {schema_retries!r}")
+        raise ProviderConfigError(
+            f"step {step!r}: schema_retries must be a whole number of 0 or more, got {schema_retries!r}"
+        )
     entries = prompt_messages(system, prompt) if prompt is not None else list(messages or [])
     chat = chat_messages(entries, system if prompt is None else None)
     schema = None
@@ -621,12 +639,13 @@ def invoke(
         options=options,
         mock_response=mock_response,
     )
-    if run.dispatcher.is_async or run.policy.has_limits:  # both need an event loop
+    async_tools = run.talk.toolbox is not None and run.talk.toolbox.has_async
+    if run.dispatcher.is_async or run.policy.has_limits or async_tools:  # these need an event loop
         try:
             asyncio.get_running_loop()
         except RuntimeError:
             return asyncio.run(run.aexecute())
-        reason = "an async handler" if run.dispatcher.is_async else "a timeout"
+        reason = "an async handler" if run.dispatcher.is_async else "an async tool" if async_tools else "a timeout"
         raise PipelineError(
             f"step {step!r} has {reason} but invoke() was called inside a running event loop; "
             "use 'await ainvoke(...)' there"

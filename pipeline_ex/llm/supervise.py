@@ -24,12 +24,14 @@ async def run_with_limits(
     started: float,
     attempt_started: float,
     last_chunk: Callable[[], float | None],
+    busy: Callable[[], str | None] = lambda: None,
 ) -> T:
     """Await `call`, cancelling it when a limit passes.
 
     :param started: when the step started (`time.perf_counter()`); `timeout` counts from here.
     :param attempt_started: when this attempt started; the first chunk's gap counts from here.
     :param last_chunk: the time the latest chunk arrived, or None before the first one.
+    :param busy: what the step is doing besides waiting for chunks (the tools it runs), for the message.
     """
     task = asyncio.ensure_future(call)
     try:
@@ -49,6 +51,9 @@ async def run_with_limits(
                 message = f"the step did not finish within its timeout of {policy.timeout:g} s"
             else:
                 message = f"no chunk arrived for {policy.chunk_timeout:g} s (chunk_timeout)"
+                running = busy()
+                if running:
+                    message += f" while the tool(s) {running} ran; chunk_timeout bounds tool rounds too: raise it"
             raise StepTimeout(message)
     finally:
         if not task.done():

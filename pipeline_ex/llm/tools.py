@@ -84,10 +84,16 @@ def declared_tool(spec: Mapping[str, Any]) -> Any:
     return Tool(name=name, description=str(description), parameters=dict(parameters), function=_declared_handed_back)
 
 
-def import_tool(reference: str) -> Any:
-    """Import `package.module:name` (or `package.module.name`): a haystack `Tool`, or a function made one."""
-    from haystack.tools.tool import Tool
+def _is_haystack_tool(value: Any) -> bool:
+    return hasattr(value, "tool_spec") and hasattr(value, "invoke")  # duck-typed: no haystack import needed
 
+
+def import_reference(reference: str) -> Any:
+    """Import the function or haystack `Tool` at `package.module:name` (or `package.module.name`).
+
+    Nothing of haystack is imported here, so a workflow's tools are checked when it loads (`validate`)
+    without it; `as_tool` turns the value into a `Tool` when the step runs.
+    """
     from pipeline_ex.streaming.resolve import ensure_cwd_importable
 
     module_name, _, attribute = reference.replace(":", ".").rpartition(".")
@@ -98,11 +104,26 @@ def import_tool(reference: str) -> Any:
         value = getattr(importlib.import_module(module_name), attribute)
     except Exception as error:
         raise ToolSpecError(f"cannot import tool {reference!r}: {type(error).__name__}: {error}") from error
-    if isinstance(value, Tool):
-        return value
-    if not callable(value):
+    if not _is_haystack_tool(value) and (not callable(value) or isinstance(value, type)):
         raise ToolSpecError(f"tool {reference!r} is a {type(value).__name__}, not a function or a haystack Tool")
-    return tool_from_function(value)
+    return value
+
+
+def tool_name(item: Any) -> str | None:
+    """The name a `tools=` entry gives its tool (a function's name, a Tool's or a declaration's), if known."""
+    if isinstance(item, Mapping):
+        item = item.get("function", item) if item.get("type") == "function" else item
+        name = item.get("name")
+        return name if isinstance(name, str) else None
+    name = getattr(item, "name", None)
+    if isinstance(name, str):
+        return name
+    return getattr(item, "__name__", None)
+
+
+def import_tool(reference: str) -> Any:
+    """Import `package.module:name`: a haystack `Tool`, or a function made one."""
+    return as_tool(import_reference(reference))
 
 
 def as_tool(item: Any) -> Any:
@@ -110,6 +131,8 @@ def as_tool(item: Any) -> Any:
     from haystack.tools.tool import Tool
 
     if isinstance(item, Tool):
+        return item
+    if _is_haystack_tool(item):
         return item
     if isinstance(item, str):
         return import_tool(item)
@@ -141,6 +164,11 @@ class Toolbox:
             seen.add(tool.name)
         declared = frozenset(t.name for t in tools if t.function is _declared_handed_back)
         return cls(tuple(tools), declared)
+
+    @property
+    def has_async(self) -> bool:
+        """Whether a tool can only be awaited (an `async def` function): a sync step runs on an event loop then."""
+        return any(tool.function is None and tool.async_function is not None for tool in self.tools)
 
     def find(self, name: str) -> Any | None:
         """The tool with this name, or None."""
@@ -177,8 +205,7 @@ def run_call(toolbox: Toolbox, call_id: str, name: str, arguments: dict[str, Any
     if tool is None:
         return ToolCallInfo(id=call_id, name=name, arguments=arguments, result=_unknown(toolbox, name), error=True)
     try:
-        # an async-only tool in a sync step runs on a loop of its own
-        value = asyncio.run(tool.invoke_async(**arguments)) if tool.function is None else tool.invoke(**arguments)
+        value = tool.invoke(**arguments)  # async-only tools never get here: `invoke` runs those steps on a loop
     except Exception as error:
         return ToolCallInfo(id=call_id, name=name, arguments=arguments, result=_failure(error), error=True)
     return ToolCallInfo(id=call_id, name=name, arguments=arguments, result=result_text(value))

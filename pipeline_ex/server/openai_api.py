@@ -17,6 +17,7 @@ one is a 400 naming the field.
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -121,8 +122,27 @@ def parse_chat_request(body: Any) -> ChatRequest:
     )
 
 
+_ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant", "tool": "tool"}
+"""The roles a message may have, and what each is for the workflow (OpenAI's `developer` is a system message)."""
+_TOOL_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+def _call_arguments(raw: Any, where: str) -> None:
+    if isinstance(raw, dict) or raw in (None, ""):
+        return
+    try:
+        value = json.loads(raw) if isinstance(raw, str) else None
+    except ValueError:
+        value = None
+    if not isinstance(value, dict):
+        raise _bad("tool_calls", f"{where}: 'arguments' must be a JSON object (as text), got {json.dumps(raw)[:40]}")
+
+
 def _conversation_message(message: dict[str, Any], role: str, text: str | None, number: int) -> dict[str, Any]:
     """One message as a workflow's `messages` input gets it: OpenAI's format, its content as text."""
+    if role not in _ROLES:
+        raise _bad("role", f"of message {number} must be one of {', '.join(_ROLES)}, got {json.dumps(role)[:40]}")
+    role = _ROLES[role]
     kept: dict[str, Any] = {"role": role, "content": text}
     calls = message.get("tool_calls")
     if calls is not None:
@@ -132,9 +152,12 @@ def _conversation_message(message: dict[str, Any], role: str, text: str | None, 
             function = call.get("function") if isinstance(call, dict) else None
             if not isinstance(function, dict) or not isinstance(function.get("name"), str):
                 raise _bad("tool_calls", f"item {position} of message {number} needs 'function' with a 'name'")
-            if not isinstance(function.get("arguments", ""), str | dict):
-                raise _bad("tool_calls", f"item {position} of message {number}: 'arguments' must be JSON text")
+            if not isinstance(call.get("id", ""), str):
+                raise _bad("tool_calls", f"item {position} of message {number}: 'id' must be a string")
+            _call_arguments(function.get("arguments"), f"item {position} of message {number}")
         kept["tool_calls"] = calls
+    elif role != "tool" and text is None:
+        raise _bad("content", f"of message {number} is missing (only an assistant message with tool_calls may omit it)")
     if role == "tool":
         call_id = message.get("tool_call_id")
         if not isinstance(call_id, str):
@@ -148,13 +171,22 @@ def _tools(tools: Any) -> tuple[dict[str, Any], ...] | None:
         return None
     if not isinstance(tools, list):
         raise _bad("tools", "must be a list of {type: function, function: {name, parameters}} objects")
-    checked = []
+    checked: list[dict[str, Any]] = []
+    names: set[str] = set()
     for number, tool in enumerate(tools):
         function = tool.get("function") if isinstance(tool, dict) else None
         if not isinstance(tool, dict) or tool.get("type", "function") != "function" or not isinstance(function, dict):
             raise _bad("tools", f"item {number} must be {{type: function, function: {{name, parameters}}}}")
-        if not isinstance(function.get("name"), str) or not function["name"]:
+        name = function.get("name")
+        if not isinstance(name, str) or not name:
             raise _bad("tools", f"item {number} needs a function 'name'")
+        if not _TOOL_NAME.match(name):
+            raise _bad(
+                "tools", f"item {number}: the name {json.dumps(name)[:70]} must be 1 to 64 letters, digits, _ or -"
+            )
+        if name in names:
+            raise _bad("tools", f"item {number}: two tools are named {name!r}")
+        names.add(name)
         if not isinstance(function.get("parameters", {}), dict):
             raise _bad("tools", f"item {number}: 'parameters' must be a JSON Schema object")
         checked.append({"type": "function", "function": function})
@@ -177,6 +209,12 @@ def chat_inputs(loaded: LoadedWorkflow, request: ChatRequest) -> dict[str, Any]:
     declared = loaded.workflow.inputs
     inputs: dict[str, Any] = {}
     if "tools" in declared and declared["tools"].type == "list":
+        own = _own_tool_names(loaded)
+        clash = sorted(own & request.tool_names)
+        if clash:
+            raise RequestRejected(
+                400, f"'tools' names {', '.join(map(repr, clash))}, which the workflow's own step defines; rename it"
+            )
         inputs["tools"] = list(request.tools or ())
     elif request.tools:
         raise RequestRejected(
@@ -199,6 +237,16 @@ def chat_inputs(loaded: LoadedWorkflow, request: ChatRequest) -> dict[str, Any]:
         )
     inputs[others[0]] = content
     return inputs
+
+
+def _own_tool_names(loaded: LoadedWorkflow) -> set[str]:
+    """The names of the tools the answer step defines itself (not the templated ones)."""
+    from pipeline_ex.llm.tools import tool_name
+
+    answer = answer_step(loaded)
+    step = next((s for s in loaded.steps if s.id == answer), None)
+    names = (tool_name(tool) for tool in (step.tools if step is not None else []) if not isinstance(tool, str))
+    return {name for name in names if name is not None}
 
 
 def _usage_json(total: Usage | None) -> dict[str, int] | None:

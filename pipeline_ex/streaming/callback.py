@@ -28,5 +28,5 @@ class CallbackHandler:
         if isinstance(event, Delta):
             if self.on_delta is not None:
                 self.on_delta(event)
-        elif self.on_done is not None:
+        elif isinstance(event, Done) and self.on_done is not None:
             self.on_done(event)

@@ -7,7 +7,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from pipeline_ex.deprecation import warn_deprecated
-from pipeline_ex.events import Delta, Event
+from pipeline_ex.events import Delta, Done, Event
 
 LegacyCallback = Callable[[tuple[str, Any]], Any]
 
@@ -34,7 +34,9 @@ class LegacyTupleHandler:
         """The legacy tuple for an event, or None when legacy handlers never received it."""
         if isinstance(event, Delta):
             return ("chunk", event.content) if event.kind == "text" else None
-        return ("complete", event.response)
+        if isinstance(event, Done):
+            return ("complete", event.response)
+        return None  # tool calls and partial objects did not exist for legacy handlers
 
     def handle_event(self, event: Event) -> Any:
         """Call the legacy callback with the tuple form of the event (awaitable if the callback is async)."""

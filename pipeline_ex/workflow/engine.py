@@ -293,7 +293,7 @@ class Engine:
 
     def _tools(self, item: LoadedStep, scope: Scope) -> list[Any]:
         """The step's tools, with the declared tools its expressions give added."""
-        from pipeline_ex.llm.tools import ToolSpecError, declared_tool
+        from pipeline_ex.llm.tools import ToolSpecError, declared_tool, tool_name
 
         tools: list[Any] = []
         for position, entry in enumerate(item.tools):
@@ -312,6 +312,11 @@ class Engine:
                     tools.append(declared_tool(spec))
                 except ToolSpecError as error:
                     raise WorkflowError([Issue(where, str(error))]) from None
+        names = [tool_name(tool) for tool in tools]
+        clash = next((name for name in names if name is not None and names.count(name) > 1), None)
+        if clash is not None:
+            message = f"two tools are named {clash!r} once the templated tools are added; give each its own name"
+            raise self._location_issue(scope, item, "tools", message)
         return tools
 
     def _count(self, usage: Usage | None) -> None:

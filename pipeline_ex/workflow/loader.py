@@ -1,8 +1,7 @@
 """Load a workflow file: YAML -> schema -> checked references -> resolved handlers and providers.
 
 Everything that can be checked before a provider is called is checked here, and every problem is
-reported at once with its file, line, column and key path. Nothing here imports haystack, except
-to build the tools of a step that has some.
+reported at once with its file, line, column and key path. Nothing here imports haystack.
 """
 
 from __future__ import annotations
@@ -32,7 +31,7 @@ from pipeline_ex.errors import (
 from pipeline_ex.llm.options import STEP_OPTION_NAMES
 from pipeline_ex.llm.providers import check_provider
 from pipeline_ex.llm.providers.mock import MockReply
-from pipeline_ex.llm.tools import ToolSpecError, as_tool
+from pipeline_ex.llm.tools import ToolSpecError, import_reference, tool_name
 from pipeline_ex.modes.session import active_override, mode_from_env
 from pipeline_ex.streaming.resolve import HandlerSpec, ensure_cwd_importable, resolve_handler
 from pipeline_ex.workflow.checks import TemplateChecker
@@ -601,12 +600,18 @@ class _StepLoader:
                 item.tools.append(entry)  # a template: its declared tools are known when it is rendered
                 continue
             try:
-                item.tools.append(as_tool(entry))
+                item.tools.append(import_reference(entry) if isinstance(entry, str) else entry)
             except ToolSpecError as error:
                 checker.add(where, str(error))
-        named = [getattr(tool, "name", None) for tool in item.tools if not isinstance(tool, str)]
-        for name in {n for n in named if named.count(n) > 1}:
+        named = [tool_name(tool) for tool in item.tools if not isinstance(tool, str)]
+        for name in sorted({n for n in named if n is not None and named.count(n) > 1}):
             checker.add((*path, "tools"), f"two tools are named {name!r}; give each tool its own name")
+        if step.max_tool_rounds is not None and not step.tools:
+            checker.add((*path, "max_tool_rounds"), "max_tool_rounds is given but the step has no tools", at_key=True)
+        if step.schema_retries is not None and step.output_schema is None:
+            checker.add(
+                (*path, "schema_retries"), "schema_retries is given but the step has no output_schema", at_key=True
+            )
         if step.output_schema is not None:
             from pipeline_ex.llm.structured import OutputSchemaError, resolve_output_schema
 
