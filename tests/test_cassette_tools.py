@@ -238,8 +238,7 @@ def test_each_call_replays_its_round_with_the_recorded_boundaries_and_calls(tmp_
     assert chunks[-1].finish_reason == "stop" and chunks[-1].meta["usage"] is None, "the total came first"
     assert reply.text == "Sunny at nine." and not reply.tool_calls and reply.meta["finish_reason"] == "stop"
 
-    chunks, reply = replay(generator, messages_after(expected))  # the same round again (a retry): the same
-    assert reply.text == "Sunny at nine."
+    # each call replays the next round (a repair adds a user message, so the conversation cannot tell)
     with pytest.raises(CassetteError, match=r"asked its model for round 3 of its tool loop, but the recording has 2"):
         replay(generator, messages_after(expected, expected))
 
@@ -520,3 +519,50 @@ def test_a_mock_run_recorded_from_the_command_line_replays_for_the_real_provider
     done = recorded[-1]
     assert done["response"]["text"] == "12.5% of 2,480, plus 17, is 327."
     assert done["response"]["tool_calls"][0]["result"] == "327"
+
+
+@pytest.mark.live  # the recording calls a loopback OpenAI server
+def test_a_structured_reply_that_needed_a_repair_replays_attempt_by_attempt(tmp_path: Path) -> None:
+    from openai_sse_server import OpenAISSEServer, StreamScript
+
+    path = tmp_path / "repaired.jsonl"
+    schema = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}
+    server = OpenAISSEServer().start()
+    try:
+        server.queue(StreamScript.replying('{"n": ', '"seven"}'), StreamScript.replying('{"n": ', "7}"))
+        arguments: dict[str, Any] = {
+            "prompt": "A number, please.",
+            "provider": "openai",
+            "api_base_url": server.url,
+            "output_schema": schema,
+            "step": "number",
+        }
+        recorded, replayed = StreamingRecorder(), StreamingRecorder()
+        with using_session(Session(mode="record", cassette=Cassette(path, record=True))):
+            first = pipeline_ex.invoke(on_event=recorded, **arguments)
+        requests = len(server.requests)
+    finally:
+        server.stop()
+    with using_session(Session(mode="replay", cassette=Cassette(path, record=False), replay_speed=0)):
+        second = pipeline_ex.invoke(on_event=replayed, **arguments)
+    assert requests == 2
+    assert first.data == second.data == {"n": 7}
+    assert [e.content for e in replayed.events if isinstance(e, Delta)] == [
+        e.content for e in recorded.events if isinstance(e, Delta)
+    ]
+    assert [e.attempt for e in replayed.events if isinstance(e, Partial)][-1] == 2
+    assert second.response.usage == first.response.usage
+
+
+def test_a_cassette_made_for_another_output_schema_does_not_replay(tmp_path: Path) -> None:
+    path = tmp_path / "schema.jsonl"
+    schema = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}
+    arguments: dict[str, Any] = {"prompt": "A number.", "provider": "mock", "step": "number"}
+    with using_session(Session(mode="record", cassette=Cassette(path, record=True))):
+        pipeline_ex.invoke(output_schema=schema, **arguments)
+    other = {**schema, "required": []}
+    with (
+        using_session(Session(mode="replay", cassette=Cassette(path, record=False), replay_speed=0)),
+        pytest.raises(CassetteError, match="output_schema"),
+    ):
+        pipeline_ex.invoke(output_schema=other, **arguments)

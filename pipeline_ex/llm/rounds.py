@@ -78,28 +78,11 @@ Next = Literal["done", "tools", "repair"]
 """What follows a reply: nothing (the step ends), a tool round, or a repair of a structured reply."""
 
 
-def add_round_usage(total: Usage | None, more: Usage | None, *, first: bool) -> Usage | None:
-    """The usage of one step's model calls added up: a count some call did not report stays None.
-
-    :param first: `total` holds no call yet (None then means "nothing counted", not "not reported").
-    """
-    if first:
-        return more
-    if total is None or more is None:
-        return None
-
-    def plus(a: int | None, b: int | None) -> int | None:
-        return None if a is None or b is None else a + b
-
-    return Usage(
-        input_tokens=plus(total.input_tokens, more.input_tokens),
-        output_tokens=plus(total.output_tokens, more.output_tokens),
-        total_tokens=plus(total.total_tokens, more.total_tokens),
-    )
-
-
 def add_usage(total: Usage | None, more: Usage | None) -> Usage | None:
-    """Two steps' usages added up (a run's total); a count neither reported stays None."""
+    """Two usages added up (a step's model calls, a run's steps); a count neither reported stays None.
+
+    A call that reported no usage adds nothing; it is never counted as zero tokens.
+    """
     if more is None:
         return total
     if total is None:
@@ -202,7 +185,7 @@ class Conversation:
         """
         meta = reply.meta if reply is not None else {}
         usage = normalize_usage(meta.get("usage")) or normalize_usage(computed_usage)
-        self.earlier_usage = add_round_usage(self.earlier_usage, usage, first=self.banked == 0)
+        self.earlier_usage = add_usage(self.earlier_usage, usage)
         self.banked += 1
 
     def call_events(self, step: str, run_id: str, next_seq: Any) -> Iterator[ToolCall]:

@@ -32,7 +32,7 @@ from pipeline_ex.llm.policy import StepPolicy
 from pipeline_ex.llm.providers import BuiltGenerator, MockOptions, build_generator, check_provider
 from pipeline_ex.llm.providers.mock import MockReply
 from pipeline_ex.llm.retry import Attempts
-from pipeline_ex.llm.rounds import Conversation, add_round_usage
+from pipeline_ex.llm.rounds import Conversation, add_usage
 from pipeline_ex.llm.supervise import run_with_limits
 from pipeline_ex.llm.tools import Toolbox, arun_call, run_call
 from pipeline_ex.modes.session import LiveCallBlocked
@@ -313,7 +313,7 @@ class _StepRun:
             if talk.banked:  # the earlier calls' usage, and the last one's unless the step failed without it
                 last = response.usage
                 earlier = talk.earlier_usage
-                update["usage"] = earlier if last is None else add_round_usage(earlier, last, first=False)
+                update["usage"] = add_usage(earlier, last)
             if done.error is None:
                 update["data"] = talk.data
             done = done.model_copy(update={"response": response.model_copy(update=update)})

@@ -149,6 +149,8 @@ class _StepReader:
         self.calls: list[ToolCall] = []
         self.results: list[ToolResult] = []
         self.last_offset: float | None = None
+        self.attempts = 1
+        """The structured reply's attempt so far (a repair of an invalid reply is a model call of its own)."""
 
     def _close_round(self) -> None:
         self.rounds.append(RecordedRound(tuple(self.deltas), tuple(self.calls), tuple(self.results)))
@@ -169,6 +171,20 @@ class _StepReader:
         else:
             self.results.append(event)
         self.last_offset = offset
+
+    def attempt(self, number: int) -> None:
+        """A `Partial` of the structured reply's attempt `number` was recorded.
+
+        The first one of a repair attempt follows the delta that began its object: that delta, and the
+        ones after it, are the repair's own model call.
+        """
+        if number <= self.attempts:
+            return
+        self.attempts = number
+        first = self.deltas.pop() if self.deltas else None
+        self._close_round()
+        if first is not None:
+            self.deltas.append(first)
 
     def finish(self, done: Done, request: StepRequest | None, source: Path) -> RecordedStep:
         """The recorded step run that `done` closed."""
@@ -243,8 +259,9 @@ class Cassette:
         except ValueError as error:
             raise CassetteError(f"cassette {self.path}: {error}; {RERECORD}") from error
         for number, ((offset, event, _), request) in enumerate(zip(records, requests, strict=True), start=1):
-            if isinstance(event, Partial):
-                continue  # the step parses its structured reply again from the replayed text
+            if isinstance(event, Partial):  # the step parses its structured reply again from the replayed text
+                readers[(event.run_id, event.step)].attempt(event.attempt)
+                continue
             if not isinstance(event, Delta | ToolCall | ToolResult | Done):
                 raise CassetteError(
                     f"cassette {self.path}: record {number} is a {event.type} event; a cassette holds only "

@@ -4,8 +4,8 @@ It emits the recorded chunks with the same boundaries, finish reason, usage and 
 recording did (scaled by the replay speed; 0 replays instantly). A recorded provider failure is raised
 again after the recorded deltas.
 
-A step with tools calls it once per round of its tool loop. Each call replays the recorded round the
-conversation has reached (see `tool_round`): its text, reasoning and tool-call chunks, then, for a round
+A step with tools calls it once per round of its tool loop (and once per repair of a structured reply).
+Each call replays the next recorded round: its text, reasoning and tool-call chunks, then, for a round
 that called tools, a final chunk with finish reason "tool_calls" and a reply carrying the recorded calls
 (ids, names and arguments), which the step runs again. The recorded usage is the step's total, so it is
 reported once, by the first round: the step adds up what its rounds report, also when it stops early.
@@ -30,7 +30,6 @@ from haystack.dataclasses.streaming_chunk import FinishReason as HaystackFinishR
 
 from pipeline_ex.events import Delta, Done
 from pipeline_ex.modes.cassette import RERECORD, CassetteError, RecordedRound, RecordedStep, ReplayedProviderError
-from pipeline_ex.modes.conversation import tool_round
 
 _STEP_FAILURES = frozenset({"tool_rounds", "schema"})
 """Failures the step decides on its own after the model answered; a replay lets the step reach them again."""
@@ -109,9 +108,10 @@ def replay_round(
     done = recording.done
     model = done.response.model
     usage = _usage_meta(done) if number == 0 else None
-    if number < len(rounds) - 1:
-        meta: dict[str, Any] = {"model": model, "usage": usage, "finish_reason": "tool_calls"}
-        chunks.append((0.0, StreamingChunk(content="", component_info=info, finish_reason="tool_calls", meta=meta)))
+    if number < len(rounds) - 1:  # a round that called tools, or a structured reply that was repaired
+        ended_as: HaystackFinishReason = "tool_calls" if round_.tool_calls else "stop"
+        meta: dict[str, Any] = {"model": model, "usage": usage, "finish_reason": ended_as}
+        chunks.append((0.0, StreamingChunk(content="", component_info=info, finish_reason=ended_as, meta=meta)))
         return chunks, _reply(round_, meta), None
     raw_finish = done.response.meta.get("finish_reason_raw")
     if raw_finish is None and round_.tool_calls:
@@ -136,6 +136,12 @@ class CassetteChatGenerator:
     def __init__(self, recording: RecordedStep, speed: float = 1.0) -> None:
         self.recording = recording
         self.speed = speed
+        self.replied = 0
+        """The model calls answered so far: the next call replays the next recorded round.
+
+        Counted here rather than read from the conversation, because a structured reply's repair adds
+        a user message as a new question would; one generator serves one step run.
+        """
 
     def _scaled(self, pause_ms: float) -> float:
         return 0.0 if self.speed <= 0 else pause_ms / 1000 / self.speed
@@ -154,7 +160,7 @@ class CassetteChatGenerator:
         request the cassette was checked against before this generator was built.
         """
         info = ComponentInfo.from_component(self)
-        chunks, reply, failure = replay_round(self.recording, tool_round(messages), info)
+        chunks, reply, failure = replay_round(self.recording, self.replied, info)
         for pause, chunk in chunks:
             if (delay := self._scaled(pause)) > 0:
                 time.sleep(delay)
@@ -162,6 +168,7 @@ class CassetteChatGenerator:
                 streaming_callback(chunk)
         if failure is not None:
             raise failure
+        self.replied += 1
         return {"replies": [reply]}
 
     @component.output_types(replies=list[ChatMessage])
@@ -174,7 +181,7 @@ class CassetteChatGenerator:
     ) -> dict[str, list[ChatMessage]]:
         """Async twin of `run`."""
         info = ComponentInfo.from_component(self)
-        chunks, reply, failure = replay_round(self.recording, tool_round(messages), info)
+        chunks, reply, failure = replay_round(self.recording, self.replied, info)
         for pause, chunk in chunks:
             if (delay := self._scaled(pause)) > 0:
                 await asyncio.sleep(delay)
@@ -184,4 +191,5 @@ class CassetteChatGenerator:
                     await result
         if failure is not None:
             raise failure
+        self.replied += 1
         return {"replies": [reply]}
