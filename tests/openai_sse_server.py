@@ -51,7 +51,7 @@ from dataclasses import dataclass, field, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Literal, Self
 
-from provider_servers import ScriptedToolCall
+from provider_servers import ScriptedToolCall, ScriptQueue
 
 Framing = Literal["close", "chunked"]
 ToolCallStyle = Literal["sequential", "interleaved", "one_chunk"]
@@ -383,7 +383,7 @@ class _Server(ThreadingHTTPServer):
     owner: OpenAISSEServer
 
 
-class OpenAISSEServer:
+class OpenAISSEServer(ScriptQueue["StreamScript"]):
     """An OpenAI-compatible chat completions server on 127.0.0.1, driven by a `StreamScript`.
 
     Use as a context manager or call `start()` / `stop()`. `url` is the `api_base_url` to give the
@@ -453,30 +453,6 @@ class OpenAISSEServer:
         with self._lock:
             self._script = new
         return new
-
-    def current_script(self) -> StreamScript:
-        """The standing script: what requests are answered with once the queued scripts are used up."""
-        with self._lock:
-            return self._script
-
-    def queue(self, *scripts: StreamScript) -> None:
-        """Answer the next requests with `scripts`, one each, in order; after them, the standing script.
-
-        A tool loop is scripted this way: round 1 calls tools, round 2 (which carries the results) replies.
-        """
-        with self._lock:
-            self._queued.extend(scripts)
-
-    @property
-    def queued(self) -> int:
-        """How many queued scripts are still unused."""
-        with self._lock:
-            return len(self._queued)
-
-    def take_script(self) -> StreamScript:
-        """The script for a request that just arrived: the next queued one, else the standing one."""
-        with self._lock:
-            return self._queued.popleft() if self._queued else self._script
 
     # -- what happened ---------------------------------------------------------------------------
 

@@ -392,7 +392,45 @@ class _Server(ThreadingHTTPServer):
     owner: ProviderServer[Any]
 
 
-class ProviderServer(Generic[S]):
+T = TypeVar("T")
+
+
+class ScriptQueue(Generic[T]):
+    """The scripts a loopback server answers with: a standing one, and queued ones used first, one each.
+
+    The server sets `_lock` (a `threading.Condition`), `_script` and `_queued` (a deque).
+    """
+
+    _lock: threading.Condition
+    _script: T
+    _queued: deque[T]
+
+    def current_script(self) -> T:
+        """The standing script: what requests are answered with once the queued scripts are used up."""
+        with self._lock:
+            return self._script
+
+    def queue(self, *scripts: T) -> None:
+        """Answer the next requests with `scripts`, one each, in order; after them, the standing script.
+
+        A tool loop is scripted this way: round 1 calls tools, round 2 (which carries the results) replies.
+        """
+        with self._lock:
+            self._queued.extend(scripts)
+
+    @property
+    def queued(self) -> int:
+        """How many queued scripts are still unused."""
+        with self._lock:
+            return len(self._queued)
+
+    def take_script(self) -> T:
+        """The script for a request that just arrived: the next queued one, else the standing one."""
+        with self._lock:
+            return self._queued.popleft() if self._queued else self._script
+
+
+class ProviderServer(ScriptQueue[S], Generic[S]):
     """Lifecycle, scripting and request records shared by the provider servers.
 
     Use as a context manager or call `start()` / `stop()`. Subclasses set `script_class` and implement
@@ -464,30 +502,6 @@ class ProviderServer(Generic[S]):
         with self._lock:
             self._script = new
         return new
-
-    def current_script(self) -> S:
-        """The standing script: what requests are answered with once the queued scripts are used up."""
-        with self._lock:
-            return self._script
-
-    def queue(self, *scripts: S) -> None:
-        """Answer the next requests with `scripts`, one each, in order; after them, the standing script.
-
-        A tool loop is scripted this way: round 1 calls tools, round 2 (which carries the results) replies.
-        """
-        with self._lock:
-            self._queued.extend(scripts)
-
-    @property
-    def queued(self) -> int:
-        """How many queued scripts are still unused."""
-        with self._lock:
-            return len(self._queued)
-
-    def take_script(self) -> S:
-        """The script for a request that just arrived: the next queued one, else the standing one."""
-        with self._lock:
-            return self._queued.popleft() if self._queued else self._script
 
     # -- responding (subclasses) -----------------------------------------------------------------
 

@@ -23,7 +23,7 @@ from pipeline_ex.errors import (
     StructuredOutputError,
     ToolRoundsError,
 )
-from pipeline_ex.events import Done, ErrorInfo, ErrorType, Usage
+from pipeline_ex.events import Done, ErrorInfo, ErrorType, FinishReason, Usage
 from pipeline_ex.llm.bridge import StreamAbort, StreamBridge
 from pipeline_ex.llm.normalize import map_finish_reason, normalize_usage, raw_finish_reason
 from pipeline_ex.llm.policy import StepTimeout, dropped_connection
@@ -182,16 +182,23 @@ def _out_of_rounds(ending: Ending) -> bool:
     return isinstance(ending.error, RoundLimitReached)
 
 
-def _round_limit(ending: Ending) -> Concluded:
-    """The model still called tools after the last round: `tool_calls`, as the model left it."""
+def _replies_ended_it(
+    ending: Ending, finish_reason: FinishReason, kind: ErrorType, error_class: type[StepError]
+) -> Concluded:
+    """The model's replies broke a rule of the step (its round limit, its output schema)."""
     bridge, error = ending.bridge, ending.error
     assert error is not None
     usage, meta, model = ending.reply_fields()
-    info = ErrorInfo(type="tool_rounds", message=str(error))
+    info = ErrorInfo(type=kind, message=str(error))
     done = bridge.build_done(
-        finish_reason="tool_calls", usage=usage, meta=meta, model=model, streamed=ending.streamed, error=info
+        finish_reason=finish_reason, usage=usage, meta=meta, model=model, streamed=ending.streamed, error=info
     )
-    return done, ToolRoundsError(f"step {bridge.step!r}: {error}", step=bridge.step, done=done)
+    return done, error_class(f"step {bridge.step!r}: {error}", step=bridge.step, done=done)
+
+
+def _round_limit(ending: Ending) -> Concluded:
+    """The model still called tools after the last round: `tool_calls`, as the model left it."""
+    return _replies_ended_it(ending, "tool_calls", "tool_rounds", ToolRoundsError)
 
 
 def _mismatched(ending: Ending) -> bool:
@@ -199,14 +206,7 @@ def _mismatched(ending: Ending) -> bool:
 
 
 def _schema_failure(ending: Ending) -> Concluded:
-    bridge, error = ending.bridge, ending.error
-    assert error is not None
-    usage, meta, model = ending.reply_fields()
-    info = ErrorInfo(type="schema", message=str(error))
-    done = bridge.build_done(
-        finish_reason="error", usage=usage, meta=meta, model=model, streamed=ending.streamed, error=info
-    )
-    return done, StructuredOutputError(f"step {bridge.step!r}: {error}", step=bridge.step, done=done)
+    return _replies_ended_it(ending, "error", "schema", StructuredOutputError)
 
 
 def _connection_dropped(ending: Ending) -> bool:

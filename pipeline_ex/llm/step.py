@@ -85,27 +85,16 @@ def _handler_specs(on_event: Any, ctx: Context) -> list[HandlerSpec]:
     return [ref if isinstance(ref, HandlerSpec) else resolve_handler(ref) for ref in refs]
 
 
-_streaming_classes: dict[type, bool] = {}
+_run_parameters: dict[tuple[type, str], bool] = {}
 
 
-def _can_stream(generator_class: type) -> bool:
-    """Whether a generator class's `run` takes a `streaming_callback` (decided once per class)."""
-    known = _streaming_classes.get(generator_class)
+def _run_accepts(generator_class: type, parameter: str) -> bool:
+    """Whether a generator class's `run` takes `parameter` (`streaming_callback`, `tools`), decided once."""
+    key = (generator_class, parameter)
+    known = _run_parameters.get(key)
     if known is None:
         run = getattr(generator_class, "run")  # noqa: B009 - a class attribute of an arbitrary component
-        known = _streaming_classes[generator_class] = "streaming_callback" in inspect.signature(run).parameters
-    return known
-
-
-_tool_classes: dict[type, bool] = {}
-
-
-def _takes_tools(generator_class: type) -> bool:
-    """Whether a generator class's `run` takes `tools` (decided once per class)."""
-    known = _tool_classes.get(generator_class)
-    if known is None:
-        run = getattr(generator_class, "run")  # noqa: B009 - a class attribute of an arbitrary component
-        known = _tool_classes[generator_class] = "tools" in inspect.signature(run).parameters
+        known = _run_parameters[key] = parameter in inspect.signature(run).parameters
     return known
 
 
@@ -137,7 +126,7 @@ class _StepRun:
     ) -> None:
         self.built = built
         self.policy = policy
-        if talk.toolbox is not None and not _takes_tools(type(built.generator)):
+        if talk.toolbox is not None and not _run_accepts(type(built.generator), "tools"):
             raise ProviderConfigError(
                 f"step {step!r}: provider {built.provider!r} ({type(built.generator).__name__}) cannot call tools; "
                 "use a provider whose model calls tools (openai, anthropic, ollama, gemini, mock)"
@@ -146,7 +135,7 @@ class _StepRun:
             talk.messages = _with_instructions(talk.messages, talk.schema)
         self.talk = talk
         self.dispatcher = Dispatcher([spec.bind() for spec in handlers], on_error=policy.on_handler_error)
-        can_stream = _can_stream(type(built.generator))
+        can_stream = _run_accepts(type(built.generator), "streaming_callback")
         if stream and not can_stream:
             logger.warning(
                 "step %r: model %r (%s) cannot stream; making one call and emitting its reply as one Delta",
