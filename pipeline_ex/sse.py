@@ -1,8 +1,9 @@
 """Server-Sent Events framing for pipeline_ex events, and a plain-text rendering of a stream.
 
 Each event is one frame: `event: <its type>`, `id: <run_id>:<seq>` and `data: <the event as JSON>`. The
-type is `delta` or `done` for a step's events, and `step_started`, `step_finished` or `run_finished` for
-the lifecycle events a stream carries when it was made with `lifecycle=True` (the server's always are).
+type is `delta`, `tool_call`, `tool_result`, `partial` or `done` for a step's events, and
+`step_started`, `step_finished` or `run_finished` for the lifecycle events a stream carries when it was
+made with `lifecycle=True` (the server's always are).
 A run that fails after the response started gets an `event: error` frame (type and message, never a
 traceback), every stream ends with an `event: end` frame, and a `: keepalive` comment goes out whenever
 the stream has been idle for `keepalive` seconds (2 s by default: below the 5 s read timeout of a default

@@ -23,6 +23,7 @@ from typing import Any, Literal
 
 from pipeline_ex.events import ToolCall, ToolCallInfo, ToolResult, Usage
 from pipeline_ex.llm.normalize import normalize_usage
+from pipeline_ex.llm.options import DEFAULT_MAX_TOOL_ROUNDS, DEFAULT_SCHEMA_RETRIES
 from pipeline_ex.llm.tools import Toolbox
 
 
@@ -114,17 +115,17 @@ class Conversation:
     messages: list[Any]
     """The haystack `ChatMessage`s sent with the next call."""
     toolbox: Toolbox | None = None
-    max_tool_rounds: int = 5
+    max_tool_rounds: int = DEFAULT_MAX_TOOL_ROUNDS
     schema: Any = None
     """The step's `OutputSchema`, or None."""
-    schema_retries: int = 1
+    schema_retries: int = DEFAULT_SCHEMA_RETRIES
     rounds: int = 0
     """Tool rounds run so far."""
     repairs: int = 0
     calls: list[ToolCallInfo] = field(default_factory=list)
     """Every call made, with its result once the tool returned."""
     earlier_usage: Usage | None = None
-    """The usage of the calls before the last one (the last one's is in its reply)."""
+    """The usage of the replies `bank` counted: each one another call followed, and one the step failed on."""
     data: Any = None
     pending: list[PendingCall] = field(default_factory=list)
     banked: int = 0
