@@ -10,11 +10,11 @@ from pipeline_ex.distributed.event_log import (
     DEFAULT_KEY_PREFIX,
     EventLogError,
     EventLogUnavailable,
-    Gap,
     NotAnEventLog,
     RedisEventLog,
     redact_url,
 )
+from pipeline_ex.gaps import Gap
 
 __all__ = [
     "DEFAULT_KEY_PREFIX",

@@ -51,12 +51,12 @@ import hashlib
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Any, Literal, TypeAlias, cast
 from urllib.parse import urlsplit, urlunsplit
 
 from pipeline_ex.errors import ExtraNotInstalledError, PipelineError
 from pipeline_ex.events import EVENT_ADAPTER, Done, RunEvent, RunFinished, RunStatus
+from pipeline_ex.gaps import Gap
 
 try:
     import redis
@@ -148,23 +148,6 @@ class NotAnEventLog(EventLogError):
             f"Redis key {key!r} is not a pipeline-ex event log: {problem}; "
             "delete it, or give the log a key_prefix of its own"
         )
-
-
-@dataclass(frozen=True)
-class Gap:
-    """Events `first_seq..last_seq` were trimmed from the log before this reader read them.
-
-    The same report as the in-memory log's (`pipeline_ex.server.runs.Gap`); a run's seqs are
-    consecutive, so `count` is how many events the reader missed.
-    """
-
-    first_seq: int
-    last_seq: int
-
-    @property
-    def count(self) -> int:
-        """How many seqs the gap spans."""
-        return self.last_seq - self.first_seq + 1
 
 
 def redact_url(url: str) -> str:
