@@ -188,3 +188,20 @@ def start_server(kit_workflows: Path) -> Iterator[Callable[..., Any]]:
     yield start
     for running in started:
         running.stop()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# A real redis-server for the distributed event log (tests/redis_kit.py)
+# ---------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[Any]:
+    """One `redis-server` for the session, on a free loopback port with persistence off."""
+    from redis_kit import RedisServer
+
+    server = RedisServer().start()
+    try:
+        yield server
+    finally:
+        server.stop()

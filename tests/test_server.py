@@ -52,8 +52,9 @@ from server_kit import (
 )
 
 from pipeline_ex import Delta, Done, RunFinished
+from pipeline_ex.gaps import Gap
 from pipeline_ex.server import create_app
-from pipeline_ex.server.runs import Gap, RunLog, RunRegistry
+from pipeline_ex.server.runs import RunLog, RunRegistry
 from pipeline_ex.sse import parse_frames
 
 pytestmark = pytest.mark.streaming

@@ -60,12 +60,13 @@ from starlette.types import Message, Receive, Scope, Send
 
 from pipeline_ex.errors import PipelineError
 from pipeline_ex.events import RunEvent
+from pipeline_ex.gaps import Gap
 from pipeline_ex.redaction import redact_text, redacting_logger, register_secret
 from pipeline_ex.server import openai_api, split_hosts
 from pipeline_ex.server.catalog import WorkflowCatalog
 from pipeline_ex.server.http import DEFAULT_READ_TIMEOUT
 from pipeline_ex.server.page import PAGE
-from pipeline_ex.server.runs import Gap, RegistryFull, RunLog, RunRegistry, new_reference
+from pipeline_ex.server.runs import RegistryFull, RunLog, RunRegistry, new_reference
 from pipeline_ex.server.security import (
     ALLOWED_HOSTS_ENV,
     API_KEY_ENV,

@@ -28,7 +28,6 @@ import sys
 import uuid
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Mapping
-from dataclasses import dataclass
 from typing import Any, Literal
 
 from pipeline_ex.errors import PipelineError, RunCancelled, StepError
@@ -43,6 +42,7 @@ from pipeline_ex.events import (
     ToolCall,
     ToolResult,
 )
+from pipeline_ex.gaps import Gap
 from pipeline_ex.redaction import redact_text, redacting_logger
 from pipeline_ex.workflow.iterate import EventStream, astream
 from pipeline_ex.workflow.loader import LoadedWorkflow
@@ -87,14 +87,6 @@ LogStatus = Literal["running", "ok", "failed", "cancelled"]
 
 class RegistryFull(PipelineError):
     """The registry holds `max_runs` runs that are all still going: a new one cannot be admitted."""
-
-
-@dataclass(frozen=True)
-class Gap:
-    """Events `first_seq..last_seq` were dropped from the log before a follower read them."""
-
-    first_seq: int
-    last_seq: int
 
 
 def _is_pipeline_error(qualified_name: str | None) -> bool:
