@@ -466,3 +466,12 @@ def test_one_bad_workflow_does_not_break_the_catalog(
     assert any(
         "not serving" in record.getMessage() and "bad.yaml:4:21" in record.getMessage() for record in caplog.records
     )
+
+
+@pytest.mark.parametrize("text", ["workflow:\n", "workflow: ~\n", "workflow: null\n"])
+def test_an_empty_workflow_key_is_an_issue_at_its_line(text: str) -> None:
+    with pytest.raises(WorkflowError) as caught:
+        parse_workflow(text, "empty.yaml")
+    assert [str(issue) for issue in caught.value.issues] == [
+        "empty.yaml:1:1: workflow: 'workflow:' is empty; give it a name and steps"
+    ]

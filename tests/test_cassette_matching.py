@@ -247,7 +247,9 @@ def test_the_cassette_marker_matches_the_request_and_replays_instantly(
     recorded = pytester.runpytest_subprocess("-s", "--pipeline-record")
     recorded.assert_outcomes(passed=1)
     text, recorded_ms = outcome(recorded)
-    assert text == "".join(POEM) and recorded_ms >= 3 * 80 * 0.9
+    # the server pauses 80 ms before each of the last three chunks; on a loaded machine the client can read
+    # the first one late, shortening what it measures, so the recording must show at least two pauses
+    assert text == "".join(POEM) and recorded_ms >= 2 * 80
     openai_server.stop()
 
     instant = pytester.runpytest_subprocess("-s")

@@ -328,6 +328,9 @@ def _split_body(source: YamlSource, checker: _Checker) -> tuple[Any, Path | None
             if key != "workflow":
                 checker.prefix = ()
                 checker.add((key,), f"unknown top-level key {key!r}; everything goes under 'workflow:'", at_key=True)
+        if data["workflow"] is None:
+            checker.prefix = ()
+            checker.add(("workflow",), "'workflow:' is empty; give it a name and steps", at_key=True)
         return data["workflow"], ("workflow",)
     if isinstance(data, dict):
         return data, ()
