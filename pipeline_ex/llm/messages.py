@@ -113,22 +113,6 @@ def prompt_messages(system: str | None, prompt: str) -> list[dict[str, Any]]:
     return ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
 
 
-def message_record(message: Any) -> dict[str, Any]:
-    """A haystack `ChatMessage` as a JSON mapping in OpenAI's format (what a cassette's request holds)."""
-    role = message.role.value
-    record: dict[str, Any] = {"role": role, "content": message.text}
-    if message.tool_calls:
-        record["tool_calls"] = [
-            {"id": c.id, "type": "function", "function": {"name": c.tool_name, "arguments": c.arguments}}
-            for c in message.tool_calls
-        ]
-    result = message.tool_call_result
-    if result is not None:
-        record["content"] = result.result
-        record["tool_call_id"] = result.origin.id
-    return record
-
-
 def message_text(message: Any) -> tuple[str, str]:
     """A message as the (role, text) pair a cassette's request compares: a tool call or result as JSON."""
     role = message.role.value

@@ -100,3 +100,23 @@ def normalize_usage(raw: Mapping[str, Any] | None) -> Usage | None:
     if total_tokens is None and input_tokens is not None and output_tokens is not None:
         total_tokens = input_tokens + output_tokens
     return Usage(input_tokens=input_tokens, output_tokens=output_tokens, total_tokens=total_tokens)
+
+
+def add_usage(total: Usage | None, more: Usage | None) -> Usage | None:
+    """Two usages added up (a step's model calls, a run's steps); a count neither reported stays None.
+
+    A call that reported no usage adds nothing; it is never counted as zero tokens.
+    """
+    if more is None:
+        return total
+    if total is None:
+        return more
+
+    def plus(a: int | None, b: int | None) -> int | None:
+        return None if a is None and b is None else (a or 0) + (b or 0)
+
+    return Usage(
+        input_tokens=plus(total.input_tokens, more.input_tokens),
+        output_tokens=plus(total.output_tokens, more.output_tokens),
+        total_tokens=plus(total.total_tokens, more.total_tokens),
+    )

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from pipeline_ex.events import ToolCall, ToolCallInfo, ToolResult, Usage
-from pipeline_ex.llm.normalize import normalize_usage
+from pipeline_ex.llm.normalize import add_usage, normalize_usage
 from pipeline_ex.llm.options import DEFAULT_MAX_TOOL_ROUNDS, DEFAULT_SCHEMA_RETRIES
 from pipeline_ex.llm.tools import Toolbox
 
@@ -77,26 +77,6 @@ class UnreadableToolCalls(Exception):
 
 Next = Literal["done", "tools", "repair"]
 """What follows a reply: nothing (the step ends), a tool round, or a repair of a structured reply."""
-
-
-def add_usage(total: Usage | None, more: Usage | None) -> Usage | None:
-    """Two usages added up (a step's model calls, a run's steps); a count neither reported stays None.
-
-    A call that reported no usage adds nothing; it is never counted as zero tokens.
-    """
-    if more is None:
-        return total
-    if total is None:
-        return more
-
-    def plus(a: int | None, b: int | None) -> int | None:
-        return None if a is None and b is None else (a or 0) + (b or 0)
-
-    return Usage(
-        input_tokens=plus(total.input_tokens, more.input_tokens),
-        output_tokens=plus(total.output_tokens, more.output_tokens),
-        total_tokens=plus(total.total_tokens, more.total_tokens),
-    )
 
 
 @dataclass

@@ -26,13 +26,14 @@ from pipeline_ex.events import Delta, Done, Response, ToolCallInfo
 from pipeline_ex.llm.bridge import HybridPump, StreamBridge, in_daemon_thread
 from pipeline_ex.llm.interrupts import interrupt_gate
 from pipeline_ex.llm.messages import chat_messages, last_user_text, message_text, prompt_messages
+from pipeline_ex.llm.normalize import add_usage
 from pipeline_ex.llm.options import DEFAULT_MAX_TOOL_ROUNDS, DEFAULT_SCHEMA_RETRIES
 from pipeline_ex.llm.outcome import CANCELLATIONS, conclude
 from pipeline_ex.llm.policy import StepPolicy
 from pipeline_ex.llm.providers import BuiltGenerator, MockOptions, build_generator, check_provider
 from pipeline_ex.llm.providers.mock import MockReply
 from pipeline_ex.llm.retry import Attempts
-from pipeline_ex.llm.rounds import Conversation, add_usage
+from pipeline_ex.llm.rounds import Conversation
 from pipeline_ex.llm.supervise import run_with_limits
 from pipeline_ex.llm.tools import Toolbox, arun_call, run_call
 from pipeline_ex.modes.session import LiveCallBlocked

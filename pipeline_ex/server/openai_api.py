@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pipeline_ex.events import Delta, Done, RunEvent, ToolCallInfo, Usage
-from pipeline_ex.llm.rounds import add_usage
+from pipeline_ex.llm.normalize import add_usage
 from pipeline_ex.server.catalog import answer_step
 from pipeline_ex.server.security import RequestRejected
 from pipeline_ex.workflow.loader import LoadedWorkflow

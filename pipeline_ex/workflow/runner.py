@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import difflib
+import functools
 import os
 import time
 from collections.abc import Mapping
@@ -17,7 +18,8 @@ from typing import Any
 
 from pipeline_ex.context import Context
 from pipeline_ex.errors import PipelineError
-from pipeline_ex.events import ErrorInfo, RunFinished, RunStatus, Usage
+from pipeline_ex.events import ErrorInfo, RunFinished, RunStatus
+from pipeline_ex.llm.normalize import add_usage
 from pipeline_ex.modes.session import session_for_run
 from pipeline_ex.streaming.resolve import HandlerSpec, resolve_handler
 from pipeline_ex.workflow.engine import Engine, Scope, emit_keeping_the_outcome, error_info_of
@@ -127,19 +129,6 @@ def _record_top(result: RunResult) -> Any:
     return record
 
 
-def _total_usage(usage: list[Usage]) -> Usage | None:
-    if not usage:
-        return None
-
-    def total(name: str) -> int | None:
-        counts = [getattr(u, name) for u in usage if getattr(u, name) is not None]
-        return sum(counts) if counts else None
-
-    return Usage(
-        input_tokens=total("input_tokens"), output_tokens=total("output_tokens"), total_tokens=total("total_tokens")
-    )
-
-
 def _as_loaded(workflow: str | os.PathLike[str] | LoadedWorkflow, mock: bool) -> LoadedWorkflow:
     if isinstance(workflow, LoadedWorkflow):
         return workflow
@@ -213,7 +202,7 @@ async def arun(
                 run_id=ctx.run_id,
                 seq=ctx.next_seq(),
                 status=status,
-                usage=_total_usage(engine.usage),
+                usage=functools.reduce(add_usage, engine.usage, None),
                 duration_ms=(time.perf_counter() - started) * 1000,
                 error=error_info,
             )
