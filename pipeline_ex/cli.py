@@ -67,6 +67,7 @@ def _parse_inputs(pairs: Sequence[str]) -> dict[str, str]:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    from pipeline_ex.context import new_run_id
     from pipeline_ex.errors import (
         PipelineError,
         ProviderConfigError,
@@ -75,18 +76,33 @@ def _cmd_run(args: argparse.Namespace) -> int:
         WorkflowError,
     )
     from pipeline_ex.streaming.resolve import resolve_handler
+    from pipeline_ex.workflow.checkpoints import FileCheckpoints, ResumeError
     from pipeline_ex.workflow.loader import load_workflow
+    from pipeline_ex.workflow.outputs import output_directory
     from pipeline_ex.workflow.runner import InputError, arun
 
     try:
         inputs = _parse_inputs(args.input)
         loaded = load_workflow(args.file, mock=args.mock)
+        checkpoints = FileCheckpoints(output_directory(args.output_dir))
+        if args.resume is not None and checkpoints.read(args.resume) is None:
+            raise ResumeError(
+                f"no checkpoint of run {args.resume} in {checkpoints.folder}: a run keeps one until it succeeds; "
+                "pass the same --output-dir as the run had"
+            )
     except ValueError as error:
         _error(str(error))
         return EXIT_USAGE
     except WorkflowError as error:
         _stderr(error)
         return EXIT_USAGE
+    except ResumeError as error:
+        _error(str(error))
+        return EXIT_USAGE
+    run_id = args.resume or new_run_id()
+    resume_hint = f"continue it with: pipeline-ex run {args.file} --resume {run_id}" + (
+        f" --output-dir {args.output_dir}" if args.output_dir else ""
+    )
     progress = _Progress([step.id for step in loaded.steps])
 
     import asyncio
@@ -118,6 +134,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
                 output_dir=args.output_dir,
                 default_handler=console,
                 on_event=progress if progress.shown else None,
+                run_id=run_id,
+                checkpoints=checkpoints,
+                resume=args.resume is not None,
             )
         finally:
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
@@ -127,18 +146,22 @@ def _cmd_run(args: argparse.Namespace) -> int:
         with redirect:
             result = asyncio.run(run_until_done_or_terminated())
     except KeyboardInterrupt:
-        _error("interrupted")
+        _error(f"interrupted; {resume_hint}")
         return EXIT_INTERRUPTED
     except asyncio.CancelledError:
         if not terminated:
             raise
-        _error("terminated")
+        _error(f"terminated; {resume_hint}")
         return EXIT_TERMINATED
     except StepError as error:
         if isinstance(error.__cause__, BrokenPipeError):  # the console handler's reader went away
             raise error.__cause__ from error
         _error(f"step {error.step!r} failed: {error}")
+        _stderr(resume_hint)
         return EXIT_RUN_FAILED
+    except ResumeError as error:
+        _error(str(error))
+        return EXIT_USAGE
     except InputError as error:
         how = (
             f"pass it with --input {error.missing}=VALUE"
@@ -152,7 +175,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     except PipelineError as error:
         _error(str(error))
+        if checkpoints.read(run_id) is not None:
+            _stderr(resume_hint)
         return EXIT_RUN_FAILED
+    except Exception:  # a python step's own error: its traceback is the user's to read
+        if checkpoints.read(run_id) is not None:
+            _stderr(resume_hint)
+        raise
     if args.json:
         print(json.dumps(result.to_json(), indent=2, ensure_ascii=False))
     return EXIT_OK
@@ -320,6 +349,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--json", action="store_true", help="print the results as JSON on stdout; streamed text goes to stderr"
+    )
+    run.add_argument(
+        "--resume",
+        metavar="RUN_ID",
+        help="continue a run that failed or was interrupted, from its checkpoint in the output folder: its "
+        "finished steps are not run again (the inputs are the run's)",
     )
     run.set_defaults(func=_cmd_run)
 

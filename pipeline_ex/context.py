@@ -12,6 +12,11 @@ from pipeline_ex.debug import stream_debug_enabled
 from pipeline_ex.modes.session import TestSession, session_for_run
 
 
+def new_run_id() -> str:
+    """A fresh run id: 16 hex digits."""
+    return uuid.uuid4().hex[:16]
+
+
 @dataclass
 class Context:
     """State shared by the steps of one run.
@@ -31,7 +36,7 @@ class Context:
 
     inputs: dict[str, Any] = field(default_factory=dict)
     defaults: dict[str, Any] = field(default_factory=dict)
-    run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:16])
+    run_id: str = field(default_factory=new_run_id)
     handlers: list[Any] = field(default_factory=list)
     debug: bool = field(default_factory=stream_debug_enabled)
     steps: dict[str, Any] = field(default_factory=dict)
@@ -43,6 +48,19 @@ class Context:
     def next_seq(self) -> int:
         """The next event number of this run; strictly increasing across all its steps."""
         return next(self._seq)
+
+    def seq_reached(self) -> int:
+        """The seq of the last event numbered so far (0 before the first).
+
+        Call it only between steps: it replaces the counter, and a running step keeps the one it took.
+        """
+        following = next(self._seq)
+        self._seq = itertools.count(following)
+        return following - 1
+
+    def continue_after(self, seq: int) -> None:
+        """Number the next events from `seq + 1` (a resumed run continues its numbering); between steps only."""
+        self._seq = itertools.count(seq + 1)
 
     @property
     def seq_source(self) -> Callable[[], int]:

@@ -421,10 +421,10 @@ class RedisEventLog:
         client = self._async_client()
         while True:
             with self._errors(key):
-                reply = await client.xread({key: cursor}, count=self.read_count, block=self.block_ms)
+                reply: Any = await client.xread({key: cursor}, count=self.read_count, block=self.block_ms)
             if not reply:
                 continue
-            entries = reply[0][1]
+            entries = cast(_Entries, reply[0][1])
             first = _seq_of(entries[0][0])
             if first > last + 1:
                 with self._errors(key):
@@ -457,7 +457,7 @@ class RedisEventLog:
             first = _seq_of(entries[0][0])
             if first > last + 1 and not found:
                 with self._errors(key):
-                    gap = _gap(cast(dict[str, Any], client.xinfo_stream(key)), last, first)
+                    gap = _gap(cast(Any, client.xinfo_stream(key)), last, first)
                 if gap is not None:
                     found.append(gap)
             for entry_id, fields in entries:

@@ -123,6 +123,8 @@ class Engine:
         """Step path -> the file its `output_to_file` wrote."""
         self.output_root = Path(".")
         """The run's output directory (nested workflows write below it, in a folder named by their path)."""
+        self.attempt = 1
+        """The attempt of the top-level step running, which its `StepStarted` events (its children's too) carry."""
 
     # -- templates ---------------------------------------------------------------------------------
 
@@ -175,7 +177,9 @@ class Engine:
         try:
             if observed:
                 kind = item.spec.type
-                await self.observers.emit(StepStarted(step=path, run_id=ctx.run_id, seq=ctx.next_seq(), kind=kind))
+                seq = ctx.next_seq()
+                started_event = StepStarted(step=path, run_id=ctx.run_id, seq=seq, kind=kind, attempt=self.attempt)
+                await self.observers.emit(started_event)
             when = item.spec.when
             if when is not None and not self.evaluate(when, item, "when", scope):
                 status = "skipped"

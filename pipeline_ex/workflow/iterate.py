@@ -24,6 +24,7 @@ from typing import Any
 from pipeline_ex.errors import PipelineError, RunCancelled
 from pipeline_ex.events import RunEvent
 from pipeline_ex.streaming.resolve import normalize_handlers
+from pipeline_ex.workflow.checkpoints import CheckpointStore
 from pipeline_ex.workflow.loader import LoadedWorkflow
 from pipeline_ex.workflow.runner import RunResult, arun
 
@@ -46,8 +47,11 @@ class EventStream:
         lifecycle: bool = False,
         output_dir: str | os.PathLike[str] | None = None,
         run_id: str | None = None,
+        checkpoints: CheckpointStore | None = None,
+        resume: bool = False,
     ) -> None:
         self._args = (workflow, inputs)
+        self._durability: dict[str, Any] = {"checkpoints": checkpoints, "resume": resume}
         self._run_id = run_id
         self._mock = mock
         self._lifecycle = lifecycle
@@ -79,6 +83,7 @@ class EventStream:
                 lifecycle=self._lifecycle,
                 output_dir=self._output_dir,
                 run_id=self._run_id,
+                **self._durability,
             )
         )
         queue = self._queue  # not `self`: the running task must not keep this stream alive
@@ -143,6 +148,8 @@ def astream(
     lifecycle: bool = False,
     output_dir: str | os.PathLike[str] | None = None,
     run_id: str | None = None,
+    checkpoints: CheckpointStore | None = None,
+    resume: bool = False,
 ) -> EventStream:
     """Run a workflow and iterate over its events with `async for`.
 
@@ -150,9 +157,19 @@ def astream(
 
     :param lifecycle: also yield `StepStarted`, `StepFinished` and `RunFinished` (and give them to the
         `on_event` handlers).
+    :param checkpoints: keep a checkpoint of the run there; with `resume`, continue the one it has for
+        `run_id` (see `arun`).
     """
     return EventStream(
-        workflow, inputs, mock=mock, on_event=on_event, lifecycle=lifecycle, output_dir=output_dir, run_id=run_id
+        workflow,
+        inputs,
+        mock=mock,
+        on_event=on_event,
+        lifecycle=lifecycle,
+        output_dir=output_dir,
+        run_id=run_id,
+        checkpoints=checkpoints,
+        resume=resume,
     )
 
 

@@ -16,12 +16,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline_ex.context import Context
+from pipeline_ex.context import Context, new_run_id
 from pipeline_ex.errors import PipelineError
 from pipeline_ex.events import ErrorInfo, RunFinished, RunStatus
 from pipeline_ex.llm.normalize import add_usage
 from pipeline_ex.modes.session import session_for_run
 from pipeline_ex.streaming.resolve import HandlerSpec, resolve_handler
+from pipeline_ex.workflow.checkpoints import CheckpointStore
+from pipeline_ex.workflow.durable import DurableRun
 from pipeline_ex.workflow.engine import Engine, Scope, emit_keeping_the_outcome, error_info_of
 from pipeline_ex.workflow.inputs import InputValueError, typed_value
 from pipeline_ex.workflow.loader import LoadedStep, LoadedWorkflow, check_live_providers, load_workflow
@@ -145,6 +147,8 @@ async def arun(
     output_dir: str | os.PathLike[str] | None = None,
     run_id: str | None = None,
     default_handler: Any = None,
+    checkpoints: CheckpointStore | None = None,
+    resume: bool = False,
 ) -> RunResult:
     """Run a workflow on the running event loop and return its `RunResult`.
 
@@ -159,11 +163,29 @@ async def arun(
     :param run_id: the id every event carries (a fresh one by default).
     :param default_handler: the handler (a reference, as `on_event` takes) of steps that configure none;
         `pipeline-ex run` uses the console.
+    :param checkpoints: save a checkpoint after each top-level step there (see `checkpoints`); removed
+        when the run succeeds.
+    :param resume: continue the checkpoint `checkpoints` has for `run_id`, if it has one: its finished
+        steps are not run again, the interrupted one starts as its next attempt, and the inputs are the
+        checkpoint's (pass none, or the same).
     :raises StepError: after the failing step's Done was delivered (and `RunFinished`).
     :raises InputError, WorkflowError, PipelineError: for inputs, providers or output paths that cannot
         work, before the first step starts (and before any event).
+    :raises ResumeError: `resume` found a checkpoint that does not fit (another workflow, a changed file,
+        other inputs).
     """
     loaded = _as_loaded(workflow, mock)
+    if resume and (checkpoints is None or run_id is None):
+        raise PipelineError("resume=True needs checkpoints= and the run_id= of the run to continue")
+    durable: DurableRun | None = None
+    if checkpoints is not None:
+        run_id = run_id or new_run_id()
+        found = await checkpoints.load(run_id) if resume else None
+        given = resolve_inputs(loaded, inputs) if found is None or inputs else None
+        durable = await DurableRun.open(
+            checkpoints, loaded, run_id, given or {}, found=found, given_inputs=bool(inputs)
+        )
+        inputs = durable.checkpoint.inputs
     ctx = Context(inputs=resolve_inputs(loaded, inputs), name=loaded.name)
     ctx.session = session_for_run(loaded.name, mock=mock)
     if ctx.session.mode in ("live", "record") and not ctx.session.mock_steps and loaded.checked_offline:
@@ -184,8 +206,18 @@ async def arun(
     started = time.perf_counter()
     status: RunStatus = "ok"
     error_info: ErrorInfo | None = None
+    if durable is not None and durable.resumed:
+        durable.restore(ctx, engine, result)
     try:
-        await engine.run_steps(loaded.steps, scope)
+        if durable is None:
+            await engine.run_steps(loaded.steps, scope)
+        else:
+            for item in loaded.steps:
+                if durable.finished(item.id):
+                    continue
+                engine.attempt = await durable.step_started(item.id, ctx)
+                await engine.run_step(item, scope)
+                await durable.step_finished(item.id, ctx, engine, result)
     except asyncio.CancelledError:
         status, error_info = "cancelled", ErrorInfo(type="cancelled", message="the run was cancelled")
         raise
@@ -207,6 +239,8 @@ async def arun(
                 error=error_info,
             )
             await emit_keeping_the_outcome(observers, finished, failing=status != "ok")
+        if durable is not None:
+            await durable.ended(None if status == "ok" else status, ctx)
     return result
 
 
