@@ -66,7 +66,8 @@ from pipeline_ex.server import openai_api, split_hosts
 from pipeline_ex.server.catalog import WorkflowCatalog
 from pipeline_ex.server.http import DEFAULT_READ_TIMEOUT
 from pipeline_ex.server.page import PAGE
-from pipeline_ex.server.runs import RegistryFull, RunLog, RunRegistry, new_reference
+from pipeline_ex.server.public_events import new_reference
+from pipeline_ex.server.runs import RegistryFull, RunLog, RunRegistry
 from pipeline_ex.server.security import (
     ALLOWED_HOSTS_ENV,
     API_KEY_ENV,

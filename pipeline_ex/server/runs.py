@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import bisect
-import sys
-import uuid
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any, Literal
@@ -34,16 +32,14 @@ from pipeline_ex.errors import PipelineError, RunCancelled, StepError
 from pipeline_ex.events import (
     Delta,
     Done,
-    ErrorInfo,
     Partial,
     RunEvent,
-    RunFinished,
-    StepFinished,
     ToolCall,
     ToolResult,
 )
 from pipeline_ex.gaps import Gap
-from pipeline_ex.redaction import redact_text, redacting_logger
+from pipeline_ex.redaction import redacting_logger
+from pipeline_ex.server.public_events import PublicEvents, new_reference
 from pipeline_ex.workflow.iterate import EventStream, astream
 from pipeline_ex.workflow.loader import LoadedWorkflow
 from pipeline_ex.workflow.runner import RunResult
@@ -55,11 +51,6 @@ DEFAULT_LOG_EVENTS = 10_000
 DEFAULT_LOG_BYTES = 1 << 20
 _EVENT_OVERHEAD = 160
 """Roughly what an event costs besides its text (the model object, its ids and its JSON framing)."""
-
-
-def new_reference() -> str:
-    """A reference id for a failure, shown to the client and written to the server log."""
-    return uuid.uuid4().hex[:12]
 
 
 def event_size(event: RunEvent) -> int:
@@ -89,15 +80,6 @@ class RegistryFull(PipelineError):
     """The registry holds `max_runs` runs that are all still going: a new one cannot be admitted."""
 
 
-def _is_pipeline_error(qualified_name: str | None) -> bool:
-    """Whether an `ErrorInfo.exception` names one of pipeline_ex's own errors (whose messages clients may see)."""
-    module, _, name = (qualified_name or "").rpartition(".")
-    if not module.startswith("pipeline_ex"):
-        return False
-    found = getattr(sys.modules.get(module), name, None)
-    return isinstance(found, type) and issubclass(found, PipelineError)
-
-
 class RunLog:
     """The events of one run, the newest `capacity` (and at most `max_bytes`) kept, plus its outcome.
 
@@ -116,8 +98,7 @@ class RunLog:
         self.scrub = scrub
         self.workflow = ""
         """The name of the workflow the run is of (for log lines)."""
-        self._hidden: dict[tuple[str, str | None], str] = {}
-        """The reference each unexpected failure seen in this run's events was logged with."""
+        self.redactor = PublicEvents(run_id, scrub)
         self.capacity = capacity
         self.max_bytes = max_bytes
         self._events: list[RunEvent] = []
@@ -161,42 +142,12 @@ class RunLog:
             self.events.cancel()
 
     def public(self, event: RunEvent) -> RunEvent:
-        """The event as clients may see it: its error redacted and scrubbed, or hidden behind a reference.
-
-        An error that is not one of pipeline_ex's own (a python step raising `TypeError`, say) is logged
-        here with a new reference, which the event's message then names; the run's own failure reuses it.
-        """
-        error = getattr(event, "error", None)
-        if not isinstance(error, ErrorInfo):  # none, or a ToolResult's flag
-            return event
-        if error.type == "step" and not _is_pipeline_error(error.exception):
-            key = (error.message, error.exception)
-            reference = self._hidden.get(key)
-            if reference is None:
-                reference = self._hidden[key] = new_reference()
-                if isinstance(event, StepFinished):
-                    extra = {"reference": reference, "run_id": self.run_id, "workflow": self.workflow}
-                    logger.warning(
-                        "step %r of run %s failed unexpectedly (reference %s): %s: %s",
-                        event.step,
-                        self.run_id,
-                        reference,
-                        error.exception,
-                        error.message,
-                        extra=extra,
-                    )
-            if isinstance(event, RunFinished):
-                self.reference = reference  # the run's failure is logged (with its traceback) under it too
-            what = "run" if isinstance(event, RunFinished) else "step"
-            shown = ErrorInfo(type="step", message=f"the {what} failed; see the server log (reference {reference})")
-        else:
-            message = redact_text(error.message)
-            if self.scrub is not None:
-                message = self.scrub(message)
-            if message == error.message:
-                return event
-            shown = error.model_copy(update={"message": message})
-        return event.model_copy(update={"error": shown})
+        """The event as clients may see it (see `PublicEvents.public`)."""
+        self.redactor.workflow = self.workflow
+        shown = self.redactor.public(event)
+        if self.redactor.reference is not None:
+            self.reference = self.redactor.reference
+        return shown
 
     def append(self, event: RunEvent) -> None:
         """Add an event and wake the followers."""
