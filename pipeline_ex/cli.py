@@ -290,11 +290,36 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             log_bytes=args.log_bytes,
             max_concurrent_runs=args.max_concurrent_runs,
             keepalive=args.keepalive,
+            redis=args.redis,
         )
     except ExtraNotInstalledError as error:
         _error(str(error))
         return EXIT_USAGE
     except ServerConfigError as error:
+        _error(str(error))
+        return EXIT_USAGE
+    return EXIT_OK
+
+
+def _cmd_worker(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from pipeline_ex.errors import ExtraNotInstalledError, PipelineError
+
+    folder = Path(args.workflows)
+    if not folder.is_dir():
+        _error(f"no workflows folder at {folder}; run every worker from the same project folder as the servers")
+        return EXIT_USAGE
+    try:
+        from pipeline_ex.distributed.celery_app import run_worker
+        from pipeline_ex.distributed.deployment import Deployment
+
+        deployment = Deployment.from_env(args.redis, lease_seconds=args.lease)
+        run_worker(deployment, folder, concurrency=args.concurrency, name=args.name, output_dir=args.output_dir)
+    except ImportError as error:
+        _error(f"{error}; install the extra: pip install 'pipeline-ex[distributed]'")
+        return EXIT_USAGE
+    except (ExtraNotInstalledError, PipelineError) as error:
         _error(str(error))
         return EXIT_USAGE
     return EXIT_OK
@@ -435,6 +460,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="how long a request's headers, and then its body, may take to arrive (default 10)",
     )
     serve.add_argument(
+        "--redis",
+        metavar="URL",
+        help="enqueue runs for 'pipeline-ex worker' processes on this Redis; any replica on it streams, resumes, "
+        "lists and cancels any run (default $PIPELINE_REDIS_URL; without it, runs run in this process)",
+    )
+    serve.add_argument(
         "--keepalive",
         type=_positive_float,
         default=2.0,
@@ -442,6 +473,33 @@ def build_parser() -> argparse.ArgumentParser:
         help="idle seconds before a keepalive comment on SSE and chat streams (default 2)",
     )
     serve.set_defaults(func=_cmd_serve)
+
+    worker = commands.add_parser(
+        "worker",
+        help="run workflows sent by 'serve --redis' (and 'batch --redis'): a Celery worker on Redis",
+        description="A Celery worker that runs the runs servers enqueue, many at once on one event loop, "
+        "writing their events to Redis for any server to stream. Run it from the same project folder as "
+        "the servers: a run whose workflow file differs here is refused.",
+    )
+    worker.add_argument("--redis", metavar="URL", help="the deployment's Redis (default $PIPELINE_REDIS_URL)")
+    worker.add_argument("--workflows", default="workflows", metavar="DIR", help="folder of workflow files")
+    worker.add_argument(
+        "--concurrency", type=_positive_int, default=64, metavar="N", help="runs held at once (default 64)"
+    )
+    worker.add_argument(
+        "--lease",
+        type=_positive_float,
+        default=5.0,
+        metavar="SECONDS",
+        help="a worker silent this long loses its runs to another worker (default 5; heartbeats every third)",
+    )
+    worker.add_argument("--name", help="the worker's name in run records and logs (default host:pid)")
+    worker.add_argument(
+        "--output-dir",
+        metavar="DIR",
+        help="where output_to_file writes (default: $PIPELINE_OUTPUT_DIR, then ./outputs)",
+    )
+    worker.set_defaults(func=_cmd_worker)
 
     schema = commands.add_parser(
         "schema",

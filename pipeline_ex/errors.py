@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pipeline_ex.redaction import redact_text
 
@@ -102,6 +102,14 @@ class ProviderConfigError(PipelineError):
 
 class RunCancelled(PipelineError):
     """A run being followed as an event stream was cancelled (by its server, or `EventStream.cancel()`)."""
+
+
+class RemoteRunError(PipelineError):
+    """A run that failed on a worker: `payload` is what clients are told about it (as `error_payload()` gives)."""
+
+    def __init__(self, payload: dict[str, Any]) -> None:
+        self.payload = dict(payload)
+        super().__init__(str(payload.get("message", "the run failed")))
 
 
 class StepError(PipelineError):

@@ -22,7 +22,7 @@ import re
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from pipeline_ex.errors import PipelineError, RunCancelled, StepError
+from pipeline_ex.errors import PipelineError, RemoteRunError, RunCancelled, StepError
 from pipeline_ex.events import Delta, RunEvent
 from pipeline_ex.redaction import redact_text
 
@@ -62,6 +62,8 @@ def error_payload(error: BaseException) -> dict[str, Any]:
             "step": error.step,
             "run_id": error.done.run_id,
         }
+    if isinstance(error, RemoteRunError):  # made fit for clients by the worker that ran it
+        return dict(error.payload)
     if isinstance(error, PipelineError):  # our own messages name no internals
         kind = "cancelled" if isinstance(error, RunCancelled) else "error"
         return {"type": kind, "message": redact_text(str(error))}

@@ -8,6 +8,7 @@
   A finished run's `end` frame has the id `<run_id>:end`; resuming with it, or after the last event of a
   run that succeeded, answers `204 No Content`, which stops a browser `EventSource` from reconnecting.
   SSE streams start with a `retry:` field.
+- `GET /runs`: the newest runs (`?limit=N`, 100 by default), with their workflow and status.
 - `DELETE /runs/{run_id}`: cancel a run that is still going; its streams get the cancelled `done`,
   `step_finished` and `run_finished` frames and then the `error` frame. Answers `{"run_id", "status"}`
   once the run has ended (`cancelled`, or how it had already ended), `202` with `cancelling` if it takes
@@ -41,7 +42,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -66,7 +66,7 @@ from pipeline_ex.server import openai_api, split_hosts
 from pipeline_ex.server.catalog import WorkflowCatalog
 from pipeline_ex.server.http import DEFAULT_READ_TIMEOUT
 from pipeline_ex.server.page import PAGE
-from pipeline_ex.server.public_events import new_reference
+from pipeline_ex.server.public_events import PathScrubber, failure_payload, new_reference
 from pipeline_ex.server.runs import RegistryFull, RunLog, RunRegistry
 from pipeline_ex.server.security import (
     ALLOWED_HOSTS_ENV,
@@ -85,7 +85,6 @@ from pipeline_ex.sse import (
     MEDIA_TYPE,
     end_frame,
     error_frame,
-    error_payload,
     event_frame,
     gap_frame,
     retry_frame,
@@ -96,6 +95,7 @@ from pipeline_ex.workflow.loader import LoadedWorkflow
 from pipeline_ex.workflow.runner import InputError, resolve_inputs
 
 logger = redacting_logger("pipeline_ex.server")  # failures may quote a secret the process holds
+REDIS_URL_ENV = "PIPELINE_REDIS_URL"  # pipeline_ex.distributed.deployment's, without importing redis here
 
 
 class RunStreamResponse(StreamingResponse):
@@ -136,9 +136,10 @@ class RunStreamResponse(StreamingResponse):
 DEFAULT_MAX_CONCURRENT_RUNS = 1024
 RETRY_AFTER_SECONDS = 2
 CANCEL_WAIT_SECONDS = 5.0
+DEFAULT_RUNS_LISTED = 100
+MAX_RUNS_LISTED = 1000
 """How long `DELETE /runs/{run_id}` waits for the cancelled run to end before answering 202."""
 PAGE_HEADERS = {"X-Frame-Options": "DENY", "Content-Security-Policy": "frame-ancestors 'none'"}
-_ABSOLUTE_PATH = re.compile(r"(?<![\w:/.~-])/(?:[^\s/'\"():,]+/)+([^\s/'\"():,]+)")
 
 
 def _error(
@@ -154,27 +155,6 @@ def _error(
     if reference is not None:
         error["reference"] = reference
     return JSONResponse({"error": error}, status_code=status, headers=headers)
-
-
-class PathScrubber:
-    """Rewrites the server's absolute paths in client-visible text.
-
-    Paths in the workflows folder become relative to it; any other absolute path is cut to its file name.
-    """
-
-    def __init__(self, folder: Path) -> None:
-        roots = {str(folder), str(folder.absolute()), str(folder.resolve())}
-        self._roots = sorted((root.rstrip(os.sep) for root in roots if os.path.isabs(root)), key=len, reverse=True)
-
-    def text(self, text: str) -> str:
-        """`text` with the workflows folder's own paths made relative and any other absolute path cut to its name."""
-        for root in self._roots:
-            text = text.replace(root + os.sep, "").replace(root, ".")
-        return _ABSOLUTE_PATH.sub(r"\1", text)
-
-    def payload(self, payload: dict[str, Any]) -> dict[str, Any]:
-        """A copy of an error payload with every string value scrubbed."""
-        return {key: self.text(value) if isinstance(value, str) else value for key, value in payload.items()}
 
 
 class PipelineServer:
@@ -193,8 +173,11 @@ class PipelineServer:
         max_concurrent_runs: int,
         read_timeout: float | None,
         retry_ms: int,
+        remote: Any = None,
     ) -> None:
         self.catalog = catalog
+        self.remote = remote
+        """The deployment's runs (`RemoteRunRegistry`) with `--redis`; None for runs in this process."""
         self.mock = mock
         self.api_key = api_key
         self.max_body = max_body
@@ -214,12 +197,7 @@ class PipelineServer:
 
     def describe(self, error: BaseException, reference: str | None = None) -> dict[str, Any]:
         """What a client is told about a failed run: `error_payload()`, paths scrubbed, with its reference."""
-        payload = self.scrub.payload(error_payload(error))
-        if reference is not None:
-            payload["reference"] = reference
-            if payload.get("type") == "internal":
-                payload["message"] = f"{payload['message']} (reference {reference})"
-        return payload
+        return failure_payload(error, self.scrub, reference)
 
     def _describe_run(self, log: RunLog) -> Callable[[BaseException], dict[str, Any]]:
         return lambda error: self.describe(error, log.reference)
@@ -249,13 +227,26 @@ class PipelineServer:
         except InputError as error:
             raise RequestRejected(422, str(error)) from None
 
-    def _start(self, loaded: LoadedWorkflow, inputs: dict[str, Any], run_id: str, hold: bool = True) -> RunLog:
-        """Admit and start a run, or refuse it with 429.
+    async def _start(self, loaded: LoadedWorkflow, inputs: dict[str, Any], run_id: str, hold: bool = True) -> Any:
+        """Admit and start a run (or enqueue it for the workers), or refuse it with 429.
 
         With `hold`, its log keeps every event for the response that started it, until that response has
         read them (or ends).
         """
         busy = {"Retry-After": str(RETRY_AFTER_SECONDS)}
+        if self.remote is not None:
+            from pipeline_ex.distributed.remote_runs import AdmissionRefused
+
+            try:
+                return await self.remote.start(
+                    loaded, inputs, mock=self.mock, run_id=run_id, max_active=self.max_concurrent_runs
+                )
+            except AdmissionRefused as error:
+                raise RequestRejected(
+                    429,
+                    f"{error}; retry later (pipeline-ex serve --max-concurrent-runs raises the limit)",
+                    headers=busy,
+                ) from None
         if self.registry.active >= self.max_concurrent_runs:
             raise RequestRejected(
                 429,
@@ -269,6 +260,13 @@ class PipelineServer:
             raise RequestRejected(
                 429, f"{error}; retry later (pipeline-ex serve --max-runs raises the limit)", headers=busy
             ) from None
+
+    async def _find(self, run_id: str) -> Any:
+        """The run's log (here or in the deployment), or 404."""
+        log = await self.remote.find(run_id) if self.remote is not None else self.registry.get(run_id)
+        if log is None:
+            raise RequestRejected(404, f"no run {run_id!r} is kept by this server")
+        return log
 
     async def _frames(
         self, log: RunLog, after_seq: int, cancel_on_exit: bool, primary: bool = False
@@ -317,9 +315,8 @@ class PipelineServer:
 
     async def health(self, request: Request) -> Response:
         """`GET /healthz`: the server is up; how many workflows it serves and runs it is running."""
-        return JSONResponse(
-            {"status": "ok", "workflows": len(self.catalog.workflows), "active_runs": self.registry.active}
-        )
+        active = await self.remote.active() if self.remote is not None else self.registry.active
+        return JSONResponse({"status": "ok", "workflows": len(self.catalog.workflows), "active_runs": active})
 
     async def list_workflows(self, request: Request) -> Response:
         """`GET /workflows`."""
@@ -340,7 +337,7 @@ class PipelineServer:
         accept = request.headers.get("accept", "")
         headers = {"X-Run-Id": run_id}
         streamed = MEDIA_TYPE in accept or "text/plain" in accept
-        log = self._start(loaded, inputs, run_id, hold=streamed)
+        log = await self._start(loaded, inputs, run_id, hold=streamed)
         if MEDIA_TYPE in accept:
             resumable = request.query_params.get("resumable", "").lower() in ("1", "true", "yes")
             frames = self._frames(log, 0, cancel_on_exit=not resumable, primary=True)
@@ -365,15 +362,23 @@ class PipelineServer:
         """`GET /runs/{run_id}/events`, resuming after `Last-Event-ID`; 204 when there is nothing more to say."""
         check_bearer(request, self.api_key)
         run_id = request.path_params["run_id"]
-        log = self.registry.get(run_id)
-        if log is None:
-            raise RequestRejected(404, f"no run {run_id!r} is kept by this server")
+        log = await self._find(run_id)
         last = request.headers.get("last-event-id") or request.query_params.get("last_event_id") or f"{run_id}:0"
         after_seq = parse_last_event_id(last, run_id)  # None: the client saw the stream's end frame
         if after_seq is None or (log.finished and log.error is None and after_seq >= log.last_seq):
             return Response(status_code=204, headers=HEADERS)  # an EventSource stops reconnecting on 204
         frames = with_keepalive(self._frames(log, after_seq, cancel_on_exit=False), self.keepalive)
         return RunStreamResponse(frames, media_type=MEDIA_TYPE, headers=HEADERS)
+
+    async def list_runs(self, request: Request) -> Response:
+        """`GET /runs?limit=N`: the newest runs (of the whole deployment with `--redis`), newest first."""
+        check_bearer(request, self.api_key)
+        text = request.query_params.get("limit", str(DEFAULT_RUNS_LISTED))
+        if not text.isdigit() or not 1 <= int(text) <= MAX_RUNS_LISTED:
+            raise RequestRejected(422, f"'limit' must be a whole number from 1 to {MAX_RUNS_LISTED}, got {text!r}")
+        limit = int(text)
+        runs = await self.remote.recent(limit) if self.remote is not None else self.registry.recent(limit)
+        return JSONResponse({"runs": runs})
 
     async def cancel_run(self, request: Request) -> Response:
         """`DELETE /runs/{run_id}`: cancel a run that is still going, and answer how it ended.
@@ -383,9 +388,7 @@ class PipelineServer:
         """
         check_bearer(request, self.api_key)
         run_id = request.path_params["run_id"]
-        log = self.registry.get(run_id)
-        if log is None:
-            raise RequestRejected(404, f"no run {run_id!r} is kept by this server")
+        log = await self._find(run_id)
         if not log.finished:
             log.cancel()
             if log.task is not None:
@@ -405,7 +408,7 @@ class PipelineServer:
         except InputError as error:
             raise RequestRejected(422, str(error)) from None
         run_id = uuid.uuid4().hex[:16]
-        log = self._start(loaded, inputs, run_id)
+        log = await self._start(loaded, inputs, run_id)
         if chat.stream:
 
             async def chunks() -> AsyncIterator[str]:
@@ -448,6 +451,7 @@ def create_app(
     max_concurrent_runs: int | None = None,
     read_timeout: float | None = DEFAULT_READ_TIMEOUT,
     retry_ms: int = DEFAULT_RETRY_MS,
+    redis: Any = None,
 ) -> Starlette:
     """Build the Starlette app serving the workflows in a folder.
 
@@ -465,6 +469,10 @@ def create_app(
         more get 429 with `Retry-After`.
     :param read_timeout: seconds a request body may take to arrive (408 after that); None for no limit.
     :param retry_ms: the SSE `retry:` field, how long an `EventSource` waits before reconnecting.
+    :param redis: a Redis URL or a `pipeline_ex.distributed.Deployment`: runs are enqueued for
+        `pipeline-ex worker` processes, and this server streams, resumes, lists and cancels any run of the
+        deployment; `max_concurrent_runs` then counts the runs of the whole deployment. By default
+        `PIPELINE_REDIS_URL`; without either, runs run in this process.
     """
     bounds = {"max_runs": max_runs, "log_capacity": log_events, "log_bytes": log_bytes}
     given = {name: value for name, value in bounds.items() if value is not None}
@@ -480,6 +488,14 @@ def create_app(
         )
     folder = Path(workflows)
     catalog = WorkflowCatalog.from_folder(folder, mock=mock)
+    remote = None
+    if redis is None:
+        redis = os.environ.get(REDIS_URL_ENV) or None
+    if redis is not None:
+        from pipeline_ex.distributed.deployment import Deployment
+        from pipeline_ex.distributed.remote_runs import RemoteRunRegistry
+
+        remote = RemoteRunRegistry(redis if isinstance(redis, Deployment) else Deployment(redis))
     token = api_key if api_key is not None else os.environ.get(API_KEY_ENV) or None
     register_secret(token)  # the server's own token never appears in what it says
     server = PipelineServer(
@@ -493,6 +509,7 @@ def create_app(
         max_concurrent_runs=max_concurrent_runs,
         read_timeout=read_timeout,
         retry_ms=retry_ms,
+        remote=remote,
     )
     hosts = list(allowed_hosts) if allowed_hosts is not None else split_hosts(os.environ.get(ALLOWED_HOSTS_ENV, ""))
 
@@ -519,8 +536,13 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        if server.remote is not None:
+            await server.remote.check()
         yield
-        await server.registry.cancel_all()
+        if server.remote is not None:
+            await server.remote.close()  # the runs go on on the workers
+        else:
+            await server.registry.cancel_all()
 
     app = Starlette(
         routes=[
@@ -528,6 +550,7 @@ def create_app(
             Route("/healthz", server.health, methods=["GET"]),
             Route("/workflows", server.list_workflows, methods=["GET"]),
             Route("/workflows/{name}/run", server.run_workflow, methods=["POST"]),
+            Route("/runs", server.list_runs, methods=["GET"]),
             Route("/runs/{run_id}/events", server.run_events, methods=["GET"]),
             Route("/runs/{run_id}", server.cancel_run, methods=["DELETE"]),
             Route("/v1/models", server.list_models, methods=["GET"]),

@@ -7,15 +7,21 @@ reference id, and the event then names only that reference.
 
 from __future__ import annotations
 
+import os
+import re
 import sys
 import uuid
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 from pipeline_ex.errors import PipelineError
 from pipeline_ex.events import ErrorInfo, RunEvent, RunFinished, StepFinished
 from pipeline_ex.redaction import redact_text, redacting_logger
+from pipeline_ex.sse import error_payload
 
 logger = redacting_logger("pipeline_ex.server")  # failures may quote a secret the process holds
+_ABSOLUTE_PATH = re.compile(r"(?<![\w:/.~-])/(?:[^\s/'\"():,]+/)+([^\s/'\"():,]+)")
 
 
 def new_reference() -> str:
@@ -85,3 +91,34 @@ class PublicEvents:
                 return event
             shown = error.model_copy(update={"message": message})
         return event.model_copy(update={"error": shown})
+
+
+class PathScrubber:
+    """Rewrites the server's absolute paths in client-visible text.
+
+    Paths in the workflows folder become relative to it; any other absolute path is cut to its file name.
+    """
+
+    def __init__(self, folder: Path) -> None:
+        roots = {str(folder), str(folder.absolute()), str(folder.resolve())}
+        self._roots = sorted((root.rstrip(os.sep) for root in roots if os.path.isabs(root)), key=len, reverse=True)
+
+    def text(self, text: str) -> str:
+        """`text` with the workflows folder's own paths made relative and any other absolute path cut to its name."""
+        for root in self._roots:
+            text = text.replace(root + os.sep, "").replace(root, ".")
+        return _ABSOLUTE_PATH.sub(r"\1", text)
+
+    def payload(self, payload: dict[str, Any]) -> dict[str, Any]:
+        """A copy of an error payload with every string value scrubbed."""
+        return {key: self.text(value) if isinstance(value, str) else value for key, value in payload.items()}
+
+
+def failure_payload(error: BaseException, scrub: PathScrubber, reference: str | None = None) -> dict[str, Any]:
+    """What a client is told about a failed run: `error_payload()`, paths scrubbed, with its reference."""
+    payload = scrub.payload(error_payload(error))
+    if reference is not None:
+        payload["reference"] = reference
+        if payload.get("type") == "internal":
+            payload["message"] = f"{payload['message']} (reference {reference})"
+    return payload

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any, Literal
@@ -118,6 +119,7 @@ class RunLog:
         self._changed = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
         self.events: EventStream | None = None
+        self.created = time.time()
         self.cancel_requested = False
         """`cancel()` was called (the run is cancelled as soon as it has started, if it had not yet)."""
 
@@ -266,6 +268,14 @@ class RunRegistry:
     def get(self, run_id: str) -> RunLog | None:
         """The log of a run, if it is still known."""
         return self._runs.get(run_id)
+
+    def recent(self, limit: int) -> list[dict[str, Any]]:
+        """The newest runs kept, newest first: id, workflow, status and creation time."""
+        logs = list(self._runs.values())[-limit:][::-1]
+        return [
+            {"run_id": log.run_id, "workflow": log.workflow, "status": log.status, "created": log.created}
+            for log in logs
+        ]
 
     def start(
         self,

@@ -1,0 +1,302 @@
+"""The worker side: one asyncio event loop per process running every run the process holds.
+
+**Driving asyncio from Celery.** Celery has no asyncio tasks: a task is a plain function that a pool
+calls. `pipeline-ex worker` uses Celery's `threads` pool, and every task thread hands its run to
+`RunHost`, which owns one event loop running in its own thread: the task calls `RunHost.execute`,
+which submits the run's coroutine to that loop (`asyncio.run_coroutine_threadsafe`) and blocks until it
+ends. So `--concurrency N` is the number of runs one process holds at once, and all of them stream on
+the one loop (as `serve` runs them in one process), while Celery keeps its own job: fetching, acking
+late (the task returns after the run ended) and redelivering.
+
+**Redelivery within seconds.** With Celery's Redis transport an unacknowledged task is given back only
+when it has not been acknowledged for `visibility_timeout` seconds (one hour by default, so that long
+tasks are not delivered twice). Here the visibility timeout is short (`Deployment.lease_seconds`, 5 s
+by default) and a heartbeat thread keeps the runs that are still going from being given back: every
+third of the lease it renews, for each run it holds, the delivery's timestamp in kombu's
+`unacked_index` (the sorted set the transport's `restore_visible` sweep reads), the run's holder lease
+and its admission. kombu's sweep runs every second (`unacked_restore_interval=1`,
+`unacked_restore_throttle=1`). A worker that dies stops its heartbeats; within about one lease plus a
+second its runs go back to the queue and another worker takes them. The trade-off: a worker that cannot
+reach Redis for a whole lease (or is frozen that long) loses its runs to another worker, which then
+waits until the first one's holder lease lapses, so a run is never executed twice at once. The
+heartbeat is a thread, not a task on the loop, so a loop busy with a long synchronous call (a local
+model's prompt processing) does not make its runs look abandoned. The heartbeat relies on the layout of
+kombu's Redis transport (a sorted set of delivery tags scored by delivery time), which the transport
+documents through its `unacked_index_key` option.
+
+**A redelivered run** continues from its checkpoint (`RedisCheckpoints`): its finished steps are not run
+again, the interrupted one starts as its next attempt, and its events number on after the last one its
+stream holds. Readers see `StepStarted(attempt=2)` for the step and then its new events; the first
+attempt's partial events stay in the log, before it.
+
+**Cancellation.** `serve` publishes the run id on `<prefix>:cancel` (and sets the run's cancel key, for a
+run no worker has started yet); every worker subscribes, and the one holding the run cancels it on its
+loop, so each started LLM step delivers its `Done(cancelled)` to the log.
+
+**Ordering.** A run's record gets its outcome (status, results or error) before its `RunFinished`
+reaches the stream, so a reader that saw the end of the stream always finds the outcome.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import threading
+import time
+import uuid
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any, Literal
+
+from pipeline_ex.distributed.deployment import Deployment
+from pipeline_ex.distributed.run_records import RunRecord, renew_leases
+from pipeline_ex.errors import PipelineError, RunCancelled
+from pipeline_ex.events import Delta, RunFinished
+from pipeline_ex.redaction import redacting_logger
+from pipeline_ex.server.public_events import PathScrubber, PublicEvents, failure_payload, new_reference
+from pipeline_ex.workflow.checkpoints import workflow_digest
+
+logger = redacting_logger("pipeline_ex.worker")
+
+Outcome = Literal["ok", "failed", "cancelled", "duplicate", "missing"]
+
+
+class WorkflowMismatch(PipelineError):
+    """The worker's copy of a workflow is not the one the run was started with (or it has none)."""
+
+
+class RunHost:
+    """Runs a worker process's runs on one event loop in a background thread (see the module docstring).
+
+    :param workflows: the folder of workflow files (the same as `serve`'s).
+    :param name: the worker's name in run records and logs.
+    :param kombu_unacked_index: the key of kombu's sorted set of unacknowledged deliveries.
+    """
+
+    def __init__(
+        self,
+        deployment: Deployment,
+        workflows: str | os.PathLike[str],
+        *,
+        name: str | None = None,
+        output_dir: str | os.PathLike[str] | None = None,
+        kombu_unacked_index: str = "unacked_index",
+    ) -> None:
+        self.deployment = deployment
+        self.folder = Path(workflows)
+        self.name = name or f"{socket.gethostname()}:{os.getpid()}"
+        self.output_dir = output_dir
+        self.unacked_index = kombu_unacked_index
+        self.token = uuid.uuid4().hex
+        self.scrub = PathScrubber(self.folder)
+        self._catalogs: dict[bool, Any] = {}
+        self._held: dict[str, str | None] = {}
+        """Run id -> the delivery tag of the task that runs it (for the heartbeat)."""
+        self._running: dict[str, Any] = {}
+        """Run id -> its `EventStream`, while it runs."""
+        self._cancel_asked: set[str] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._ready = threading.Event()
+        self._startup_error: BaseException | None = None
+
+    # -- life ---------------------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Load the workflows, start the loop thread (with its cancel listener) and the heartbeat thread.
+
+        :raises PipelineError: when the workflows folder has no workflow or Redis cannot be reached.
+        """
+        from pipeline_ex.server.catalog import WorkflowCatalog
+
+        self._catalogs[False] = WorkflowCatalog.from_folder(self.folder, mock=False)
+        self._catalogs[True] = WorkflowCatalog.from_folder(self.folder, mock=True)
+        if not self._catalogs[True].workflows:
+            raise PipelineError(f"no workflow could be loaded from {self.folder}; 'pipeline-ex validate' says why")
+        self._thread = threading.Thread(target=self._run_loop, name="pipeline-ex-runs", daemon=True)
+        self._thread.start()
+        self._ready.wait()
+        if self._startup_error is not None:
+            raise self._startup_error
+        threading.Thread(target=self._heartbeat, name="pipeline-ex-heartbeat", daemon=True).start()
+
+    def _run_loop(self) -> None:
+        loop = self._loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
+        try:
+            self.client = self.deployment.async_client()
+            self.store = self.deployment.run_store(self.client)
+            self.checkpoints = self.deployment.checkpoints(self.client)
+            self.log = self.deployment.event_log()
+            loop.run_until_complete(self.client.ping())
+            self._listener = loop.create_task(self._listen_for_cancels())
+        except BaseException as error:
+            self._startup_error = PipelineError(f"the worker cannot use Redis at {self.deployment.redis_url}: {error}")
+            self._ready.set()
+            return
+        self._ready.set()
+        loop.run_forever()
+
+    def stop(self) -> None:
+        """Stop the heartbeat and the loop (runs still going are left for redelivery)."""
+        self._stop.set()
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+
+    def _heartbeat(self) -> None:
+        client = self.deployment.sync_client()
+        lease = self.deployment.lease_seconds
+        while not self._stop.wait(lease / 3):
+            held = dict(self._held)
+            if not held:
+                continue
+            try:
+                renew_leases(client, self.deployment.key_prefix, dict.fromkeys(held, self.token), lease)
+                tags = {tag: time.time() for tag in held.values() if tag}
+                if tags:
+                    client.zadd(self.unacked_index, tags, xx=True)
+            except Exception as error:  # Redis unreachable for a moment: the next beat tries again
+                logger.warning("worker %s: heartbeat failed: %s", self.name, error)
+
+    # -- runs ---------------------------------------------------------------------------------------------
+
+    def execute(self, run_id: str, delivery_tag: str | None = None) -> Outcome:
+        """Run `run_id` on the loop and wait for it to end (called from a Celery task's thread)."""
+        assert self._loop is not None, "start() the host first"
+        future: Future[Outcome] = asyncio.run_coroutine_threadsafe(self.run(run_id, delivery_tag), self._loop)
+        return future.result()
+
+    async def run(self, run_id: str, delivery_tag: str | None = None) -> Outcome:
+        """Run (or continue) one run and record how it ended; a delivery of a run that ended is dropped."""
+        store = self.store
+        record = await store.get(run_id)
+        if record is None:
+            logger.warning("worker %s: run %s has no record (it expired); dropping its task", self.name, run_id)
+            return "missing"
+        lease = self.deployment.lease_seconds
+        while not await store.claim(run_id, self.token, lease):
+            if record is None or record.finished:
+                return "duplicate"
+            await asyncio.sleep(lease / 3)  # another worker holds it: wait for its end, or its lease to lapse
+            record = await store.get(run_id)
+        if record is None or record.finished:
+            await self.client.delete(store.owner_key(run_id))
+            return "duplicate"
+        self._held[run_id] = delivery_tag
+        try:
+            return await self._run(record)
+        finally:
+            self._held.pop(run_id, None)
+            self._running.pop(run_id, None)
+            self._cancel_asked.discard(run_id)
+
+    async def _run(self, record: RunRecord) -> Outcome:
+        from pipeline_ex.workflow.iterate import astream
+
+        run_id = record.run_id
+        attempt = await self.store.started(run_id, self.name)
+        logger.info("worker %s: run %s of %r, attempt %d", self.name, run_id, record.workflow, attempt)
+        redactor = PublicEvents(run_id, self.scrub.text, record.workflow)
+        finished_event: RunFinished | None = None
+        events = None
+        try:
+            loaded = self._workflow(record)
+            events = astream(
+                loaded,
+                record.inputs,
+                mock=record.mock,
+                run_id=run_id,
+                lifecycle=True,
+                output_dir=self.output_dir,
+                checkpoints=self.checkpoints,
+                resume=True,
+            )
+            self._running[run_id] = events
+            if await self.store.cancel_requested(run_id):
+                self._cancel_asked.add(run_id)
+            async for event in events:
+                if run_id in self._cancel_asked and not events.cancelled:
+                    events.cancel()
+                if type(event) is RunFinished:
+                    finished_event = redactor.public(event)  # type: ignore[assignment]
+                    continue  # written after the record has the outcome
+                await self.log.aappend(event if type(event) is Delta else redactor.public(event))
+            if events.result is None:
+                raise RunCancelled(f"run {run_id} was cancelled")
+        except (RunCancelled, asyncio.CancelledError) as stopped:
+            await self._end(record, "cancelled", finished_event, error={"type": "cancelled", "message": str(stopped)})
+            return "cancelled"
+        except Exception as error:
+            reference = redactor.reference or new_reference()
+            self._log_failure(record, error, reference)
+            payload = failure_payload(error, self.scrub, reference)
+            payload.pop("reference", None)
+            await self._end(record, "failed", finished_event, error={**payload, "reference": reference})
+            return "failed"
+        await self._end(record, "ok", finished_event, result=events.result.to_json())
+        return "ok"
+
+    async def _end(
+        self,
+        record: RunRecord,
+        status: Literal["ok", "failed", "cancelled"],
+        finished_event: RunFinished | None,
+        *,
+        result: dict[str, Any] | None = None,
+        error: dict[str, Any] | None = None,
+    ) -> None:
+        """Record the outcome, then end the run's stream (with its `RunFinished`, when it had one)."""
+        await self.store.finished(record.run_id, status, result=result, error=error)
+        if finished_event is not None:
+            await self.log.aappend(finished_event)
+        else:
+            await self.log.afinish(record.run_id, status)
+        await self.log.aflush()
+
+    def _workflow(self, record: RunRecord) -> Any:
+        loaded = self._catalogs[record.mock].workflows.get(record.workflow)
+        if loaded is None:
+            raise WorkflowMismatch(
+                f"worker {self.name} has no workflow {record.workflow!r} in {self.folder}; run every worker from "
+                "the same project folder as the servers"
+            )
+        if workflow_digest(loaded) != record.digest:
+            raise WorkflowMismatch(
+                f"worker {self.name}'s copy of workflow {record.workflow!r} differs from the one the run was started "
+                "with; deploy the same workflow files to every server and worker"
+            )
+        return loaded
+
+    def _log_failure(self, record: RunRecord, error: BaseException, reference: str) -> None:
+        extra = {"reference": reference, "run_id": record.run_id, "workflow": record.workflow}
+        if isinstance(error, PipelineError):
+            logger.warning("run %s failed (reference %s): %s", record.run_id, reference, error, extra=extra)
+        else:
+            logger.error(
+                "run %s failed unexpectedly (reference %s)", record.run_id, reference, exc_info=error, extra=extra
+            )
+
+    async def _listen_for_cancels(self) -> None:
+        """Cancel the runs this process holds as their cancel messages arrive (reconnecting after errors)."""
+        while True:
+            try:
+                pubsub = self.client.pubsub()
+                await pubsub.subscribe(self.store.cancel_channel)
+                async for message in pubsub.listen():
+                    if message.get("type") != "message":
+                        continue
+                    run_id = message["data"].decode()
+                    events = self._running.get(run_id)
+                    if events is not None:
+                        logger.info("worker %s: cancelling run %s", self.name, run_id)
+                        self._cancel_asked.add(run_id)
+                        events.cancel()
+                    elif run_id in self._held:
+                        self._cancel_asked.add(run_id)
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:
+                logger.warning("worker %s: cancel listener lost Redis (%s); reconnecting", self.name, error)
+                await asyncio.sleep(0.5)
