@@ -259,7 +259,7 @@ def _cmd_handlers(_: argparse.Namespace) -> int:
 def _cmd_serve(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from pipeline_ex.errors import ExtraNotInstalledError
+    from pipeline_ex.errors import ExtraNotInstalledError, PipelineError
     from pipeline_ex.server import ServerConfigError, is_loopback, serve, split_hosts
 
     folder = Path(args.workflows)
@@ -295,7 +295,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     except ExtraNotInstalledError as error:
         _error(str(error))
         return EXIT_USAGE
-    except ServerConfigError as error:
+    except (ServerConfigError, PipelineError) as error:  # PipelineError: a Redis that cannot be reached
         _error(str(error))
         return EXIT_USAGE
     return EXIT_OK

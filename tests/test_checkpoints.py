@@ -355,3 +355,13 @@ async def test_a_failed_llm_step_restarts_as_attempt_two(project: Path) -> None:
         await arun(project / "broken.yaml", {"topic": "x"}, mock=True, run_id="b", checkpoints=store)
     saved = await store.load("b")
     assert saved is not None and saved.attempts == {"first": 1, "draft": 1}
+
+
+def test_a_folder_that_cannot_hold_checkpoints_warns_and_the_run_goes_on(project: Path) -> None:
+    (project / "gate-open").touch()
+    (project / "taken").write_text("a file", encoding="utf-8")
+    result = _cli("run", "three.yaml", "--mock", "-i", "topic=ice", "--output-dir", "taken", cwd=project)
+    assert result.returncode == 0, result.stderr
+    assert "warning: cannot keep a checkpoint in taken/.checkpoints (Not a directory)" in result.stderr
+    assert "cannot be resumed: pass a writable --output-dir" in result.stderr
+    assert result.stderr.count("cannot keep a checkpoint") == 1

@@ -144,6 +144,19 @@ class RemoteRunRegistry:
         except Exception as error:
             raise EventLogUnavailable(self.deployment.redis_url, error) from None
 
+    def check_now(self) -> None:
+        """`check`, from outside an event loop.
+
+        :raises EventLogUnavailable: naming the URL (its password redacted).
+        """
+        client = self.deployment.sync_client()
+        try:
+            client.ping()
+        except Exception as error:
+            raise EventLogUnavailable(self.deployment.redis_url, error) from None
+        finally:
+            client.close()
+
     async def start(
         self,
         loaded: LoadedWorkflow,

@@ -50,6 +50,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pipeline_ex.distributed.deployment import Deployment
+from pipeline_ex.distributed.event_log import EventLogUnavailable
 from pipeline_ex.distributed.run_records import RunRecord, renew_leases
 from pipeline_ex.errors import PipelineError, RunCancelled
 from pipeline_ex.events import Delta, RunFinished
@@ -133,7 +134,7 @@ class RunHost:
             loop.run_until_complete(self.client.ping())
             self._listener = loop.create_task(self._listen_for_cancels())
         except BaseException as error:
-            self._startup_error = PipelineError(f"the worker cannot use Redis at {self.deployment.redis_url}: {error}")
+            self._startup_error = EventLogUnavailable(self.deployment.redis_url, error)
             self._ready.set()
             return
         self._ready.set()

@@ -107,6 +107,9 @@ def serve(
         protocol = uvicorn_protocol(read_timeout=timeout)
     except ValueError as error:  # settings that do not go together; uvicorn's own errors are not ours to word
         raise ServerConfigError(str(error)) from None
+    remote = app.state.pipeline.remote
+    if remote is not None:
+        remote.check_now()  # before uvicorn starts, so the error is ours, not a startup traceback
     uvicorn.run(app, host=host, port=port, log_level="info", http=protocol)
 
 

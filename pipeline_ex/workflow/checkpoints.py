@@ -23,6 +23,7 @@ import hashlib
 import json
 import os
 import tempfile
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -33,6 +34,11 @@ CheckpointStatus = Literal["running", "failed", "cancelled"]
 FOLDER = ".checkpoints"
 """The folder below the output directory that `FileCheckpoints` writes to."""
 FORMAT = 1
+
+
+class CheckpointWarning(UserWarning):
+    """A checkpoint could not be written (the output folder is a file, or read-only): the run goes on, but
+    cannot be resumed."""
 
 
 class ResumeError(PipelineError):
@@ -103,6 +109,8 @@ class FileCheckpoints:
 
     def __init__(self, output_dir: str | os.PathLike[str]) -> None:
         self.folder = Path(output_dir) / FOLDER
+        self.failed: OSError | None = None
+        """Why the last write failed (writes then stop, after one `CheckpointWarning`)."""
 
     def path(self, run_id: str) -> Path:
         """The file of a run's checkpoint."""
@@ -118,11 +126,27 @@ class FileCheckpoints:
         return self.read(run_id)
 
     async def save(self, checkpoint: Checkpoint) -> None:
-        """Write the checkpoint to a temporary file and rename it over the run's file (never half written)."""
-        self.write(checkpoint)
+        """Write the checkpoint to a temporary file and rename it over the run's file (never half written).
+
+        A folder that cannot be written does not stop the run: a `CheckpointWarning` says it cannot be resumed.
+        """
+        if self.failed is not None:
+            return
+        try:
+            self.write(checkpoint)
+        except OSError as error:
+            self.failed = error
+            warnings.warn(
+                f"cannot keep a checkpoint in {self.folder} ({error.strerror or error}); this run goes on but "
+                "cannot be resumed: pass a writable --output-dir",
+                CheckpointWarning,
+                stacklevel=2,
+            )
 
     async def discard(self, run_id: str) -> None:
         """Delete the run's checkpoint file (and the folder, once it is empty)."""
+        if self.failed is not None:
+            return
         self.path(run_id).unlink(missing_ok=True)
         with contextlib.suppress(OSError):  # other runs' checkpoints are still there
             self.folder.rmdir()
@@ -134,7 +158,7 @@ class FileCheckpoints:
         path = self.path(run_id)
         try:
             text = path.read_text(encoding="utf-8")
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             return None
         try:
             return Checkpoint.from_json(json.loads(text))
