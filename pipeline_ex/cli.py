@@ -257,7 +257,8 @@ def _cmd_batch(args: argparse.Namespace) -> int:
 
     def stopped(how: str) -> None:
         seen = display.summary
-        written = f"{seen.ok + seen.failed} rows written to {args.output} ({seen.failed} failed)" if seen else "no row"
+        written = f"{seen.ok + seen.failed} rows ({seen.failed} failed)" if seen else "no row"
+        written += f" written to {args.output} by this run"
         _error(f"{how}; {written}; the rows that were running were not written: run the same command to finish")
 
     try:
