@@ -234,6 +234,82 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_batch(args: argparse.Namespace) -> int:
+    import asyncio
+    import signal
+
+    from pipeline_ex.batch import BatchError, BatchSummary, count_rows, run_batch
+    from pipeline_ex.batch_progress import BatchDisplay
+    from pipeline_ex.errors import PipelineError, WorkflowError
+    from pipeline_ex.workflow.loader import load_workflow
+
+    try:
+        loaded = load_workflow(args.file, mock=args.mock)
+    except WorkflowError as error:
+        _stderr(error)
+        return EXIT_USAGE
+    total = None
+    if sys.stderr.isatty():
+        with contextlib.suppress(OSError):  # an inputs file that cannot be read is reported by run_batch
+            total = count_rows(args.inputs)
+    display = BatchDisplay(total)
+    terminated = False
+
+    async def batch_until_done_or_terminated() -> BatchSummary:
+        # SIGTERM cancels the batch as Ctrl-C does (asyncio.run turns SIGINT into a cancellation): the
+        # rows in flight are cancelled, each started step delivers its Done(cancelled), and none is written.
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        assert task is not None
+
+        def on_sigterm() -> None:
+            nonlocal terminated
+            terminated = True
+            task.cancel()
+
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):  # no signals here, or not main
+            loop.add_signal_handler(signal.SIGTERM, on_sigterm)
+        try:
+            with display:
+                return await run_batch(
+                    loaded,
+                    args.inputs,
+                    args.output,
+                    concurrency=args.concurrency,
+                    mock=args.mock,
+                    output_dir=args.output_dir,
+                    on_progress=display.update,
+                )
+        finally:
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                loop.remove_signal_handler(signal.SIGTERM)
+
+    def stopped(how: str) -> None:
+        seen = display.summary
+        written = f"{seen.ok + seen.failed} rows ({seen.failed} failed)" if seen else "no row"
+        written += f" written to {args.output} by this run"
+        _error(f"{how}; {written}; the rows that were running were not written: run the same command to finish")
+
+    try:
+        summary = asyncio.run(batch_until_done_or_terminated())
+    except KeyboardInterrupt:
+        stopped("interrupted")
+        return EXIT_INTERRUPTED
+    except asyncio.CancelledError:
+        if not terminated:
+            raise
+        stopped("terminated")
+        return EXIT_TERMINATED
+    except WorkflowError as error:
+        _stderr(error)
+        return EXIT_USAGE
+    except (BatchError, PipelineError) as error:  # files, providers, output paths: before or for every row
+        _error(str(error))
+        return EXIT_USAGE
+    _stderr(f"batch: {summary.describe()}")
+    return EXIT_RUN_FAILED if summary.any_failed else EXIT_OK
+
+
 def _cmd_handlers(_: argparse.Namespace) -> int:
     from pipeline_ex.streaming.names import BUILTINS, ELIXIR_ALIASES, LEGACY_ALIASES, handler_entry_points
 
@@ -405,6 +481,27 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("--check", action="store_true", help="report legacy usage; exit 1 if any is found")
     mode.add_argument("--write", action="store_true", help="rewrite the files in place and print the diff")
     migrate.set_defaults(func=_cmd_migrate)
+
+    batch = commands.add_parser(
+        "batch",
+        help="run a workflow once per line of a JSON Lines file of inputs, a few at once, resumably",
+        description="Run FILE once per row of --inputs (one JSON object of inputs a line) and append one JSON "
+        "line per row to --output, in the order rows finish. Rows already in --output are skipped, so after "
+        "a stop the same command finishes the rest. Exit 1 if --output holds a failed row.",
+    )
+    batch.add_argument("file", help="the workflow YAML file")
+    batch.add_argument("--inputs", required=True, metavar="ROWS.jsonl", help="one JSON object of inputs per line")
+    batch.add_argument("--output", required=True, metavar="RESULTS.jsonl", help="where each row's result is appended")
+    batch.add_argument(
+        "--concurrency", type=_positive_int, default=4, metavar="N", help="rows running at once (default 4)"
+    )
+    batch.add_argument("--mock", action="store_true", help="run every LLM step on the mock provider (no network)")
+    batch.add_argument(
+        "--output-dir",
+        metavar="DIR",
+        help="where output_to_file writes, for every row (default: $PIPELINE_OUTPUT_DIR, then ./outputs)",
+    )
+    batch.set_defaults(func=_cmd_batch)
 
     handlers = commands.add_parser(
         "handlers",
