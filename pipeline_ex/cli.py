@@ -254,6 +254,21 @@ def _cmd_batch(args: argparse.Namespace) -> int:
             total = count_rows(args.inputs)
     display = BatchDisplay(total)
     terminated = False
+    run_row: Any = None
+    close_remote: Any = None
+    if args.redis:
+        try:
+            from pipeline_ex.distributed.batch_rows import remote_row_runner
+            from pipeline_ex.distributed.deployment import Deployment
+
+            deployment = Deployment(args.redis)
+            deployment.check_reachable()
+        except ImportError as error:
+            _error(f"{error}; install the extra: pip install 'pipeline-ex[distributed]'")
+            return EXIT_USAGE
+        except PipelineError as error:
+            _error(str(error))
+            return EXIT_USAGE
 
     async def batch_until_done_or_terminated() -> BatchSummary:
         # SIGTERM cancels the batch as Ctrl-C does (asyncio.run turns SIGINT into a cancellation): the
@@ -269,6 +284,9 @@ def _cmd_batch(args: argparse.Namespace) -> int:
 
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):  # no signals here, or not main
             loop.add_signal_handler(signal.SIGTERM, on_sigterm)
+        nonlocal run_row, close_remote
+        if args.redis:
+            run_row, close_remote = remote_row_runner(deployment, loaded, mock=args.mock, rows_file=args.inputs)
         try:
             with display:
                 return await run_batch(
@@ -279,8 +297,11 @@ def _cmd_batch(args: argparse.Namespace) -> int:
                     mock=args.mock,
                     output_dir=args.output_dir,
                     on_progress=display.update,
+                    run_row=run_row,
                 )
         finally:
+            if close_remote is not None:
+                await close_remote()
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                 loop.remove_signal_handler(signal.SIGTERM)
 
@@ -500,6 +521,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--output-dir",
         metavar="DIR",
         help="where output_to_file writes, for every row (default: $PIPELINE_OUTPUT_DIR, then ./outputs)",
+    )
+    batch.add_argument(
+        "--redis",
+        metavar="URL",
+        help="fan the rows out to the 'pipeline-ex worker' processes on this Redis (FILE must be one of their "
+        "workflow files; --concurrency bounds the rows queued at once)",
     )
     batch.set_defaults(func=_cmd_batch)
 

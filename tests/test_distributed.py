@@ -9,6 +9,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -62,6 +65,24 @@ workflow:
 """
 
 
+ROWS = """
+workflow:
+  name: rows
+  inputs:
+    n: {type: integer}
+  steps:
+    - {id: check, type: python, callable: rowcheck.check}
+    - {id: say, provider: mock, prompt: "Row {{ inputs.n }} doubled is {{ steps.check }}"}
+"""
+
+ROWCHECK = """
+def check(ctx):
+    if ctx.inputs["n"] % 10 == 7:
+        raise ValueError(f"row {ctx.inputs['n']} is unlucky")
+    return ctx.inputs["n"] * 2
+"""
+
+
 @pytest.fixture(scope="module")
 def redis_url() -> Iterator[str]:
     server = RedisServer().start()
@@ -77,12 +98,14 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (folder / "workflows").mkdir()
     (folder / "workflows" / "three.yaml").write_text(THREE, encoding="utf-8")
     (folder / "workflows" / "slow.yaml").write_text(SLOW, encoding="utf-8")
+    (folder / "workflows" / "rows.yaml").write_text(ROWS, encoding="utf-8")
+    (folder / "rowcheck.py").write_text(ROWCHECK, encoding="utf-8")
     return folder
 
 
 @pytest.fixture(scope="module")
 def workers(redis_url: str, project: Path) -> Iterator[dict[str, WorkerProcess]]:
-    started = {name: WorkerProcess(redis_url, project, name, "--lease", "3") for name in ("w1", "w2")}
+    started = {name: WorkerProcess(redis_url, project, name) for name in ("w1", "w2")}  # the default 5 s lease
     for worker in started.values():
         worker.start()
     try:
@@ -241,7 +264,7 @@ def test_a_killed_worker_s_run_continues_on_another_from_the_interrupted_step(
     assert isinstance(events[-1], RunFinished) and events[-1].status == "ok"
     assert holder(sync, run_id) == survivor.name
     assert sync.hget(f"pipeline-ex:run:{run_id}", "attempt") == b"2"
-    print(f"redelivered {redelivered_after:.2f} s after SIGKILL (lease 3 s)")
+    print(f"redelivered {redelivered_after:.2f} s after SIGKILL (lease 5 s)")
     assert redelivered_after < 15
     victim.start()  # the module's other tests have two workers again
 
@@ -355,3 +378,31 @@ async def test_a_worker_refuses_a_run_of_a_workflow_file_that_differs(redis_url:
         await client.aclose()
     finally:
         host.stop()
+
+
+# -- batch rows fanned out to the workers ---------------------------------------------------------------
+
+
+def test_batch_with_redis_fans_rows_out_to_the_workers(redis_url: str, project: Path, workers: Any) -> None:
+    rows = project / "rows.jsonl"
+    rows.write_text("".join(json.dumps({"n": n}) + "\n" for n in range(1, 21)) + '{"n": "many"}\n', encoding="utf-8")
+    out = project / "rows-out.jsonl"
+    command = [sys.executable, "-m", "pipeline_ex", "batch", "workflows/rows.yaml", "--inputs", str(rows)]
+    command += ["--output", str(out), "--redis", redis_url, "--concurrency", "6", "--mock"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PIPELINE_")}
+    first = subprocess.run(command, cwd=project, env=env, capture_output=True, text=True, timeout=120)
+    assert first.returncode == 1, first.stderr
+    lines = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    by_row = {line["row"]: line for line in lines}
+    assert sorted(by_row) == list(range(1, 22))
+    ok = sorted(n for n, line in by_row.items() if line["status"] == "ok")
+    assert ok == [n for n in range(1, 21) if n % 10 != 7]
+    assert by_row[3]["steps"] == {"check": 6, "say": "Mock reply to: Row 3 doubled is 6"}
+    unlucky = by_row[7]["error"]  # as the servers show a python step's own error: by the worker's reference
+    assert unlucky["type"] == "internal" and "see the server log (reference" in unlucky["message"]
+    assert by_row[21]["error"]["type"] == "input" and by_row[21]["run_id"] is None  # refused before queueing
+    sync = redis.Redis.from_url(redis_url)
+    assert {holder(sync, by_row[n]["run_id"]) for n in ok} <= {"w1", "w2"}
+    assert "batch: 18 ok, 3 failed" in first.stderr
+    again = subprocess.run(command, cwd=project, env=env, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 1 and "0 ok, 0 failed, 21 skipped" in again.stderr, again.stderr

@@ -148,6 +148,21 @@ async def test_follower_started_before_the_run_blocks_without_polling(
     await log.aclose()
 
 
+async def test_a_follower_waits_through_a_long_silence(redis_server: RedisServer, prefix: str) -> None:
+    """A run may say nothing for longer than redis-py's default 5 s read timeout: the follower keeps waiting."""
+    log = RedisEventLog(redis_server.url, key_prefix=prefix)
+    writer = RedisEventLog(redis_server.url, key_prefix=prefix)
+    events = run_events("run-quiet", deltas=1)
+    follower = asyncio.create_task(collect(log.follow("run-quiet")))
+    await asyncio.sleep(6.5)  # takes 6.5 s: longer than the timeout it guards against
+    assert not follower.done(), follower
+    for event in events:
+        await writer.aappend(event)
+    assert await asyncio.wait_for(follower, 5) == events
+    await writer.aclose()
+    await log.aclose()
+
+
 async def test_max_delay_flushes_without_another_append(redis_server: RedisServer, prefix: str) -> None:
     log = RedisEventLog(redis_server.url, key_prefix=prefix, max_delay=0.05)
     events = run_events("run-d", deltas=3)

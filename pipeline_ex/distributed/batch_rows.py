@@ -37,8 +37,8 @@ def remote_row_runner(
     async def run_row(row: int, inputs: dict[str, Any]) -> RowOutcome:
         try:
             resolved = resolve_inputs(loaded, inputs)  # bad inputs fail here, as a local run's would
-        except InputError as error:
-            return RowOutcome("failed", error=row_error(error, step=None, where=f"{rows_file}:{row}"))
+        except InputError as problem:
+            return RowOutcome("failed", error=row_error(problem, step=None, where=f"{rows_file}:{row}"))
         run_id = new_run_id()
         await store.admit(RunRecord(run_id, loaded.name, digest, resolved, mock=mock), UNBOUNDED)
         await asyncio.to_thread(enqueue, app, run_id, deployment.queue)
@@ -53,11 +53,11 @@ def remote_row_runner(
             message = f"run {run_id} ended without an outcome in Redis (it expired?)"
             return RowOutcome("failed", run_id=run_id, error={"type": "error", "message": message})
         result = record.result or {}
-        usage = _usage(result)
+        usage = record.usage
         if record.status != "ok":
-            error = dict(record.error or {"type": record.status, "message": f"the run was {record.status}"})
-            error.pop("run_id", None)
-            return RowOutcome("failed", run_id=run_id, error=error, usage=usage)
+            failure = dict(record.error or {"type": record.status, "message": f"the run was {record.status}"})
+            failure.pop("run_id", None)
+            return RowOutcome("failed", run_id=run_id, error=failure, usage=usage)
         return RowOutcome("ok", run_id=run_id, steps=steps_of(loaded, result), usage=usage)
 
     async def close() -> None:
@@ -83,14 +83,3 @@ def steps_of(loaded: LoadedWorkflow, result: dict[str, Any]) -> dict[str, Any]:
             elif step_id in values:
                 steps[step_id] = values[step_id]
     return steps
-
-
-def _usage(result: dict[str, Any]) -> dict[str, int | None] | None:
-    totals: dict[str, int | None] | None = None
-    for value in result.get("steps", {}).values():
-        usage = value.get("usage") if isinstance(value, dict) else None
-        if usage:
-            totals = totals or {"input_tokens": 0, "output_tokens": 0, "total_tokens": 0}
-            for key in totals:
-                totals[key] = (totals[key] or 0) + (usage.get(key) or 0)
-    return totals

@@ -16,6 +16,7 @@ from pipeline_ex.distributed.event_log import (
     DEFAULT_MAXLEN,
     DEFAULT_RUNNING_TTL_SECONDS,
     DEFAULT_TTL_SECONDS,
+    EventLogUnavailable,
     RedisEventLog,
 )
 from pipeline_ex.distributed.redis_checkpoints import RedisCheckpoints
@@ -23,7 +24,7 @@ from pipeline_ex.distributed.run_records import DEFAULT_LEASE_SECONDS, RunStore
 from pipeline_ex.errors import ExtraNotInstalledError, PipelineError
 
 REDIS_URL_ENV = "PIPELINE_REDIS_URL"
-"""The Redis URL `serve`, `worker` and `batch` use when `--redis` is not given."""
+"""The Redis URL `serve` and `worker` use when `--redis` is not given (`batch` fans out only with `--redis`)."""
 DEFAULT_QUEUE = "pipeline-ex"
 
 
@@ -81,13 +82,29 @@ class Deployment:
             import redis.asyncio as aioredis
         except ImportError as error:
             raise ExtraNotInstalledError("running beyond one machine", "distributed", "redis") from error
-        return aioredis.Redis.from_url(self.redis_url, socket_connect_timeout=5)
+        # No read timeout: the workers' cancel listener waits on its subscription for as long as it takes.
+        return aioredis.Redis.from_url(
+            self.redis_url, socket_connect_timeout=5, socket_timeout=None, socket_keepalive=True
+        )
 
     def sync_client(self) -> Any:
         """A new `redis.Redis` on the deployment's Redis."""
         import redis
 
-        return redis.Redis.from_url(self.redis_url, socket_connect_timeout=5)
+        return redis.Redis.from_url(self.redis_url, socket_connect_timeout=5, socket_timeout=5)
+
+    def check_reachable(self) -> None:
+        """Make sure Redis answers, from outside an event loop.
+
+        :raises EventLogUnavailable: naming the URL (its password redacted).
+        """
+        client = self.sync_client()
+        try:
+            client.ping()
+        except Exception as error:
+            raise EventLogUnavailable(self.redis_url, error) from None
+        finally:
+            client.close()
 
     def run_store(self, client: Any) -> RunStore:
         """The run records, through `client`."""

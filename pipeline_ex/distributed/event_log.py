@@ -472,12 +472,18 @@ class RedisEventLog:
 
     def _sync_client(self) -> redis.Redis:
         if self._client is None:
-            self._client = redis.Redis.from_url(self.url, socket_connect_timeout=self.connect_timeout)
+            self._client = redis.Redis.from_url(
+                self.url, socket_connect_timeout=self.connect_timeout, socket_timeout=None, socket_keepalive=True
+            )
         return self._client
 
     def _async_client(self) -> aioredis.Redis:
         if self._aclient is None:
-            self._aclient = aioredis.Redis.from_url(self.url, socket_connect_timeout=self.connect_timeout)
+            # No read timeout (redis-py 6+ defaults to 5 s): a follower waits in XREAD BLOCK for as long as a
+            # run is silent. Keepalive probes notice a Redis that went away without closing the connection.
+            self._aclient = aioredis.Redis.from_url(
+                self.url, socket_connect_timeout=self.connect_timeout, socket_timeout=None, socket_keepalive=True
+            )
         return self._aclient
 
     @contextmanager

@@ -149,13 +149,7 @@ class RemoteRunRegistry:
 
         :raises EventLogUnavailable: naming the URL (its password redacted).
         """
-        client = self.deployment.sync_client()
-        try:
-            client.ping()
-        except Exception as error:
-            raise EventLogUnavailable(self.deployment.redis_url, error) from None
-        finally:
-            client.close()
+        self.deployment.check_reachable()
 
     async def start(
         self,

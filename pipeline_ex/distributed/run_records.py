@@ -76,6 +76,8 @@ class RunRecord:
     result: dict[str, Any] | None = None
     error: dict[str, Any] | None = None
     """What clients are told about its failure (redacted, with the reference it was logged with)."""
+    usage: dict[str, Any] | None = None
+    """The tokens of all its LLM step instances (its `RunFinished.usage`), once it ended."""
 
     @property
     def finished(self) -> bool:
@@ -98,6 +100,8 @@ class RunRecord:
             values["result"] = json.dumps(self.result, ensure_ascii=False)
         if self.error is not None:
             values["error"] = json.dumps(self.error, ensure_ascii=False)
+        if self.usage is not None:
+            values["usage"] = json.dumps(self.usage)
         return values
 
     @classmethod
@@ -116,6 +120,7 @@ class RunRecord:
             attempt=int(text.get("attempt", "0")),
             result=json.loads(text["result"]) if "result" in text else None,
             error=json.loads(text["error"]) if "error" in text else None,
+            usage=json.loads(text["usage"]) if "usage" in text else None,
         )
 
     def summary(self) -> dict[str, Any]:
@@ -238,9 +243,12 @@ class RunStore:
         *,
         result: dict[str, Any] | None = None,
         error: dict[str, Any] | None = None,
+        usage: dict[str, Any] | None = None,
     ) -> None:
         """Record how the run ended, and release its admission and its holder."""
         update: dict[str, str] = {"status": status}
+        if usage is not None:
+            update["usage"] = json.dumps(usage)
         if result is not None:
             update["result"] = json.dumps(result, ensure_ascii=False)
         if error is not None:

@@ -249,7 +249,8 @@ class RunHost:
         error: dict[str, Any] | None = None,
     ) -> None:
         """Record the outcome, then end the run's stream (with its `RunFinished`, when it had one)."""
-        await self.store.finished(record.run_id, status, result=result, error=error)
+        usage = finished_event.usage.model_dump() if finished_event is not None and finished_event.usage else None
+        await self.store.finished(record.run_id, status, result=result, error=error, usage=usage)
         if finished_event is not None:
             await self.log.aappend(finished_event)
         else:

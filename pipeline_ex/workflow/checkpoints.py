@@ -37,8 +37,7 @@ FORMAT = 1
 
 
 class CheckpointWarning(UserWarning):
-    """A checkpoint could not be written (the output folder is a file, or read-only): the run goes on, but
-    cannot be resumed."""
+    """A checkpoint could not be written (the output folder is a file, or read-only); the run goes on."""
 
 
 class ResumeError(PipelineError):
