@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import openai
 import pytest
 import redis
 from deployment_kit import WorkerProcess, holder, kill_server, replica
@@ -204,6 +205,12 @@ def test_json_results_and_unknown_runs_on_any_replica(replicas: Any) -> None:
     assert answer.status_code == 200, answer.text
     body = answer.json()
     assert body["steps"]["three"]["text"] == "e f" and body["run_id"] == answer.headers["x-run-id"]
+    text = httpx.post(f"{b.url}/workflows/three/run", json={"inputs": {}}, headers={"Accept": "text/plain"}, timeout=60)
+    assert text.status_code == 200 and text.text == "a b cd0 d1 d2 d3 d4 d5 d6 d7 d8 d9 d10 d11e f"
+    chat = openai.OpenAI(base_url=f"{a.url}/v1", api_key="unused").chat.completions.create(
+        model="three", messages=[{"role": "user", "content": "seas"}]
+    )
+    assert chat.choices[0].message.content == "e f" and chat.choices[0].finish_reason == "stop"
     missing = httpx.get(f"{b.url}/runs/nosuchrun/events", timeout=10)
     assert missing.status_code == 404 and "no run 'nosuchrun'" in missing.json()["error"]["message"]
     assert httpx.get(f"{b.url}/healthz", timeout=10).json()["active_runs"] == 0

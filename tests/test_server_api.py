@@ -10,6 +10,7 @@ import logging
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 import openai
@@ -320,3 +321,26 @@ def test_the_default_keepalive_beats_a_default_httpx_read_timeout() -> None:
     result = subprocess.run([cli_executable(), "serve", "--help"], capture_output=True, text=True, timeout=60)
     help_text = " ".join(result.stdout.split())
     assert "--keepalive SECONDS" in help_text and f"default {DEFAULT_KEEPALIVE:g}" in help_text
+
+
+# ---------------------------------------------------------------------------------------------------------
+# GET /runs
+# ---------------------------------------------------------------------------------------------------------
+
+
+def test_runs_are_listed_newest_first_with_their_status(start_server: Any) -> None:
+    running = start_server(mock=True)
+    first = httpx.post(f"{running.url}/workflows/fast/run", json={"inputs": {}}, timeout=30)
+    second = httpx.post(f"{running.url}/workflows/fail/run", json={"inputs": {}}, timeout=30)
+    listed = httpx.get(f"{running.url}/runs", timeout=10).json()["runs"]
+    assert [(r["run_id"], r["workflow"], r["status"]) for r in listed] == [
+        (second.headers["x-run-id"], "fail", "failed"),
+        (first.headers["x-run-id"], "fast", "ok"),
+    ]
+    assert listed[0]["created"] >= listed[1]["created"]
+    one = httpx.get(f"{running.url}/runs", params={"limit": 1}, timeout=10).json()["runs"]
+    assert [r["run_id"] for r in one] == [second.headers["x-run-id"]]
+    for bad in ("0", "abc", "1001"):
+        refused = httpx.get(f"{running.url}/runs", params={"limit": bad}, timeout=10)
+        assert_error(refused, 422)
+        assert "'limit' must be a whole number from 1 to 1000" in refused.json()["error"]["message"]

@@ -1,5 +1,6 @@
 """Workflows: the YAML format, loading with precise errors, running, and migrating legacy files."""
 
+from pipeline_ex.workflow.checkpoints import Checkpoint, CheckpointStore, FileCheckpoints, ResumeError
 from pipeline_ex.workflow.iterate import EventStream, astream, stream
 from pipeline_ex.workflow.loader import LoadedStep, LoadedWorkflow, load_workflow, parse_workflow
 from pipeline_ex.workflow.results import (
@@ -14,8 +15,11 @@ from pipeline_ex.workflow.runner import InputError, RunResult, arun, run
 from pipeline_ex.workflow.schema import Workflow, json_schema
 
 __all__ = [
+    "Checkpoint",
+    "CheckpointStore",
     "EventStream",
     "FailedResult",
+    "FileCheckpoints",
     "ForEachResult",
     "InputError",
     "LoadedStep",
@@ -23,6 +27,7 @@ __all__ = [
     "LoopResult",
     "NestedResult",
     "ParallelResult",
+    "ResumeError",
     "RunResult",
     "SkippedResult",
     "Workflow",
