@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import sys
 import time
 import warnings
 from collections.abc import Awaitable, Callable, Iterator, Mapping
@@ -33,6 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Literal
 
 from pipeline_ex.errors import PipelineError, ProviderConfigError, ProviderNotInstalledError, StepError
+from pipeline_ex.file_lock import try_lock
 from pipeline_ex.redaction import redact_text
 
 if TYPE_CHECKING:
@@ -274,23 +274,6 @@ def _scan_output(output_path: Path, fd: int) -> _Done:
     return done
 
 
-if sys.platform == "win32":  # pragma: no cover - no flock there
-
-    def _lock(fd: int) -> bool:
-        return True
-
-else:
-    import fcntl
-
-    def _lock(fd: int) -> bool:
-        """Take the exclusive lock on an open file without waiting; False when another process holds it."""
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return False
-        return True
-
-
 def _open_output(output_path: Path) -> BinaryIO:
     """Open (or create) the output file for appending, locked against a second batch."""
     shown = os.fspath(output_path)
@@ -301,7 +284,7 @@ def _open_output(output_path: Path) -> BinaryIO:
         file = open(output_path, "ab", buffering=0)  # noqa: SIM115 - closed by run_batch
     except OSError as error:
         raise BatchError(f"cannot write the results file {shown}: {error.strerror or error}") from None
-    if not _lock(file.fileno()):
+    if not try_lock(file.fileno()):
         file.close()
         raise BatchError(
             f"{shown} is being written by another batch (it locks its results file); wait for that one to "

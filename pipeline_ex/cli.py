@@ -12,7 +12,7 @@ import json
 import os
 import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 EXIT_OK = 0
@@ -54,6 +54,39 @@ class _Progress:
         """Print the position of a top-level step that starts."""
         if getattr(event, "type", None) == "step_started" and event.step in self.order:
             print(f"[{self.order[event.step]}/{len(self.order)}] {event.step}", file=sys.stderr, flush=True)
+
+
+class _Termination:
+    """SIGTERM cancels the task that runs the command, as Ctrl-C does.
+
+    asyncio.run turns SIGINT into a cancellation already; with this, SIGTERM does too, so every running
+    step delivers its Done(cancelled) before the process exits.
+    """
+
+    def __init__(self) -> None:
+        self.terminated = False
+
+    @contextlib.contextmanager
+    def cancels_this_task(self) -> Iterator[None]:
+        """While inside, SIGTERM cancels the current task and sets `terminated`."""
+        import asyncio
+        import signal
+
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        assert task is not None
+
+        def on_sigterm() -> None:
+            self.terminated = True
+            task.cancel()
+
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):  # no signals here, or not main
+            loop.add_signal_handler(signal.SIGTERM, on_sigterm)
+        try:
+            yield
+        finally:
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                loop.remove_signal_handler(signal.SIGTERM)
 
 
 def _parse_inputs(pairs: Sequence[str]) -> dict[str, str]:
@@ -106,27 +139,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
     progress = _Progress([step.id for step in loaded.steps])
 
     import asyncio
-    import signal
 
     console = resolve_handler("console")
     redirect = contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext()
-    terminated = False
+    termination = _Termination()
 
     async def run_until_done_or_terminated() -> Any:
-        # SIGTERM cancels the run as Ctrl-C does (asyncio.run already turns SIGINT into a cancellation),
-        # so every running step delivers its Done(cancelled) before the process exits.
-        loop = asyncio.get_running_loop()
-        task = asyncio.current_task()
-        assert task is not None
-
-        def on_sigterm() -> None:
-            nonlocal terminated
-            terminated = True
-            task.cancel()
-
-        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):  # no signals here, or not main
-            loop.add_signal_handler(signal.SIGTERM, on_sigterm)
-        try:
+        with termination.cancels_this_task():
             return await arun(
                 loaded,
                 inputs,
@@ -138,9 +157,6 @@ def _cmd_run(args: argparse.Namespace) -> int:
                 checkpoints=checkpoints,
                 resume=args.resume is not None,
             )
-        finally:
-            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-                loop.remove_signal_handler(signal.SIGTERM)
 
     try:
         with redirect:
@@ -149,7 +165,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         _error(f"interrupted; {resume_hint}")
         return EXIT_INTERRUPTED
     except asyncio.CancelledError:
-        if not terminated:
+        if not termination.terminated:
             raise
         _error(f"terminated; {resume_hint}")
         return EXIT_TERMINATED
@@ -236,7 +252,6 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
 
 def _cmd_batch(args: argparse.Namespace) -> int:
     import asyncio
-    import signal
 
     from pipeline_ex.batch import BatchError, BatchSummary, count_rows, run_batch
     from pipeline_ex.batch_progress import BatchDisplay
@@ -253,9 +268,8 @@ def _cmd_batch(args: argparse.Namespace) -> int:
         with contextlib.suppress(OSError):  # an inputs file that cannot be read is reported by run_batch
             total = count_rows(args.inputs)
     display = BatchDisplay(total)
-    terminated = False
-    run_row: Any = None
-    close_remote: Any = None
+    termination = _Termination()
+    deployment: Any = None
     if args.redis:
         try:
             from pipeline_ex.distributed.batch_rows import remote_row_runner
@@ -271,24 +285,13 @@ def _cmd_batch(args: argparse.Namespace) -> int:
             return EXIT_USAGE
 
     async def batch_until_done_or_terminated() -> BatchSummary:
-        # SIGTERM cancels the batch as Ctrl-C does (asyncio.run turns SIGINT into a cancellation): the
-        # rows in flight are cancelled, each started step delivers its Done(cancelled), and none is written.
-        loop = asyncio.get_running_loop()
-        task = asyncio.current_task()
-        assert task is not None
-
-        def on_sigterm() -> None:
-            nonlocal terminated
-            terminated = True
-            task.cancel()
-
-        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):  # no signals here, or not main
-            loop.add_signal_handler(signal.SIGTERM, on_sigterm)
-        nonlocal run_row, close_remote
-        if args.redis:
+        # The rows in flight when the batch is stopped are cancelled (each started step delivers its
+        # Done(cancelled)) and none of them is written.
+        run_row, close_remote = None, None
+        if deployment is not None:
             run_row, close_remote = remote_row_runner(deployment, loaded, mock=args.mock, rows_file=args.inputs)
         try:
-            with display:
+            with termination.cancels_this_task(), display:
                 return await run_batch(
                     loaded,
                     args.inputs,
@@ -302,8 +305,6 @@ def _cmd_batch(args: argparse.Namespace) -> int:
         finally:
             if close_remote is not None:
                 await close_remote()
-            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-                loop.remove_signal_handler(signal.SIGTERM)
 
     def stopped(how: str) -> None:
         seen = display.summary
@@ -317,7 +318,7 @@ def _cmd_batch(args: argparse.Namespace) -> int:
         stopped("interrupted")
         return EXIT_INTERRUPTED
     except asyncio.CancelledError:
-        if not terminated:
+        if not termination.terminated:
             raise
         stopped("terminated")
         return EXIT_TERMINATED

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import io
 import os
-import sys
 import threading
 from collections import OrderedDict
 from pathlib import Path
@@ -20,6 +19,7 @@ from typing import Literal
 
 from pipeline_ex.errors import PipelineError
 from pipeline_ex.events import Delta, Done, Event
+from pipeline_ex.file_lock import try_lock
 
 _Stamp = tuple[int, int, int]
 """A file's (inode, size, modification time in ns), as this run's previous step left it."""
@@ -38,23 +38,6 @@ class FileInUseError(PipelineError):
     """Another run is writing (or wrote, between this run's steps) the file a `FileHandler` was given."""
 
 
-if sys.platform == "win32":  # pragma: no cover - no flock there
-
-    def _lock(fd: int) -> bool:
-        return True
-
-else:
-    import fcntl
-
-    def _lock(fd: int) -> bool:
-        """Take the exclusive lock on an open file without waiting; False when another holds it."""
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return False
-        return True
-
-
 def _stamp(fd: int) -> _Stamp:
     status = os.fstat(fd)
     return status.st_ino, status.st_size, status.st_mtime_ns
@@ -66,7 +49,7 @@ def _claim(file: io.FileIO, path: Path, run_id: str, append: bool) -> None:
     :raises FileInUseError: another step holds the lock, or (unless appending, which adds to whatever the
         file holds by design) another run wrote the file since this run's previous step wrote it.
     """
-    if not _lock(file.fileno()):
+    if not try_lock(file.fileno()):
         raise FileInUseError(
             f"{path} is being written by another run (a step locks its file until its Done); {_ADVICE}"
         )
