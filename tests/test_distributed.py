@@ -66,6 +66,19 @@ workflow:
 """
 
 
+BROKEN = """
+workflow:
+  name: broken
+  inputs:
+    prompt: {default: hi}
+  steps:
+    - id: answer
+      provider: mock
+      prompt: "{{ inputs.prompt }}"
+      mock_response: ["one ", "two ", "three"]
+      options: {error_after: 1}
+"""
+
 ROWS = """
 workflow:
   name: rows
@@ -101,6 +114,7 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (folder / "workflows" / "slow.yaml").write_text(SLOW, encoding="utf-8")
     (folder / "workflows" / "rows.yaml").write_text(ROWS, encoding="utf-8")
     (folder / "rowcheck.py").write_text(ROWCHECK, encoding="utf-8")
+    (folder / "workflows" / "broken.yaml").write_text(BROKEN, encoding="utf-8")
     return folder
 
 
@@ -406,10 +420,106 @@ def test_batch_with_redis_fans_rows_out_to_the_workers(redis_url: str, project: 
     assert ok == [n for n in range(1, 21) if n % 10 != 7]
     assert by_row[3]["steps"] == {"check": 6, "say": "Mock reply to: Row 3 doubled is 6"}
     unlucky = by_row[7]["error"]  # as the servers show a python step's own error: by the worker's reference
-    assert unlucky["type"] == "internal" and "see the server log (reference" in unlucky["message"]
+    assert unlucky["type"] == "internal" and unlucky["message"].count("(reference ") == 1
+    assert unlucky["message"].endswith(f"(reference {unlucky['reference']})")
     assert by_row[21]["error"]["type"] == "input" and by_row[21]["run_id"] is None  # refused before queueing
     sync = redis.Redis.from_url(redis_url)
     assert {holder(sync, by_row[n]["run_id"]) for n in ok} <= {"w1", "w2"}
     assert "batch: 18 ok, 3 failed" in first.stderr
     again = subprocess.run(command, cwd=project, env=env, capture_output=True, text=True, timeout=120)
     assert again.returncode == 1 and "0 ok, 0 failed, 21 skipped" in again.stderr, again.stderr
+
+
+def test_a_run_that_fails_on_a_worker_fails_the_same_way_on_every_kind_of_answer(replicas: Any) -> None:
+    a, b = replicas
+    answer = httpx.post(f"{a.url}/workflows/broken/run", json={"inputs": {}}, timeout=60)
+    assert answer.status_code == 502, answer.text
+    error = answer.json()["error"]
+    assert error["type"] == "provider" and error["step"] == "answer"
+    chat = httpx.post(
+        f"{b.url}/v1/chat/completions",
+        json={"model": "broken", "messages": [{"role": "user", "content": "x"}]},
+        timeout=60,
+    )
+    assert chat.status_code == 502, chat.text
+    assert chat.json()["error"]["type"] == "provider"
+    with httpx.stream(
+        "POST", f"{b.url}/workflows/broken/run", json={"inputs": {}}, headers={**SSE, **JSON_BODY}, timeout=60
+    ) as response:
+        frames = read_all(response)
+    assert [f.get("event") for f in frames][-3:] == ["run_finished", "error", "end"]
+    assert json.loads(frames[-2]["data"])["type"] == "provider"
+
+
+class _CheckedCheckpoints:
+    """Checks, at every save, that the stream already holds every event the checkpoint accounts for."""
+
+    def __init__(self, inner: Any, client: redis.Redis, key: str) -> None:
+        self.inner, self.client, self.key, self.saves = inner, client, key, []
+
+    async def load(self, run_id: str) -> Any:
+        return await self.inner.load(run_id)
+
+    async def save(self, checkpoint: Any) -> None:
+        if checkpoint.status == "running":
+            newest = self.client.xrevrange(self.key, count=1)
+            written = int(newest[0][0].split(b"-")[0]) if newest else 0
+            self.saves.append((checkpoint.last_seq, written))
+        await self.inner.save(checkpoint)
+
+    async def discard(self, run_id: str) -> None:
+        await self.inner.discard(run_id)
+
+
+async def test_a_checkpoint_is_saved_only_after_the_events_it_accounts_for(redis_url: str, project: Path) -> None:
+    deployment = Deployment(redis_url, key_prefix="after")
+    host = RunHost(deployment, project / "workflows", name="checked")
+    host.start()
+    client = deployment.async_client()
+    sync = redis.Redis.from_url(redis_url)
+    try:
+        loaded = host._catalogs[True].workflows["three"]
+        from pipeline_ex.workflow.checkpoints import workflow_digest
+
+        await deployment.run_store(client).admit(
+            RunRecord("r-after", "three", workflow_digest(loaded), {"topic": "x"}), 10
+        )
+        checked = _CheckedCheckpoints(host.checkpoints, sync, "after:run:r-after:events")
+        host.checkpoints = checked
+        assert await asyncio.to_thread(host.execute, "r-after") == "ok"
+        assert len(checked.saves) == 6  # each of the three steps: when it starts and when it finishes
+        assert all(written >= accounted for accounted, written in checked.saves), checked.saves
+        assert sync.get("after:run:r-after:checkpoint") is None  # dropped with the recorded outcome
+    finally:
+        await client.aclose()
+        sync.close()
+        host.stop()
+
+
+async def test_a_worker_whose_lease_was_taken_over_stops_and_records_nothing(redis_url: str, project: Path) -> None:
+    deployment = Deployment(redis_url, key_prefix="lost", lease_seconds=1.5)
+    host = RunHost(deployment, project / "workflows", name="stalled")
+    host.start()
+    client = deployment.async_client()
+    sync = redis.Redis.from_url(redis_url)
+    try:
+        loaded = host._catalogs[True].workflows["slow"]
+        from pipeline_ex.workflow.checkpoints import workflow_digest
+
+        store = deployment.run_store(client)
+        await store.admit(RunRecord("r-lost", "slow", workflow_digest(loaded), {}), 10)
+        running = asyncio.ensure_future(asyncio.to_thread(host.execute, "r-lost"))
+        key = "lost:run:r-lost:events"
+        await asyncio.to_thread(wait_for, lambda: sync.xlen(key) >= 3, 30, "the run to stream")
+        sync.set("lost:run:r-lost:owner", "another-worker", px=60_000)  # as when another worker took it over
+        assert await asyncio.wait_for(running, 10) == "lost"
+        length = sync.xlen(key)
+        await asyncio.sleep(0.5)
+        assert sync.xlen(key) == length  # nothing more is written for it here
+        record = await store.get("r-lost")
+        assert record is not None and record.status == "running"  # its outcome is the new holder's to record
+        assert sync.get("lost:run:r-lost:owner") == b"another-worker"
+    finally:
+        await client.aclose()
+        sync.close()
+        host.stop()

@@ -1,7 +1,8 @@
 """`pipeline-ex batch --redis`: each row becomes a run of the deployment, run by whichever worker takes it.
 
 `remote_row_runner` is the batch's `RowRunner` for a deployment: it records and enqueues the row's run as
-`serve --redis` does (the batch's `--concurrency` bounds how many are queued at once), follows the run's
+`serve --redis` does (the batch's `--concurrency` bounds how many are queued at once; they count against
+the admission limit the servers apply, `--max-concurrent-runs`), follows the run's
 Redis Stream to its end, and reads the outcome from the run's record. A row whose coroutine is cancelled
 (the batch was stopped) has its run cancelled on its worker too, so nothing goes on running unseen.
 """
@@ -40,13 +41,13 @@ def remote_row_runner(
         except InputError as problem:
             return RowOutcome("failed", error=row_error(problem, step=None, where=f"{rows_file}:{row}"))
         run_id = new_run_id()
-        await store.admit(RunRecord(run_id, loaded.name, digest, resolved, mock=mock), UNBOUNDED)
-        await asyncio.to_thread(enqueue, app, run_id, deployment.queue)
         try:
+            await store.admit(RunRecord(run_id, loaded.name, digest, resolved, mock=mock), UNBOUNDED)
+            await asyncio.to_thread(enqueue, app, run_id, deployment.queue)
             async for _ in log.follow(run_id):
                 pass
         except asyncio.CancelledError:
-            await asyncio.shield(store.request_cancel(run_id))
+            await asyncio.shield(store.request_cancel(run_id))  # a worker that starts it later cancels it too
             raise
         record = await store.get(run_id)
         if record is None or not record.finished:
@@ -57,6 +58,8 @@ def remote_row_runner(
         if record.status != "ok":
             failure = dict(record.error or {"type": record.status, "message": f"the run was {record.status}"})
             failure.pop("run_id", None)
+            if failure.get("type") == "internal" and "reference" in failure:
+                failure["message"] = f"{failure['message']} (reference {failure['reference']})"
             return RowOutcome("failed", run_id=run_id, error=failure, usage=usage)
         return RowOutcome("ok", run_id=run_id, steps=steps_of(loaded, result), usage=usage)
 
@@ -70,8 +73,9 @@ def remote_row_runner(
 def steps_of(loaded: LoadedWorkflow, result: dict[str, Any]) -> dict[str, Any]:
     """Each top-level step's text from a run's recorded results (`RunResult.to_json()`), in workflow order.
 
-    An LLM step gives its text and a python step its value; a group gives its recorded summary (its
-    children are listed under their own ids when they are top-level results).
+    An LLM step gives its text, a python step its value and a skipped step null; a group gives its
+    recorded summary (`RunResult.to_json()`'s), not the local batch's list of texts, and the children of a
+    `parallel` group are listed under their own ids.
     """
     steps: dict[str, Any] = {}
     recorded, values = result.get("steps", {}), result.get("values", {})
@@ -79,7 +83,10 @@ def steps_of(loaded: LoadedWorkflow, result: dict[str, Any]) -> dict[str, Any]:
         for step_id in (item.id, *(child.id for child in item.children if item.kind == "parallel")):
             if step_id in recorded:
                 value = recorded[step_id]
-                steps[step_id] = value.get("text", value) if isinstance(value, dict) else value
+                if isinstance(value, dict) and value.get("status") == "skipped":
+                    steps[step_id] = None
+                else:
+                    steps[step_id] = value.get("text", value) if isinstance(value, dict) else value
             elif step_id in values:
                 steps[step_id] = values[step_id]
     return steps

@@ -3,7 +3,9 @@
 The task carries only the run id (`pipeline_ex.run`); what the run is (workflow, digest, inputs) is in
 its record (`RunStore`), so a redelivered task finds the run's latest state. Tasks are acknowledged
 late (`task_acks_late`: when the run has ended), and `task_reject_on_worker_lost` gives a task back
-when the pool loses the thread or process running it. A prefetch of one task per pool slot keeps a
+when the pool loses the thread or process running it. A task whose run could not reach Redis is given
+back too (`Reject(requeue=True)`, after a lease's wait); a run's own failure is recorded as its outcome
+and its task acknowledged. A prefetch of one task per pool slot keeps a
 worker from taking runs it has no room for. How a worker that dies gets its runs redelivered within
 seconds, and how the tasks drive asyncio, is told in `pipeline_ex.distributed.worker`.
 """
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from typing import Any
 
 from pipeline_ex.distributed.deployment import Deployment
@@ -73,11 +76,17 @@ def run_worker(
     host.start()
     app = celery_app(deployment)
 
+    from celery.exceptions import Reject
+
     @app.task(name=RUN_TASK, bind=True, acks_late=True, reject_on_worker_lost=True)  # type: ignore[untyped-decorator]
     def run(task: Any, run_id: str) -> str:
         properties = getattr(task.request, "properties", None) or {}
         tag = properties.get("delivery_tag") or (task.request.delivery_info or {}).get("delivery_tag")
-        return host.execute(run_id, tag)
+        try:
+            return host.execute(run_id, tag)
+        except Exception as error:  # Redis could not be reached: give the task back rather than lose the run
+            time.sleep(deployment.lease_seconds)  # not at once: Redis may take a moment to come back
+            raise Reject(f"run {run_id} could not be run: {error}", requeue=True) from error
 
     worker = app.Worker(
         pool="threads",

@@ -53,5 +53,5 @@ class RedisCheckpoints:
         await self.client.set(self.key(checkpoint.run_id), text, ex=self.ttl_seconds)
 
     async def discard(self, run_id: str) -> None:
-        """Forget the run's checkpoint."""
+        """Forget the run's checkpoint (workers leave this to `RunStore.finished`, which does it atomically)."""
         await self.client.delete(self.key(run_id))

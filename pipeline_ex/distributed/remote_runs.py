@@ -44,18 +44,33 @@ class StoredResult:
 class RemoteRunLog:
     """A run of the deployment, as one replica sees it: its record, and its events in Redis."""
 
-    def __init__(self, registry: RemoteRunRegistry, record: RunRecord, last_seq: int = 0) -> None:
+    def __init__(
+        self, registry: RemoteRunRegistry, record: RunRecord, last_seq: int = 0, *, stream_ended: bool = False
+    ) -> None:
         self.registry = registry
         self.run_id = record.run_id
-        self.record = record
         self.last_seq = last_seq
         """The seq of the newest event in the stream when this view was made."""
+        self.stream_ended = stream_ended
+        """The run's stream had its end (its worker writes it after the record's outcome)."""
         self._task: asyncio.Task[None] | None = None
+        self._error: BaseException | None = None
+        self.record = record
+
+    @property
+    def record(self) -> RunRecord:
+        """The run's record, as last read."""
+        return self._record
+
+    @record.setter
+    def record(self, record: RunRecord) -> None:
+        self._record = record
+        self._error = _error_of(record)  # one exception per outcome: callers compare it with `is`
 
     @property
     def finished(self) -> bool:
-        """Whether the run has ended (as of the last look at its record)."""
-        return self.record.finished
+        """Whether the run has ended: its record has the outcome and its stream its end."""
+        return self.record.finished and self.stream_ended
 
     @property
     def status(self) -> str:
@@ -65,14 +80,7 @@ class RemoteRunLog:
     @property
     def error(self) -> BaseException | None:
         """Why the run did not succeed, as its worker told it."""
-        record = self.record
-        if record.status == "cancelled":
-            return RunCancelled(f"run {self.run_id} was cancelled")
-        if record.status == "failed":
-            payload = dict(record.error or {"type": "error", "message": "the run failed"})
-            payload.pop("reference", None)
-            return RemoteRunError(payload)
-        return None
+        return self._error
 
     @property
     def reference(self) -> str | None:
@@ -94,6 +102,7 @@ class RemoteRunLog:
     async def _until_finished(self) -> None:
         async for _ in self.registry.events.follow(self.run_id, self.last_seq):
             pass
+        self.stream_ended = True
         await self.refresh()
 
     async def refresh(self) -> None:
@@ -106,6 +115,7 @@ class RemoteRunLog:
         """Every event after `after_seq`, as the worker writes it; then the run's error, if it failed."""
         async for item in self.registry.events.follow(self.run_id, after_seq):
             yield item
+        self.stream_ended = True
         await self.refresh()
         error = self.error
         if error is not None:
@@ -121,6 +131,16 @@ class RemoteRunLog:
 
     def release(self) -> None:
         """Nothing to release (see `hold`)."""
+
+
+def _error_of(record: RunRecord) -> BaseException | None:
+    if record.status == "cancelled":
+        return RunCancelled(f"run {record.run_id} was cancelled")
+    if record.status == "failed":
+        payload = dict(record.error or {"type": "error", "message": "the run failed"})
+        payload.pop("reference", None)
+        return RemoteRunError(payload)
+    return None
 
 
 class RemoteRunRegistry:
@@ -177,7 +197,8 @@ class RemoteRunRegistry:
             return None
         newest = await self.client.xrevrange(self.events.key(run_id), count=1)
         last = int(newest[0][0].split(b"-")[0]) if newest else 0
-        return RemoteRunLog(self, record, last)
+        ended = bool(newest) and newest[0][0].endswith(b"-1")  # the end marker's id is `<last seq>-1`
+        return RemoteRunLog(self, record, last, stream_ended=ended)
 
     async def recent(self, limit: int) -> list[dict[str, Any]]:
         """The newest runs of the deployment."""

@@ -40,17 +40,34 @@ redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), ARGV[4])
 redis.call('HSET', KEYS[2], unpack(cjson.decode(ARGV[5])))
 redis.call('EXPIRE', KEYS[2], ARGV[6])
 redis.call('ZADD', KEYS[3], now, ARGV[4])
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now - tonumber(ARGV[6]))
 return 1
 """
 _RENEW = """
 local now = tonumber(ARGV[1])
 local lease = tonumber(ARGV[2])
+local lost = {}
 for i = 2, #KEYS do
   if redis.call('GET', KEYS[i]) == ARGV[2 * i - 1] then
     redis.call('PEXPIRE', KEYS[i], math.floor(lease * 1000))
     redis.call('ZADD', KEYS[1], 'XX', now + lease, ARGV[2 * i])
+  else
+    table.insert(lost, ARGV[2 * i])
   end
 end
+return lost
+"""
+_FINISH = """
+local owner = redis.call('GET', KEYS[2])
+if owner and owner ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], unpack(cjson.decode(ARGV[2])))
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+redis.call('ZREM', KEYS[3], ARGV[4])
+redis.call('DEL', KEYS[2], KEYS[4], KEYS[5])
+return 1
+"""
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
 return 1
 """
 
@@ -226,6 +243,14 @@ class RunStore:
         raw = await self.client.get(self.owner_key(run_id))
         return raw.decode() if raw is not None else None
 
+    async def release(self, run_id: str, token: str) -> None:
+        """Let go of a run this worker holds (and no other's)."""
+        await self.client.eval(_RELEASE, 1, self.owner_key(run_id), token)
+
+    def checkpoint_key(self, run_id: str) -> str:
+        """The key of the run's checkpoint (`RedisCheckpoints`), dropped when the run's outcome is recorded."""
+        return f"{self.prefix}:run:{run_id}:checkpoint"
+
     async def started(self, run_id: str, worker: str) -> int:
         """Mark the run running on `worker`; returns its attempt number."""
         key = self.key(run_id)
@@ -241,25 +266,36 @@ class RunStore:
         run_id: str,
         status: Literal["ok", "failed", "cancelled"],
         *,
+        token: str,
         result: dict[str, Any] | None = None,
         error: dict[str, Any] | None = None,
         usage: dict[str, Any] | None = None,
-    ) -> None:
-        """Record how the run ended, and release its admission and its holder."""
+    ) -> bool:
+        """Record how the run ended, drop its checkpoint, and release its admission and its holder, atomically.
+
+        :param token: the worker's; nothing is written (False) when another worker holds the run by now.
+        """
         update: dict[str, str] = {"status": status}
-        if usage is not None:
-            update["usage"] = json.dumps(usage)
         if result is not None:
             update["result"] = json.dumps(result, ensure_ascii=False)
         if error is not None:
             update["error"] = json.dumps(error, ensure_ascii=False)
-        key = self.key(run_id)
-        async with self.client.pipeline(transaction=True) as pipe:
-            pipe.hset(key, mapping=update)
-            pipe.expire(key, self.ttl_seconds)
-            pipe.zrem(self.active_key, run_id)
-            pipe.delete(self.owner_key(run_id), self.cancel_key(run_id))
-            await pipe.execute()
+        if usage is not None:
+            update["usage"] = json.dumps(usage)
+        flat = [item for pair in update.items() for item in pair]
+        keys = (self.key(run_id), self.owner_key(run_id), self.active_key)
+        done = await self.client.eval(
+            _FINISH,
+            5,
+            *keys,
+            self.cancel_key(run_id),
+            self.checkpoint_key(run_id),
+            token,
+            json.dumps(flat),
+            self.ttl_seconds,
+            run_id,
+        )
+        return bool(done)
 
     async def request_cancel(self, run_id: str) -> None:
         """Ask the worker holding the run (or the one that will start it) to cancel it."""
@@ -273,16 +309,18 @@ class RunStore:
         return bool(await self.client.exists(self.cancel_key(run_id)))
 
 
-def renew_leases(client: Any, prefix: str, held: dict[str, str], lease_seconds: float) -> None:
+def renew_leases(client: Any, prefix: str, held: dict[str, str], lease_seconds: float) -> set[str]:
     """Renew the holder lease and the admission of every run in `held` (run id -> holder token).
 
     Called by the worker's heartbeat thread with a sync redis-py client, so a busy event loop does not
-    make its runs look abandoned. A lease another worker took over is left alone.
+    make its runs look abandoned. Returns the runs whose lease lapsed or was taken over by another worker
+    (they are left alone: the caller stops them).
     """
     if not held:
-        return
+        return set()
     keys = [f"{prefix}:active", *(f"{prefix}:run:{run_id}:owner" for run_id in held)]
     args: list[Any] = [time.time(), lease_seconds]
     for run_id, token in held.items():
         args += [token, run_id]
-    client.eval(_RENEW, len(keys), *keys, *args)
+    lost = client.eval(_RENEW, len(keys), *keys, *args)
+    return {raw.decode() if isinstance(raw, bytes) else raw for raw in lost or []}

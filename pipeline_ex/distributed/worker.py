@@ -17,15 +17,17 @@ third of the lease it renews, for each run it holds, the delivery's timestamp in
 and its admission. kombu's sweep runs every second (`unacked_restore_interval=1`,
 `unacked_restore_throttle=1`). A worker that dies stops its heartbeats; within about one lease plus a
 second its runs go back to the queue and another worker takes them. The trade-off: a worker that cannot
-reach Redis for a whole lease (or is frozen that long) loses its runs to another worker, which then
-waits until the first one's holder lease lapses, so a run is never executed twice at once. The
+reach Redis for a whole lease (or is frozen that long) loses its runs to another worker, which takes a
+run only once the first one's holder lease has lapsed; the first one finds out at its next heartbeat,
+stops the run and writes nothing more for it, and only the holder can record a run's outcome
+(`RunStore.finished` checks the token). The
 heartbeat is a thread, not a task on the loop, so a loop busy with a long synchronous call (a local
 model's prompt processing) does not make its runs look abandoned. The heartbeat relies on the layout of
 kombu's Redis transport (a sorted set of delivery tags scored by delivery time), which the transport
 documents through its `unacked_index_key` option.
 
-**A redelivered run** continues from its checkpoint (`RedisCheckpoints`): its finished steps are not run
-again, the interrupted one starts as its next attempt, and its events number on after the last one its
+**A redelivered run** continues from its checkpoint (`RedisCheckpoints`), which is saved only once the
+events it accounts for are in the run's stream (`_AfterTheLog`): its finished steps are not run again, the interrupted one starts as its next attempt, and its events number on after the last one its
 stream holds. Readers see `StepStarted(attempt=2)` for the step and then its new events; the first
 attempt's partial events stay in the log, before it.
 
@@ -55,12 +57,13 @@ from pipeline_ex.distributed.run_records import RunRecord, renew_leases
 from pipeline_ex.errors import PipelineError, RunCancelled
 from pipeline_ex.events import Delta, RunFinished
 from pipeline_ex.redaction import redacting_logger
-from pipeline_ex.server.public_events import PathScrubber, PublicEvents, failure_payload, new_reference
+from pipeline_ex.server.public_events import PathScrubber, PublicEvents, new_reference
+from pipeline_ex.sse import error_payload
 from pipeline_ex.workflow.checkpoints import workflow_digest
 
 logger = redacting_logger("pipeline_ex.worker")
 
-Outcome = Literal["ok", "failed", "cancelled", "duplicate", "missing"]
+Outcome = Literal["ok", "failed", "cancelled", "duplicate", "missing", "lost"]
 
 
 class WorkflowMismatch(PipelineError):
@@ -97,6 +100,11 @@ class RunHost:
         self._running: dict[str, Any] = {}
         """Run id -> its `EventStream`, while it runs."""
         self._cancel_asked: set[str] = set()
+        self._lost: set[str] = set()
+        """Runs another worker took over (this one's heartbeat lapsed): nothing more is written for them."""
+        self._appended: dict[str, int] = {}
+        """Run id -> the seq of its last event handed to the log."""
+        self._flushed: dict[str, asyncio.Condition] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
@@ -150,16 +158,30 @@ class RunHost:
         client = self.deployment.sync_client()
         lease = self.deployment.lease_seconds
         while not self._stop.wait(lease / 3):
-            held = dict(self._held)
+            held = dict(self._held)  # a copy: the loop thread adds and removes runs meanwhile
             if not held:
                 continue
             try:
-                renew_leases(client, self.deployment.key_prefix, dict.fromkeys(held, self.token), lease)
-                tags = {tag: time.time() for tag in held.values() if tag}
+                lost = renew_leases(client, self.deployment.key_prefix, dict.fromkeys(held, self.token), lease)
+                tags = {tag: time.time() for run_id, tag in held.items() if tag and run_id not in lost}
                 if tags:
                     client.zadd(self.unacked_index, tags, xx=True)
             except Exception as error:  # Redis unreachable for a moment: the next beat tries again
                 logger.warning("worker %s: heartbeat failed: %s", self.name, error)
+                continue
+            for run_id in lost:
+                if self._loop is not None:
+                    self._loop.call_soon_threadsafe(self._lose, run_id)
+
+    def _lose(self, run_id: str) -> None:
+        """Another worker took the run over (this one went a whole lease without a heartbeat): stop writing it."""
+        if run_id not in self._held or run_id in self._lost:
+            return
+        logger.warning("worker %s: run %s was taken over by another worker; stopping it here", self.name, run_id)
+        self._lost.add(run_id)
+        events = self._running.get(run_id)
+        if events is not None:
+            events.cancel()
 
     # -- runs ---------------------------------------------------------------------------------------------
 
@@ -172,26 +194,28 @@ class RunHost:
     async def run(self, run_id: str, delivery_tag: str | None = None) -> Outcome:
         """Run (or continue) one run and record how it ended; a delivery of a run that ended is dropped."""
         store = self.store
-        record = await store.get(run_id)
-        if record is None:
-            logger.warning("worker %s: run %s has no record (it expired); dropping its task", self.name, run_id)
-            return "missing"
         lease = self.deployment.lease_seconds
         while not await store.claim(run_id, self.token, lease):
-            if record is None or record.finished:
-                return "duplicate"
-            await asyncio.sleep(lease / 3)  # another worker holds it: wait for its end, or its lease to lapse
             record = await store.get(run_id)
+            if record is None or record.finished:
+                return "missing" if record is None else "duplicate"
+            await asyncio.sleep(lease / 3)  # another worker holds it: wait for its end, or its lease to lapse
+        record = await store.get(run_id)  # read once held: the run may have ended before the claim
         if record is None or record.finished:
-            await self.client.delete(store.owner_key(run_id))
-            return "duplicate"
+            await store.release(run_id, self.token)
+            if record is None:
+                logger.warning("worker %s: run %s has no record (it expired); dropping its task", self.name, run_id)
+            return "missing" if record is None else "duplicate"
         self._held[run_id] = delivery_tag
+        self._flushed[run_id] = asyncio.Condition()
         try:
             return await self._run(record)
         finally:
             self._held.pop(run_id, None)
             self._running.pop(run_id, None)
+            self._flushed.pop(run_id, None)
             self._cancel_asked.discard(run_id)
+            self._lost.discard(run_id)
 
     async def _run(self, record: RunRecord) -> Outcome:
         from pipeline_ex.workflow.iterate import astream
@@ -202,6 +226,9 @@ class RunHost:
         redactor = PublicEvents(run_id, self.scrub.text, record.workflow)
         finished_event: RunFinished | None = None
         events = None
+        written = self._flushed[run_id]
+        newest = await self.client.xrevrange(self.log.key(run_id), count=1)  # what an earlier attempt wrote
+        self._appended[run_id] = int(newest[0][0].split(b"-")[0]) if newest else 0
         try:
             loaded = self._workflow(record)
             events = astream(
@@ -211,33 +238,58 @@ class RunHost:
                 run_id=run_id,
                 lifecycle=True,
                 output_dir=self.output_dir,
-                checkpoints=self.checkpoints,
+                checkpoints=_AfterTheLog(self.checkpoints, self),
                 resume=True,
             )
             self._running[run_id] = events
             if await self.store.cancel_requested(run_id):
                 self._cancel_asked.add(run_id)
             async for event in events:
+                if run_id in self._lost:
+                    continue  # another worker writes this run now
                 if run_id in self._cancel_asked and not events.cancelled:
                     events.cancel()
                 if type(event) is RunFinished:
                     finished_event = redactor.public(event)  # type: ignore[assignment]
                     continue  # written after the record has the outcome
                 await self.log.aappend(event if type(event) is Delta else redactor.public(event))
+                async with written:
+                    self._appended[run_id] = event.seq
+                    written.notify_all()
+            if run_id in self._lost:
+                return "lost"
             if events.result is None:
                 raise RunCancelled(f"run {run_id} was cancelled")
         except (RunCancelled, asyncio.CancelledError) as stopped:
+            if run_id in self._lost:
+                return "lost"
             await self._end(record, "cancelled", finished_event, error={"type": "cancelled", "message": str(stopped)})
             return "cancelled"
         except Exception as error:
+            if run_id in self._lost:
+                return "lost"
+            if _unreachable(error):
+                raise  # Redis went away: the task is given back, and the run continues when it is back
             reference = redactor.reference or new_reference()
             self._log_failure(record, error, reference)
-            payload = failure_payload(error, self.scrub, reference)
-            payload.pop("reference", None)
+            payload = self.scrub.payload(error_payload(error))  # the server adds the reference to the message
             await self._end(record, "failed", finished_event, error={**payload, "reference": reference})
             return "failed"
+        finally:
+            self._appended.pop(run_id, None)
+            if events is not None:
+                await events.aclose()
         await self._end(record, "ok", finished_event, result=events.result.to_json())
         return "ok"
+
+    async def flushed_through(self, run_id: str, seq: int) -> None:
+        """Wait until the run's events up to `seq` are in its stream (before a checkpoint says they happened)."""
+        written = self._flushed.get(run_id)
+        if written is None:
+            return
+        async with written:
+            await written.wait_for(lambda: self._appended.get(run_id, 0) >= seq or run_id in self._lost)
+        await self.log.aflush()
 
     async def _end(
         self,
@@ -248,9 +300,17 @@ class RunHost:
         result: dict[str, Any] | None = None,
         error: dict[str, Any] | None = None,
     ) -> None:
-        """Record the outcome, then end the run's stream (with its `RunFinished`, when it had one)."""
+        """Record the outcome, then end the run's stream (with its `RunFinished`, when it had one).
+
+        Nothing is written when another worker holds the run by then.
+        """
         usage = finished_event.usage.model_dump() if finished_event is not None and finished_event.usage else None
-        await self.store.finished(record.run_id, status, result=result, error=error, usage=usage)
+        held = await self.store.finished(
+            record.run_id, status, token=self.token, result=result, error=error, usage=usage
+        )
+        if not held:
+            logger.warning("worker %s: run %s was taken over before it ended here", self.name, record.run_id)
+            return
         if finished_event is not None:
             await self.log.aappend(finished_event)
         else:
@@ -286,19 +346,58 @@ class RunHost:
             try:
                 pubsub = self.client.pubsub()
                 await pubsub.subscribe(self.store.cancel_channel)
+                for run_id in list(self._held):  # cancels asked for while the listener was away
+                    if await self.store.cancel_requested(run_id):
+                        self._cancel(run_id)
                 async for message in pubsub.listen():
                     if message.get("type") != "message":
                         continue
-                    run_id = message["data"].decode()
-                    events = self._running.get(run_id)
-                    if events is not None:
-                        logger.info("worker %s: cancelling run %s", self.name, run_id)
-                        self._cancel_asked.add(run_id)
-                        events.cancel()
-                    elif run_id in self._held:
-                        self._cancel_asked.add(run_id)
+                    self._cancel(message["data"].decode())
             except asyncio.CancelledError:
                 raise
             except Exception as error:
                 logger.warning("worker %s: cancel listener lost Redis (%s); reconnecting", self.name, error)
                 await asyncio.sleep(0.5)
+
+    def _cancel(self, run_id: str) -> None:
+        """Cancel a run this process holds (one it does not hold is another worker's)."""
+        if run_id not in self._held:
+            return
+        self._cancel_asked.add(run_id)
+        events = self._running.get(run_id)
+        if events is not None and not events.cancelled:
+            logger.info("worker %s: cancelling run %s", self.name, run_id)
+            events.cancel()
+
+
+class _AfterTheLog:
+    """A run's checkpoints, saved only once the events they account for are in the run's stream.
+
+    The run hands its events to the worker through a queue; without this, a checkpoint could say a step
+    finished while its `Done` was still on its way, and a worker that died then would leave readers
+    without it.
+    """
+
+    def __init__(self, store: Any, host: RunHost) -> None:
+        self.store = store
+        self.host = host
+
+    async def load(self, run_id: str) -> Any:
+        """The run's checkpoint."""
+        return await self.store.load(run_id)
+
+    async def save(self, checkpoint: Any) -> None:
+        """Save a running run's checkpoint after its events up to the checkpoint's `last_seq` are written."""
+        if checkpoint.status == "running":
+            await self.host.flushed_through(checkpoint.run_id, checkpoint.last_seq)
+        await self.store.save(checkpoint)
+
+    async def discard(self, run_id: str) -> None:
+        """Nothing: the run's record drops its checkpoint along with recording its outcome."""
+
+
+def _unreachable(error: BaseException) -> bool:
+    """Whether an error says Redis could not be reached (rather than that the run failed)."""
+    import redis
+
+    return isinstance(error, EventLogUnavailable | redis.ConnectionError | redis.TimeoutError)

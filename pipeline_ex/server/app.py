@@ -393,6 +393,8 @@ class PipelineServer:
             log.cancel()
             if log.task is not None:
                 await asyncio.wait({log.task}, timeout=CANCEL_WAIT_SECONDS)  # never cancels the run's task
+                if self.remote is not None and not log.task.done():
+                    log.task.cancel()  # only this view's follower of the stream: the run goes on ending
         status = log.status
         if status == "running":
             return JSONResponse({"run_id": run_id, "status": "cancelling"}, status_code=202)
