@@ -27,8 +27,9 @@ kombu's Redis transport (a sorted set of delivery tags scored by delivery time),
 documents through its `unacked_index_key` option.
 
 **A redelivered run** continues from its checkpoint (`RedisCheckpoints`), which is saved only once the
-events it accounts for are in the run's stream (`_AfterTheLog`): its finished steps are not run again, the interrupted one starts as its next attempt, and its events number on after the last one its
-stream holds. Readers see `StepStarted(attempt=2)` for the step and then its new events; the first
+events it accounts for are in the run's stream (`_AfterTheLog`): its finished steps are not run again,
+the interrupted one starts as its next attempt, and its events number on after the last one its stream
+holds. Readers see `StepStarted(attempt=2)` for the step and then its new events; the first
 attempt's partial events stay in the log, before it.
 
 **Cancellation.** `serve` publishes the run id on `<prefix>:cancel` (and sets the run's cancel key, for a
