@@ -167,6 +167,15 @@ def _seq_of(entry_id: bytes) -> int:
     return int(entry_id.partition(b"-")[0])
 
 
+async def newest_seq(client: aioredis.Redis, key: str) -> tuple[int, bool]:
+    """The seq of the newest entry of a run's stream (0 when it has none), and whether it is the end marker."""
+    newest: Any = await client.xrevrange(key, count=1)
+    if not newest:
+        return 0, False
+    entry_id: bytes = newest[0][0]
+    return _seq_of(entry_id), entry_id.endswith(b"-1")
+
+
 _Entries: TypeAlias = list[tuple[bytes, dict[bytes, bytes]]]
 """Stream entries as redis-py returns them: (id, fields)."""
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from pipeline_ex.distributed.event_log import DEFAULT_KEY_PREFIX
+from pipeline_ex.distributed.event_log import DEFAULT_KEY_PREFIX, newest_seq
 from pipeline_ex.workflow.checkpoints import Checkpoint, ResumeError
 
 
@@ -42,9 +42,8 @@ class RedisCheckpoints:
             checkpoint = Checkpoint.from_json(json.loads(raw))
         except (ValueError, TypeError, KeyError, ResumeError) as error:
             raise ResumeError(f"the checkpoint of run {run_id} in Redis cannot be read: {error}") from None
-        newest = await self.client.xrevrange(f"{self.prefix}:run:{run_id}:events", count=1)
-        if newest:
-            checkpoint.last_seq = max(checkpoint.last_seq, int(newest[0][0].split(b"-")[0]))
+        written, _ = await newest_seq(self.client, f"{self.prefix}:run:{run_id}:events")
+        checkpoint.last_seq = max(checkpoint.last_seq, written)
         return checkpoint
 
     async def save(self, checkpoint: Checkpoint) -> None:

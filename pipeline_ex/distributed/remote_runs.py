@@ -19,7 +19,7 @@ from typing import Any
 
 from pipeline_ex.distributed.celery_app import celery_app, enqueue
 from pipeline_ex.distributed.deployment import Deployment
-from pipeline_ex.distributed.event_log import EventLogUnavailable
+from pipeline_ex.distributed.event_log import EventLogUnavailable, newest_seq
 from pipeline_ex.distributed.run_records import AdmissionRefused, RunRecord
 from pipeline_ex.errors import RemoteRunError, RunCancelled
 from pipeline_ex.events import RunEvent
@@ -164,13 +164,6 @@ class RemoteRunRegistry:
         except Exception as error:
             raise EventLogUnavailable(self.deployment.redis_url, error) from None
 
-    def check_now(self) -> None:
-        """`check`, from outside an event loop.
-
-        :raises EventLogUnavailable: naming the URL (its password redacted).
-        """
-        self.deployment.check_reachable()
-
     async def start(
         self,
         loaded: LoadedWorkflow,
@@ -195,9 +188,7 @@ class RemoteRunRegistry:
         record = await self.store.get(run_id)
         if record is None:
             return None
-        newest = await self.client.xrevrange(self.events.key(run_id), count=1)
-        last = int(newest[0][0].split(b"-")[0]) if newest else 0
-        ended = bool(newest) and newest[0][0].endswith(b"-1")  # the end marker's id is `<last seq>-1`
+        last, ended = await newest_seq(self.client, self.events.key(run_id))
         return RemoteRunLog(self, record, last, stream_ended=ended)
 
     async def recent(self, limit: int) -> list[dict[str, Any]]:

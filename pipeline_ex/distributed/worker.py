@@ -53,7 +53,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pipeline_ex.distributed.deployment import Deployment
-from pipeline_ex.distributed.event_log import EventLogUnavailable
+from pipeline_ex.distributed.event_log import EventLogUnavailable, newest_seq
 from pipeline_ex.distributed.run_records import RunRecord, renew_leases
 from pipeline_ex.errors import PipelineError, RunCancelled
 from pipeline_ex.events import Delta, RunFinished
@@ -228,8 +228,7 @@ class RunHost:
         finished_event: RunFinished | None = None
         events = None
         written = self._flushed[run_id]
-        newest = await self.client.xrevrange(self.log.key(run_id), count=1)  # what an earlier attempt wrote
-        self._appended[run_id] = int(newest[0][0].split(b"-")[0]) if newest else 0
+        self._appended[run_id], _ = await newest_seq(self.client, self.log.key(run_id))  # an earlier attempt's
         try:
             loaded = self._workflow(record)
             events = astream(

@@ -109,7 +109,7 @@ def serve(
         raise ServerConfigError(str(error)) from None
     remote = app.state.pipeline.remote
     if remote is not None:
-        remote.check_now()  # before uvicorn starts, so the error is ours, not a startup traceback
+        remote.deployment.check_reachable()  # before uvicorn starts, so the error is ours, not a traceback
     uvicorn.run(app, host=host, port=port, log_level="info", http=protocol)
 
 

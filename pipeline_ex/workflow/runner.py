@@ -178,15 +178,14 @@ async def arun(
     if resume and (checkpoints is None or run_id is None):
         raise PipelineError("resume=True needs checkpoints= and the run_id= of the run to continue")
     durable: DurableRun | None = None
-    if checkpoints is not None:
+    if checkpoints is None:
+        resolved = resolve_inputs(loaded, inputs)
+    else:
         run_id = run_id or new_run_id()
         found = await checkpoints.load(run_id) if resume else None
-        given = resolve_inputs(loaded, inputs) if found is None or inputs else None
-        durable = await DurableRun.open(
-            checkpoints, loaded, run_id, given or {}, found=found, given_inputs=bool(inputs)
-        )
-        inputs = durable.checkpoint.inputs
-    ctx = Context(inputs=resolve_inputs(loaded, inputs), name=loaded.name)
+        resolved = resolve_inputs(loaded, inputs if found is None or inputs else found.inputs)
+        durable = await DurableRun.open(checkpoints, loaded, run_id, resolved, found=found, given_inputs=bool(inputs))
+    ctx = Context(inputs=resolved, name=loaded.name)
     ctx.session = session_for_run(loaded.name, mock=mock)
     if ctx.session.mode in ("live", "record") and not ctx.session.mock_steps and loaded.checked_offline:
         check_live_providers(loaded)
