@@ -19,7 +19,7 @@ from typing import Any
 
 from pipeline_ex.distributed.celery_app import celery_app, enqueue
 from pipeline_ex.distributed.deployment import Deployment
-from pipeline_ex.distributed.event_log import EventLogUnavailable, newest_seq
+from pipeline_ex.distributed.event_log import newest_seq
 from pipeline_ex.distributed.run_records import AdmissionRefused, RunRecord
 from pipeline_ex.errors import RemoteRunError, RunCancelled
 from pipeline_ex.events import RunEvent
@@ -159,10 +159,7 @@ class RemoteRunRegistry:
 
         :raises EventLogUnavailable: naming the URL (its password redacted).
         """
-        try:
-            await self.client.ping()
-        except Exception as error:
-            raise EventLogUnavailable(self.deployment.redis_url, error) from None
+        await asyncio.to_thread(self.deployment.check_reachable)
 
     async def start(
         self,

@@ -105,7 +105,8 @@ class RunHost:
         """Runs another worker took over (this one's heartbeat lapsed): nothing more is written for them."""
         self._appended: dict[str, int] = {}
         """Run id -> the seq of its last event handed to the log."""
-        self._flushed: dict[str, asyncio.Condition] = {}
+        self._waiting: dict[str, tuple[int, asyncio.Future[None]]] = {}
+        """Run id -> the seq a checkpoint waits to see handed to the log, and the future that wakes it."""
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
@@ -180,6 +181,7 @@ class RunHost:
             return
         logger.warning("worker %s: run %s was taken over by another worker; stopping it here", self.name, run_id)
         self._lost.add(run_id)
+        self._wake(run_id)
         events = self._running.get(run_id)
         if events is not None:
             events.cancel()
@@ -208,13 +210,11 @@ class RunHost:
                 logger.warning("worker %s: run %s has no record (it expired); dropping its task", self.name, run_id)
             return "missing" if record is None else "duplicate"
         self._held[run_id] = delivery_tag
-        self._flushed[run_id] = asyncio.Condition()
         try:
             return await self._run(record)
         finally:
             self._held.pop(run_id, None)
             self._running.pop(run_id, None)
-            self._flushed.pop(run_id, None)
             self._cancel_asked.discard(run_id)
             self._lost.discard(run_id)
 
@@ -227,7 +227,6 @@ class RunHost:
         redactor = PublicEvents(run_id, self.scrub.text, record.workflow)
         finished_event: RunFinished | None = None
         events = None
-        written = self._flushed[run_id]
         self._appended[run_id], _ = await newest_seq(self.client, self.log.key(run_id))  # an earlier attempt's
         try:
             loaded = self._workflow(record)
@@ -253,9 +252,10 @@ class RunHost:
                     finished_event = redactor.public(event)  # type: ignore[assignment]
                     continue  # written after the record has the outcome
                 await self.log.aappend(event if type(event) is Delta else redactor.public(event))
-                async with written:
-                    self._appended[run_id] = event.seq
-                    written.notify_all()
+                self._appended[run_id] = event.seq
+                waiting = self._waiting.get(run_id)
+                if waiting is not None and event.seq >= waiting[0]:
+                    self._wake(run_id)
             if run_id in self._lost:
                 return "lost"
             if events.result is None:
@@ -284,12 +284,23 @@ class RunHost:
 
     async def flushed_through(self, run_id: str, seq: int) -> None:
         """Wait until the run's events up to `seq` are in its stream (before a checkpoint says they happened)."""
-        written = self._flushed.get(run_id)
-        if written is None:
-            return
-        async with written:
-            await written.wait_for(lambda: self._appended.get(run_id, 0) >= seq or run_id in self._lost)
+        appended = self._appended.get(run_id)
+        if appended is None:
+            return  # not a run this host is running
+        if appended < seq and run_id not in self._lost:
+            woken = asyncio.get_running_loop().create_future()
+            self._waiting[run_id] = (seq, woken)
+            try:
+                await woken
+            finally:
+                self._waiting.pop(run_id, None)
         await self.log.aflush()
+
+    def _wake(self, run_id: str) -> None:
+        """Wake the checkpoint waiting on the run's events (they reached its seq, or the run was lost)."""
+        waiting = self._waiting.pop(run_id, None)
+        if waiting is not None and not waiting[1].done():
+            waiting[1].set_result(None)
 
     async def _end(
         self,
