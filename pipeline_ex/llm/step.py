@@ -38,6 +38,7 @@ from pipeline_ex.llm.supervise import run_with_limits
 from pipeline_ex.llm.tools import Toolbox, arun_call, run_call
 from pipeline_ex.modes.session import LiveCallBlocked
 from pipeline_ex.redaction import redacting_logger
+from pipeline_ex.running_loop import run_to_completion
 from pipeline_ex.streaming.ambient import ambient_handlers
 from pipeline_ex.streaming.dispatch import Dispatcher, HandlerFailure
 from pipeline_ex.streaming.resolve import HandlerSpec, normalize_handlers, resolve_handler
@@ -611,6 +612,9 @@ def invoke(
     :raises StepError: after the Done was delivered, when the step failed (`ProviderError`,
         `StreamTruncatedError`, `HandlerError`, `ToolRoundsError`, `StructuredOutputError`). Cancellation
         (KeyboardInterrupt) is re-raised as is.
+
+    A step with an async handler, an async tool or a timeout runs on an event loop of its own; called
+    inside a running loop (a Jupyter cell), that loop runs on a worker thread and this call waits for it.
     """
     run = _prepare(
         ctx,
@@ -631,15 +635,7 @@ def invoke(
     )
     async_tools = run.talk.toolbox is not None and run.talk.toolbox.has_async
     if run.dispatcher.is_async or run.policy.has_limits or async_tools:  # these need an event loop
-        try:
-            asyncio.get_running_loop()
-        except RuntimeError:
-            return asyncio.run(run.aexecute())
-        reason = "an async handler" if run.dispatcher.is_async else "an async tool" if async_tools else "a timeout"
-        raise PipelineError(
-            f"step {step!r} has {reason} but invoke() was called inside a running event loop; "
-            "use 'await ainvoke(...)' there"
-        )
+        return run_to_completion(run.aexecute, entry="invoke", twin="ainvoke")
     return run.execute()
 
 

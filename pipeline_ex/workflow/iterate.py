@@ -23,6 +23,7 @@ from typing import Any
 
 from pipeline_ex.errors import PipelineError, RunCancelled
 from pipeline_ex.events import RunEvent
+from pipeline_ex.running_loop import running_loop, warn_blocking_once
 from pipeline_ex.streaming.resolve import normalize_handlers
 from pipeline_ex.workflow.checkpoints import CheckpointStore
 from pipeline_ex.workflow.loader import LoadedWorkflow
@@ -186,8 +187,13 @@ def stream(
 
     Leaving the loop early (break, an exception, or `close()`) cancels the run and waits for it.
 
+    Inside a running event loop (a Jupyter cell) this works as well; in async code, `astream` lets the
+    loop go on while waiting for events.
+
     :param lifecycle: also yield `StepStarted`, `StepFinished` and `RunFinished`.
     """
+    if running_loop() is not None:
+        warn_blocking_once("stream", "astream")
     return _SyncStream(
         astream(workflow, inputs, mock=mock, on_event=on_event, lifecycle=lifecycle, output_dir=output_dir)
     )

@@ -21,6 +21,7 @@ from pipeline_ex.errors import PipelineError
 from pipeline_ex.events import ErrorInfo, RunFinished, RunStatus
 from pipeline_ex.llm.normalize import add_usage
 from pipeline_ex.modes.session import session_for_run
+from pipeline_ex.running_loop import run_to_completion
 from pipeline_ex.streaming.resolve import HandlerSpec, resolve_handler
 from pipeline_ex.workflow.checkpoints import CheckpointStore
 from pipeline_ex.workflow.durable import DurableRun
@@ -256,20 +257,20 @@ def run(
     """Run a workflow to completion and return its `RunResult` (see `arun`).
 
     Ctrl-C cancels the running steps, which deliver their `Done(finish_reason="cancelled")` before
-    `KeyboardInterrupt` propagates.
+    `KeyboardInterrupt` propagates. Called inside a running event loop (a Jupyter cell), the run goes on
+    a worker thread with its own loop and this call waits for it; in async code, `await arun(...)`
+    instead lets the loop go on (see `pipeline_ex.running_loop`).
     """
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(
-            arun(
-                workflow,
-                inputs,
-                mock=mock,
-                on_event=on_event,
-                lifecycle=lifecycle,
-                output_dir=output_dir,
-                default_handler=default_handler,
-            )
-        )
-    raise PipelineError("run() was called inside a running event loop; use 'await arun(...)' there")
+    return run_to_completion(
+        lambda: arun(
+            workflow,
+            inputs,
+            mock=mock,
+            on_event=on_event,
+            lifecycle=lifecycle,
+            output_dir=output_dir,
+            default_handler=default_handler,
+        ),
+        entry="run",
+        twin="arun",
+    )
