@@ -452,7 +452,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Exit codes: 0 ok, 1 run failed, 2 usage or validation error, 130 interrupted (Ctrl-C), "
         "141 output pipe closed, 143 terminated (SIGTERM).",
     )
-    parser.add_argument("--version", action="version", version="pipeline-ex 0.1.0")
+    parser.add_argument("--version", action="version", version=f"pipeline-ex {__import__('pipeline_ex').__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     run = commands.add_parser(

@@ -12,8 +12,14 @@ Waiting blocks the caller's loop for the whole run. That is what a notebook cell
 other tasks stall, so outside IPython a `RuntimeWarning` says so once per entry point and names the
 async twin to await instead.
 
+Under `asyncio.run` itself, whose SIGINT handler cancels its main task instead of raising, Ctrl-C is
+seen only once the call returns; that is one more reason to await the async twin there.
+
 The loop is looked up without raising inside an `except` block, so that no error the run raises later
 is chained to asyncio's internal "no running event loop" `RuntimeError`.
+
+Hand-written rather than `nest_asyncio` (which patches the caller's loop to re-enter it) or asgiref's
+`async_to_sync` (a new dependency, whose waiting thread does not cancel the run on Ctrl-C).
 """
 
 from __future__ import annotations
