@@ -2,8 +2,8 @@
 
 A Jupyter cell is sync code running inside the kernel's event loop. The loop here is a plain
 `run_until_complete` one, as a notebook kernel's is: asyncio installs no SIGINT handler for it, so Ctrl-C
-raises `KeyboardInterrupt` in the waiting cell. The last test executes a real notebook cell through
-ipykernel and nbclient.
+raises `KeyboardInterrupt` in the waiting cell. The last tests run real cells on an ipykernel kernel:
+through nbclient, and interrupted mid-run through jupyter_client.
 """
 
 from __future__ import annotations
@@ -367,3 +367,70 @@ def test_a_notebook_cell_runs_a_workflow_through_ipykernel(tmp_path: Path) -> No
     assert error["ename"] == "ProviderError"
     assert "error_after=2" in error["evalue"]
     assert NO_LOOP not in "\n".join(error["traceback"])
+
+
+INTERRUPTED_CELL = """
+import pipeline_ex
+from pipeline_ex import Done
+
+
+def report(event):
+    if isinstance(event, Done):
+        print(f"\\nDONE {event.response.finish_reason}", flush=True)
+
+
+pipeline_ex.run("slow.yaml", mock=True, on_event=report, default_handler="console")
+"""
+
+AFTERWARDS_CELL = """
+import threading
+print("threads:", sorted(t.name for t in threading.enumerate() if t.name.startswith("pipeline-ex")))
+"""
+
+
+def execute(client: Any, code: str, *, on_output: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
+    """Run one cell; return its stdout text and the name of the error it raised, if any."""
+    msg_id = client.execute(code)
+    stdout: list[str] = []
+    error: str | None = None
+    while True:
+        message = client.get_iopub_msg(timeout=60)
+        if message["parent_header"].get("msg_id") != msg_id:
+            continue
+        kind, content = message["msg_type"], message["content"]
+        if kind == "stream" and content["name"] == "stdout":
+            stdout.append(content["text"])
+            on_output("".join(stdout))
+        elif kind == "error":
+            error = content["ename"]
+        elif kind == "status" and content["execution_state"] == "idle":
+            return {"stdout": "".join(stdout), "error": error}
+
+
+def test_interrupting_the_kernel_cancels_the_run_of_a_waiting_cell(tmp_path: Path) -> None:
+    manager_module = pytest.importorskip("jupyter_client.manager")
+    pytest.importorskip("ipykernel")
+    (tmp_path / "slow.yaml").write_text(
+        textwrap.dedent(SLOW.replace('["tick "]', '["tick "' + ', "tick "' * 199 + "]"))
+    )
+    manager, client = manager_module.start_new_kernel(kernel_name="python3", cwd=str(tmp_path))
+    interrupted = threading.Event()
+
+    def interrupt_once_streaming(stdout: str) -> None:
+        if "tick tick" in stdout and not interrupted.is_set():
+            interrupted.set()
+            manager.interrupt_kernel()
+
+    try:
+        cell = execute(client, INTERRUPTED_CELL, on_output=interrupt_once_streaming)
+        afterwards = execute(client, AFTERWARDS_CELL)
+    finally:
+        client.stop_channels()
+        manager.shutdown_kernel(now=True)
+    assert interrupted.is_set()
+    assert cell["error"] == "KeyboardInterrupt"
+    # the step's Done came before KeyboardInterrupt reached the cell, and the run had not finished
+    assert cell["stdout"].count("DONE ") == 1 and "DONE cancelled" in cell["stdout"], cell["stdout"]
+    assert cell["stdout"].count("tick") < 200
+    assert "\nDONE cancelled\n" in cell["stdout"]
+    assert afterwards["error"] is None and "threads: []" in afterwards["stdout"]
