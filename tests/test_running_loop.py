@@ -337,6 +337,11 @@ FAILING_CELL = """
 pipeline_ex.run("failing.yaml", mock=True)
 """
 
+AWAITING_CELL = """
+awaited = await pipeline_ex.arun("wf.yaml", mock=True)  # top-level await, as the README suggests
+print("arun:", awaited.steps["second"].text)
+"""
+
 
 def test_a_notebook_cell_runs_a_workflow_through_ipykernel(tmp_path: Path) -> None:
     nbformat = pytest.importorskip("nbformat")
@@ -345,13 +350,13 @@ def test_a_notebook_cell_runs_a_workflow_through_ipykernel(tmp_path: Path) -> No
     (tmp_path / "wf.yaml").write_text(textwrap.dedent(TWO_STEPS).lstrip("\n"))
     (tmp_path / "failing.yaml").write_text(textwrap.dedent(FAILING).lstrip("\n"))
     notebook = nbformat.v4.new_notebook(
-        cells=[nbformat.v4.new_code_cell(NOTEBOOK_CELL), nbformat.v4.new_code_cell(FAILING_CELL)]
+        cells=[nbformat.v4.new_code_cell(code) for code in (NOTEBOOK_CELL, FAILING_CELL, AWAITING_CELL)]
     )
     client = nbclient.NotebookClient(
         notebook, timeout=120, kernel_name="python3", allow_errors=True, resources={"metadata": {"path": tmp_path}}
     )
     client.execute()
-    first, failing = (cell["outputs"] for cell in notebook.cells)
+    first, failing, awaiting = (cell["outputs"] for cell in notebook.cells)
     text = "".join(o.get("text", "") for o in first if o["output_type"] == "stream" and o["name"] == "stdout")
     assert "run: ok alpha beta | gamma" in text
     # the console handler, called from the run's worker thread, printed into this cell
@@ -367,6 +372,7 @@ def test_a_notebook_cell_runs_a_workflow_through_ipykernel(tmp_path: Path) -> No
     assert error["ename"] == "ProviderError"
     assert "error_after=2" in error["evalue"]
     assert NO_LOOP not in "\n".join(error["traceback"])
+    assert [o.get("text") for o in awaiting] == ["arun: gamma\n"]
 
 
 INTERRUPTED_CELL = """
