@@ -104,6 +104,7 @@ class _WorkerRun(Generic[T]):
         try:
             self._context.run(asyncio.run, self._main())
         finally:
+            self._started.set()  # also when the loop never started: nothing waits for it in vain
             self._finished.set()
 
     async def _main(self) -> None:
