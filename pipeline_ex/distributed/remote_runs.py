@@ -8,6 +8,10 @@ any run, and a replica that stops takes no run with it.
 
 Unlike the in-memory log, the stream does not hold events back for the response that started the run:
 it keeps the newest `Deployment.maxlen` events, which a reader that far behind sees as a gap.
+
+The runs run on the workers, so a replica's observer (its metrics) only hears of what the replica sees:
+the `Done` events and the end of the runs it started, as its response (or its wait for the JSON answer)
+follows them. A run whose client left before its end is not counted as ended by any replica.
 """
 
 from __future__ import annotations
@@ -15,17 +19,20 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipeline_ex.distributed.celery_app import celery_app, enqueue
 from pipeline_ex.distributed.deployment import Deployment
 from pipeline_ex.distributed.event_log import newest_seq
 from pipeline_ex.distributed.run_records import AdmissionRefused, RunRecord
 from pipeline_ex.errors import RemoteRunError, RunCancelled
-from pipeline_ex.events import RunEvent
+from pipeline_ex.events import Done, RunEvent
 from pipeline_ex.gaps import Gap
 from pipeline_ex.workflow.checkpoints import workflow_digest
 from pipeline_ex.workflow.loader import LoadedWorkflow
+
+if TYPE_CHECKING:
+    from pipeline_ex.server.runs import RunObserver
 
 __all__ = ["AdmissionRefused", "RemoteRunLog", "RemoteRunRegistry"]
 
@@ -45,9 +52,17 @@ class RemoteRunLog:
     """A run of the deployment, as one replica sees it: its record, and its events in Redis."""
 
     def __init__(
-        self, registry: RemoteRunRegistry, record: RunRecord, last_seq: int = 0, *, stream_ended: bool = False
+        self,
+        registry: RemoteRunRegistry,
+        record: RunRecord,
+        last_seq: int = 0,
+        *,
+        stream_ended: bool = False,
+        observer: RunObserver | None = None,
     ) -> None:
         self.registry = registry
+        self.observer = observer
+        """Told about the `Done` events this view follows and the run's end (once), if it sees it."""
         self.run_id = record.run_id
         self.last_seq = last_seq
         """The seq of the newest event in the stream when this view was made."""
@@ -100,10 +115,19 @@ class RemoteRunLog:
         return self._task
 
     async def _until_finished(self) -> None:
-        async for _ in self.registry.events.follow(self.run_id, self.last_seq):
-            pass
+        observer = self.observer
+        async for item in self.registry.events.follow(self.run_id, self.last_seq):
+            if observer is not None and type(item) is Done:
+                observer.step_done(self.record.workflow, item)
         self.stream_ended = True
         await self.refresh()
+        self._ended()
+
+    def _ended(self) -> None:
+        """Tell the observer how the run ended (once; a view may follow the stream twice)."""
+        observer, self.observer = self.observer, None
+        if observer is not None and self.record.finished:
+            observer.run_ended(self.record.workflow, self.record.status)
 
     async def refresh(self) -> None:
         """Read the run's record again."""
@@ -113,10 +137,14 @@ class RemoteRunLog:
 
     async def follow(self, after_seq: int = 0, *, primary: bool = False) -> AsyncIterator[RunEvent | Gap]:
         """Every event after `after_seq`, as the worker writes it; then the run's error, if it failed."""
+        observer = self.observer
         async for item in self.registry.events.follow(self.run_id, after_seq):
+            if observer is not None and type(item) is Done:
+                observer.step_done(self.record.workflow, item)
             yield item
         self.stream_ended = True
         await self.refresh()
+        self._ended()
         error = self.error
         if error is not None:
             raise error
@@ -170,15 +198,16 @@ class RemoteRunRegistry:
         run_id: str,
         max_active: int,
         scrub: Callable[[str], str] | None = None,
+        observer: RunObserver | None = None,
     ) -> RemoteRunLog:
-        """Admit, record and enqueue a run.
+        """Admit, record and enqueue a run (`observer` hears of what this view of it sees).
 
         :raises AdmissionRefused: when `max_active` runs are going across the deployment.
         """
         record = RunRecord(run_id, loaded.name, workflow_digest(loaded), dict(inputs), mock=mock)
         await self.store.admit(record, max_active)
         await asyncio.to_thread(enqueue, self.celery, run_id, self.deployment.queue)
-        return RemoteRunLog(self, record)
+        return RemoteRunLog(self, record, observer=observer)
 
     async def find(self, run_id: str) -> RemoteRunLog | None:
         """The run, if the deployment still keeps it."""

@@ -16,6 +16,7 @@
 - `POST /v1/chat/completions`: OpenAI-compatible; `model` is the workflow name. `GET /v1/models` lists
   the workflows as models.
 - `GET /healthz`: liveness, with the number of workflows served.
+- `GET /metrics`: Prometheus metrics (see `metrics`), behind the same guards and bearer token as the API.
 - `GET /`: a page to pick a workflow, fill in its inputs and watch the tokens stream, one panel per step
   instance (those that run at the same time side by side), with a Stop button (`DELETE /runs/{run_id}`).
 
@@ -45,7 +46,7 @@ import os
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AbstractContextManager, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -59,12 +60,13 @@ from starlette.routing import Route
 from starlette.types import Message, Receive, Scope, Send
 
 from pipeline_ex.errors import PipelineError
-from pipeline_ex.events import RunEvent
+from pipeline_ex.events import Done, RunEvent
 from pipeline_ex.gaps import Gap
 from pipeline_ex.redaction import redact_text, redacting_logger, register_secret
 from pipeline_ex.server import openai_api, split_hosts
 from pipeline_ex.server.catalog import WorkflowCatalog
 from pipeline_ex.server.http import DEFAULT_READ_TIMEOUT
+from pipeline_ex.server.metrics import CONTENT_TYPE, ServerMetrics, Stream
 from pipeline_ex.server.page import PAGE
 from pipeline_ex.server.public_events import PathScrubber, failure_payload, new_reference
 from pipeline_ex.server.runs import RegistryFull, RunLog, RunRegistry
@@ -105,14 +107,26 @@ class RunStreamResponse(StreamingResponse):
     speaks ASGI 2.4, so an idle stream would go on until its next chunk, and the abandoned body iterator
     would only be closed when garbage collected. Here a task watches for `http.disconnect` the whole
     time, and the body iterator is closed as soon as the response ends, which cancels the run.
+    `streaming` is entered for as long as the response streams (the metrics' count of active streams).
     """
 
-    def __init__(self, *args: Any, on_close: Callable[[], None] | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        on_close: Callable[[], None] | None = None,
+        streaming: AbstractContextManager[Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.on_close = on_close
+        self.streaming = streaming or contextlib.nullcontext()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Stream the body until it ends or the client disconnects; then close the body iterator."""
+        with self.streaming:
+            await self._stream(scope, receive, send)
+
+    async def _stream(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
             async with anyio.create_task_group() as group:
 
@@ -173,9 +187,11 @@ class PipelineServer:
         max_concurrent_runs: int,
         read_timeout: float | None,
         retry_ms: int,
+        metrics: ServerMetrics,
         remote: Any = None,
     ) -> None:
         self.catalog = catalog
+        self.metrics = metrics
         self.remote = remote
         """The deployment's runs (`RemoteRunRegistry`) with `--redis`; None for runs in this process."""
         self.mock = mock
@@ -239,13 +255,19 @@ class PipelineServer:
 
             try:
                 return await self.remote.start(
-                    loaded, inputs, mock=self.mock, run_id=run_id, max_active=self.max_concurrent_runs
+                    loaded,
+                    inputs,
+                    mock=self.mock,
+                    run_id=run_id,
+                    max_active=self.max_concurrent_runs,
+                    observer=self.metrics,
                 )
             except AdmissionRefused as error:
                 raise RequestRejected(
                     429,
                     f"{error}; retry later (pipeline-ex serve --max-concurrent-runs raises the limit)",
                     headers=busy,
+                    reason="max_concurrent_runs",
                 ) from None
         if self.registry.active >= self.max_concurrent_runs:
             raise RequestRejected(
@@ -253,12 +275,18 @@ class PipelineServer:
                 f"the server is already running {self.max_concurrent_runs} runs; retry later "
                 "(pipeline-ex serve --max-concurrent-runs raises the limit)",
                 headers=busy,
+                reason="max_concurrent_runs",
             )
         try:
-            return self.registry.start(loaded, inputs, mock=self.mock, run_id=run_id, hold=hold, scrub=self.scrub.text)
+            return self.registry.start(
+                loaded, inputs, mock=self.mock, run_id=run_id, hold=hold, scrub=self.scrub.text, observer=self.metrics
+            )
         except RegistryFull as error:
             raise RequestRejected(
-                429, f"{error}; retry later (pipeline-ex serve --max-runs raises the limit)", headers=busy
+                429,
+                f"{error}; retry later (pipeline-ex serve --max-runs raises the limit)",
+                headers=busy,
+                reason="max_runs",
             ) from None
 
     async def _find(self, run_id: str) -> Any:
@@ -269,34 +297,53 @@ class PipelineServer:
         return log
 
     async def _frames(
-        self, log: RunLog, after_seq: int, cancel_on_exit: bool, primary: bool = False
+        self, log: RunLog, after_seq: int, cancel_on_exit: bool, primary: bool = False, stream: Stream = "run"
     ) -> AsyncIterator[str]:
         yield retry_frame(self.retry_ms)
+        counter = self.metrics.events(stream)
+        sent = 0  # events sent since the counter was last added to (at each Done: never per event)
         try:
             async for item in log.follow(after_seq, primary=primary):
-                yield gap_frame(item.first_seq, item.last_seq) if isinstance(item, Gap) else event_frame(item)
+                if isinstance(item, Gap):
+                    yield gap_frame(item.first_seq, item.last_seq)
+                    continue
+                yield event_frame(item)
+                sent += 1  # counted once the frame was taken to be sent
+                if type(item) is Done:
+                    counter.add(sent)
+                    sent = 0
         except asyncio.CancelledError:
             raise
         except Exception as error:
             yield error_frame(error, self.describe(error, log.reference))
         finally:
+            counter.add(sent)
             if cancel_on_exit and not log.finished:
                 log.cancel()  # the client is gone: stop the provider stream now
         yield end_frame(log.run_id, finished=log.finished)
 
     async def _text(self, log: RunLog) -> AsyncIterator[str]:
         try:
-            async for chunk in text_chunks(log.follow(0, primary=True), self._describe_run(log)):
+            async for chunk in text_chunks(self._events(log, "text"), self._describe_run(log)):
                 yield chunk
         finally:
             if not log.finished:
                 log.cancel()
 
-    async def _events(self, log: RunLog) -> AsyncIterator[RunEvent]:
-        """The events of a run for its primary response (which sees every one of them)."""
-        async for item in log.follow(0, primary=True):
-            assert not isinstance(item, Gap)
-            yield item
+    async def _events(self, log: RunLog, stream: Stream) -> AsyncIterator[RunEvent]:
+        """The events of a run for its primary response (which sees every one of them), counted as sent."""
+        counter = self.metrics.events(stream)
+        sent = 0
+        try:
+            async for item in log.follow(0, primary=True):
+                assert not isinstance(item, Gap)
+                yield item
+                sent += 1
+                if type(item) is Done:
+                    counter.add(sent)
+                    sent = 0
+        finally:
+            counter.add(sent)
 
     async def _outcome(self, log: RunLog) -> None:
         """Wait for a run to end, cancelling it if the waiting request goes away."""
@@ -317,6 +364,12 @@ class PipelineServer:
         """`GET /healthz`: the server is up; how many workflows it serves and runs it is running."""
         active = await self.remote.active() if self.remote is not None else self.registry.active
         return JSONResponse({"status": "ok", "workflows": len(self.catalog.workflows), "active_runs": active})
+
+    async def metrics_page(self, request: Request) -> Response:
+        """`GET /metrics`: the server's Prometheus metrics, in the text exposition format."""
+        check_bearer(request, self.api_key)
+        active = await self.remote.active() if self.remote is not None else self.registry.active
+        return Response(self.metrics.exposition(active), media_type=CONTENT_TYPE)
 
     async def list_workflows(self, request: Request) -> Response:
         """`GET /workflows`."""
@@ -346,10 +399,15 @@ class PipelineServer:
                 media_type=MEDIA_TYPE,
                 headers={**HEADERS, **headers},
                 on_close=log.release,
+                streaming=self.metrics.streaming("run"),
             )
         if "text/plain" in accept:
             return RunStreamResponse(
-                self._text(log), media_type="text/plain; charset=utf-8", headers=headers, on_close=log.release
+                self._text(log),
+                media_type="text/plain; charset=utf-8",
+                headers=headers,
+                on_close=log.release,
+                streaming=self.metrics.streaming("text"),
             )
         await self._outcome(log)
         if log.error is not None:
@@ -367,8 +425,10 @@ class PipelineServer:
         after_seq = parse_last_event_id(last, run_id)  # None: the client saw the stream's end frame
         if after_seq is None or (log.finished and log.error is None and after_seq >= log.last_seq):
             return Response(status_code=204, headers=HEADERS)  # an EventSource stops reconnecting on 204
-        frames = with_keepalive(self._frames(log, after_seq, cancel_on_exit=False), self.keepalive)
-        return RunStreamResponse(frames, media_type=MEDIA_TYPE, headers=HEADERS)
+        frames = with_keepalive(self._frames(log, after_seq, cancel_on_exit=False, stream="resume"), self.keepalive)
+        return RunStreamResponse(
+            frames, media_type=MEDIA_TYPE, headers=HEADERS, streaming=self.metrics.streaming("resume")
+        )
 
     async def list_runs(self, request: Request) -> Response:
         """`GET /runs?limit=N`: the newest runs (of the whole deployment with `--redis`), newest first."""
@@ -416,7 +476,12 @@ class PipelineServer:
             async def chunks() -> AsyncIterator[str]:
                 try:
                     async for chunk in openai_api.stream_chunks(
-                        self._events(log), loaded, run_id, chat.include_usage, self._describe_run(log), chat.tool_names
+                        self._events(log, "chat"),
+                        loaded,
+                        run_id,
+                        chat.include_usage,
+                        self._describe_run(log),
+                        chat.tool_names,
                     ):
                         yield chunk
                 finally:
@@ -424,10 +489,14 @@ class PipelineServer:
                         log.cancel()
 
             return RunStreamResponse(
-                with_keepalive(chunks(), self.keepalive), media_type=MEDIA_TYPE, headers=HEADERS, on_close=log.release
+                with_keepalive(chunks(), self.keepalive),
+                media_type=MEDIA_TYPE,
+                headers=HEADERS,
+                on_close=log.release,
+                streaming=self.metrics.streaming("chat"),
             )
         try:
-            return JSONResponse(await openai_api.complete(self._events(log), loaded, run_id, chat.tool_names))
+            return JSONResponse(await openai_api.complete(self._events(log, "chat"), loaded, run_id, chat.tool_names))
         except Exception as error:
             if error is not log.error:
                 raise
@@ -500,6 +569,7 @@ def create_app(
         remote = RemoteRunRegistry(redis if isinstance(redis, Deployment) else Deployment(redis))
     token = api_key if api_key is not None else os.environ.get(API_KEY_ENV) or None
     register_secret(token)  # the server's own token never appears in what it says
+    metrics = ServerMetrics(catalog.workflows)
     server = PipelineServer(
         catalog,
         folder=folder,
@@ -511,13 +581,20 @@ def create_app(
         max_concurrent_runs=max_concurrent_runs,
         read_timeout=read_timeout,
         retry_ms=retry_ms,
+        metrics=metrics,
         remote=remote,
     )
     hosts = list(allowed_hosts) if allowed_hosts is not None else split_hosts(os.environ.get(ALLOWED_HOSTS_ENV, ""))
 
     async def rejected(request: Request, error: Exception) -> Response:
         assert isinstance(error, RequestRejected)
+        if error.reason is not None:
+            metrics.rejected(error.reason)
         return server.error_response(error.status, error.message, headers=error.headers)
+
+    def refuse_foreign(status: int, message: str) -> Response:
+        metrics.rejected("host" if status == 400 else "origin")  # BrowserGuard's two refusals: 400 and 403
+        return server.error_response(status, message)
 
     async def http_error(request: Request, error: Exception) -> Response:
         assert isinstance(error, HTTPException)  # Starlette's own: no such route, method not allowed
@@ -550,6 +627,7 @@ def create_app(
         routes=[
             Route("/", server.page, methods=["GET"]),
             Route("/healthz", server.health, methods=["GET"]),
+            Route("/metrics", server.metrics_page, methods=["GET"]),
             Route("/workflows", server.list_workflows, methods=["GET"]),
             Route("/workflows/{name}/run", server.run_workflow, methods=["POST"]),
             Route("/runs", server.list_runs, methods=["GET"]),
@@ -560,7 +638,7 @@ def create_app(
         ],
         middleware=[
             Middleware(UnexpectedFailures, respond=failed),
-            Middleware(BrowserGuard, allowed_hosts=hosts, refuse=server.error_response),
+            Middleware(BrowserGuard, allowed_hosts=hosts, refuse=refuse_foreign),
         ],
         exception_handlers={RequestRejected: rejected, HTTPException: http_error},
         lifespan=lifespan,

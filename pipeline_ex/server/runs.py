@@ -27,7 +27,7 @@ import bisect
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Mapping
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from pipeline_ex.errors import PipelineError, RunCancelled, StepError
 from pipeline_ex.events import (
@@ -75,6 +75,16 @@ def event_size(event: RunEvent) -> int:
 
 LogStatus = Literal["running", "ok", "failed", "cancelled"]
 """Where a run in the registry stands (`DELETE /runs/{run_id}` answers with it)."""
+
+
+class RunObserver(Protocol):
+    """Told about each LLM step's `Done` and each run's end (the server's metrics); never about other events."""
+
+    def step_done(self, workflow: str, done: Done) -> None:
+        """An LLM step of a run of `workflow` ended with `done`."""
+
+    def run_ended(self, workflow: str, status: str) -> None:
+        """A run of `workflow` ended: `ok`, `failed` or `cancelled`."""
 
 
 class RegistryFull(PipelineError):
@@ -286,10 +296,12 @@ class RunRegistry:
         run_id: str,
         hold: bool = False,
         scrub: Callable[[str], str] | None = None,
+        observer: RunObserver | None = None,
     ) -> RunLog:
         """Start a run in the background and return its log (held for a primary follower with `hold`).
 
         :param scrub: rewrites the server's paths in the error messages the log keeps (`RunLog.public`).
+        :param observer: told about the run's `Done` events and its end.
         :raises RegistryFull: when the registry holds `max_runs` runs and none of them has finished.
         """
         self._forget_old(room_for=1)
@@ -305,7 +317,12 @@ class RunRegistry:
         async def produce() -> None:
             try:
                 async for event in events:
-                    log.append(event if type(event) is Delta else log.public(event))
+                    if type(event) is Delta:
+                        log.append(event)
+                    else:
+                        log.append(log.public(event))
+                        if observer is not None and type(event) is Done:
+                            observer.step_done(workflow, event)
                     if log.cancel_requested and not events.cancelled:
                         events.cancel()  # asked for before the run had started
             except (asyncio.CancelledError, RunCancelled):
@@ -320,6 +337,8 @@ class RunRegistry:
                     log.finish(events.result, None)
             finally:
                 self.active -= 1
+                if observer is not None and log.finished:
+                    observer.run_ended(workflow, log.status)
                 await events.aclose()
 
         self.active += 1

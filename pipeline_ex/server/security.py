@@ -41,12 +41,18 @@ _SEQ = re.compile(r"[0-9]{1,18}")
 
 
 class RequestRejected(Exception):
-    """A request the server refuses, with the HTTP status and a message safe to show the client."""
+    """A request the server refuses, with the HTTP status and a message safe to show the client.
 
-    def __init__(self, status: int, message: str, *, headers: dict[str, str] | None = None) -> None:
+    :param reason: the limit or guard that refused it, for the server's metrics (None for a bad request).
+    """
+
+    def __init__(
+        self, status: int, message: str, *, headers: dict[str, str] | None = None, reason: str | None = None
+    ) -> None:
         self.status = status
         self.message = message
         self.headers = headers or {}
+        self.reason = reason
         super().__init__(message)
 
 
@@ -136,7 +142,7 @@ def check_bearer(request: Request, api_key: str | None) -> None:
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), api_key.encode()):
-        raise RequestRejected(401, "missing or wrong bearer token")
+        raise RequestRejected(401, "missing or wrong bearer token", reason="bearer_token")
 
 
 def check_json_content_type(request: Request) -> None:
@@ -187,17 +193,20 @@ async def read_json_body(request: Request, limit: int, read_timeout: float | Non
     check_json_content_type(request)
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise RequestRejected(413, f"request body larger than {limit} bytes")
+        raise RequestRejected(413, f"request body larger than {limit} bytes", reason="max_body")
     body = bytearray()
     try:
         with anyio.fail_after(read_timeout):
             async for part in request.stream():
                 body.extend(part)
                 if len(body) > limit:
-                    raise RequestRejected(413, f"request body larger than {limit} bytes")
+                    raise RequestRejected(413, f"request body larger than {limit} bytes", reason="max_body")
     except TimeoutError:
         raise RequestRejected(
-            408, f"the request body did not arrive within {read_timeout:g} s", headers={"Connection": "close"}
+            408,
+            f"the request body did not arrive within {read_timeout:g} s",
+            headers={"Connection": "close"},
+            reason="read_timeout",
         ) from None
     if not body:
         return {}
