@@ -542,7 +542,8 @@ def build_parser() -> argparse.ArgumentParser:
         "serve",
         help="serve the workflows of a folder over HTTP (SSE, plain text, JSON, OpenAI-compatible)",
         description="Serve workflows with Starlette on uvicorn: GET /workflows, POST /workflows/NAME/run, "
-        "GET /runs/ID/events, POST /v1/chat/completions, GET /v1/models, GET /healthz, and a page at /. "
+        "GET /runs/ID/events, POST /v1/chat/completions, GET /v1/models, GET /healthz, GET /metrics (Prometheus), "
+        "and a page at /. "
         "Requests carry inputs only; runs start only from application/json bodies, requests from other "
         "sites are refused, and only loopback Host values are accepted unless --allowed-hosts adds more. "
         "Set PIPELINE_SERVER_API_KEY to require a bearer token.",

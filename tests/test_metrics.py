@@ -9,6 +9,7 @@ against what the clients received: runs by status, rejections, the step histogra
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,10 +17,13 @@ from typing import Any
 
 import httpx
 import pytest
+from deployment_kit import WorkerProcess, replica
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
+from redis_kit import RedisServer
 from server_kit import (
     FAST_CHUNKS,
+    JSON_BODY,
     PROMPT,
     SSE,
     TEXT,
@@ -95,6 +99,16 @@ def total(families: dict[str, list[Sample]], family: str, sample: str, **labels:
     )
 
 
+def counts(families: dict[str, list[Sample]], counter: str, *labels: str) -> dict[Any, float]:
+    """A counter's `_total` samples by their label values (one label: by its value; several: by a tuple)."""
+    found: dict[Any, float] = {}
+    for s in families[counter]:
+        if s.name == f"{counter}_total":
+            key = tuple(s.labels[name] for name in labels)
+            found[key[0] if len(key) == 1 else key] = s.value
+    return found
+
+
 def stream_run(http: httpx.Client, workflow: str) -> list[RunEvent]:
     """Run a workflow over SSE to its end; the run events received."""
     with http.stream("POST", f"/workflows/{workflow}/run", json={}, headers=SSE) as response:
@@ -154,18 +168,12 @@ def test_metrics_count_runs_steps_events_streams_and_rejections(server: CliServe
         wait_for(streams_closed, "the streams to be counted as closed")
         after = scrape(http)
 
-    runs = {
-        (s.labels["workflow"], s.labels["status"]): s.value
-        for s in after["pipeline_ex_runs"]
-        if s.name.endswith("_total")
-    }
+    runs = counts(after, "pipeline_ex_runs", "workflow", "status")
     expected_runs = {(name, status): 0.0 for name in WORKFLOWS for status in ("ok", "failed", "cancelled")}
     expected_runs |= {("fast", "ok"): 2, ("two_steps", "ok"): 1, ("fail", "failed"): 1, ("waits", "cancelled"): 1}
     assert runs == expected_runs
 
-    rejections = {
-        s.labels["reason"]: s.value for s in after["pipeline_ex_admission_rejections"] if s.name.endswith("_total")
-    }
+    rejections = counts(after, "pipeline_ex_admission_rejections", "reason")
     assert rejections["max_concurrent_runs"] == 1 and sum(rejections.values()) == 1
     assert value(after, "pipeline_ex_active_runs", "pipeline_ex_active_runs") == 0
 
@@ -222,9 +230,7 @@ def test_metrics_are_behind_the_same_guards_and_token_as_the_api(folder: Path, t
             families = scrape(http, **bearer)
     finally:
         running.stop()
-    rejections = {
-        s.labels["reason"]: s.value for s in families["pipeline_ex_admission_rejections"] if s.name.endswith("_total")
-    }
+    rejections = counts(families, "pipeline_ex_admission_rejections", "reason")
     assert rejections == {
         "origin": 4,
         "host": 2,
@@ -252,7 +258,7 @@ def test_two_apps_in_one_process_keep_their_own_metrics(tmp_path: Path) -> None:
         with httpx.Client(base_url=second.url, timeout=20) as http:
             untouched = scrape(http)
     assert value(families, "pipeline_ex_runs", "pipeline_ex_runs_total", workflow="fast", status="ok") == 3
-    sent = {s.labels["stream"]: s.value for s in families["pipeline_ex_events_sent"] if s.name.endswith("_total")}
+    sent = counts(families, "pipeline_ex_events_sent", "stream")
     assert sent == {
         "run": 0,
         "resume": 0,
@@ -265,3 +271,89 @@ def test_two_apps_in_one_process_keep_their_own_metrics(tmp_path: Path) -> None:
     assert value(untouched, "pipeline_ex_runs", "pipeline_ex_runs_total", workflow="fast", status="ok") == 0
     assert total(untouched, histogram, f"{histogram}_count") == 0
     assert total(untouched, "pipeline_ex_events_sent", "pipeline_ex_events_sent_total") == 0
+
+
+# -- a serve --redis replica ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def deployment(folder: Path, tmp_path: Path) -> Iterator[CliServer]:
+    """A Redis of its own, one `pipeline-ex worker` and one replica with `--max-concurrent-runs 1`."""
+    project = tmp_path / "project"
+    shutil.copytree(folder, project / "workflows")
+    store = RedisServer().start()
+    worker = WorkerProcess(store.url, project, "metrics-worker")
+    server: CliServer | None = None
+    try:
+        worker.start()
+        server = replica(store.url, project, "metrics", "--mock", "--max-concurrent-runs", "1")
+        yield server
+    finally:
+        if server is not None:
+            server.stop()
+        worker.stop()
+        store.stop()
+
+
+def test_a_redis_replica_reports_the_runs_it_started_and_followed(deployment: CliServer) -> None:
+    received: list[RunEvent] = []
+    with httpx.Client(base_url=deployment.url, timeout=30) as http:
+        for workflow in ("fast", "fail"):
+            received += stream_run(http, workflow)
+        answer = http.post("/workflows/two_steps/run", json={})  # JSON: the replica waits for its end
+        assert answer.status_code == 200, answer.text
+
+        held = http.send(http.build_request("POST", "/workflows/waits/run", json={}, headers=SSE), stream=True)
+        frames = iter_frames(held.iter_text())  # kept: a generator closed early would close the response
+        for frame in frames:
+            received += run_events_of([frame])
+            if frame.get("event") == "step_started":
+                break
+        open_now = scrape(http)
+        assert value(open_now, "pipeline_ex_active_runs", "pipeline_ex_active_runs") == 1  # the deployment's
+        assert value(open_now, "pipeline_ex_active_streams", "pipeline_ex_active_streams", stream="run") == 1
+        assert_error(http.post("/workflows/fast/run", json={}), 429)
+        held.close()  # cancels the run on its worker; this replica no longer follows it
+
+        wait_for(
+            lambda: value(scrape(http), "pipeline_ex_active_runs", "pipeline_ex_active_runs") == 0, "the run's end"
+        )
+        after = scrape(http)
+
+    runs = counts(after, "pipeline_ex_runs", "workflow", "status")
+    assert {key: count for key, count in runs.items() if count} == {
+        ("fast", "ok"): 1,
+        ("fail", "failed"): 1,
+        ("two_steps", "ok"): 1,
+    }
+    rejections = counts(after, "pipeline_ex_admission_rejections", "reason")
+    assert rejections["max_concurrent_runs"] == 1 and sum(rejections.values()) == 1
+    assert value(after, "pipeline_ex_events_sent", "pipeline_ex_events_sent_total", stream="run") == len(received)
+    histogram = "pipeline_ex_step_duration_seconds"
+    steps = {s.labels["workflow"]: s.value for s in after[histogram] if s.name == f"{histogram}_count"}
+    assert steps == {"fast": 1, "fail": 1, "two_steps": 2}  # the abandoned run's Done came after its client left
+    dones = [event for event in received if isinstance(event, Done)]
+    ttft = "pipeline_ex_time_to_first_token_seconds"
+    assert value(after, ttft, f"{ttft}_sum", workflow="fast", provider="mock") == pytest.approx(
+        sum(d.ttft_ms for d in dones if d.ttft_ms is not None and d.run_id == received[0].run_id) / 1000
+    )
+
+
+def test_body_limits_are_counted_as_rejections(tmp_path: Path) -> None:
+    folder = write_workflows(tmp_path / "workflows", ["fast"])
+
+    def stalled_body() -> Iterator[bytes]:
+        yield b'{"inputs": '
+        time.sleep(1.0)  # longer than the read timeout: the server gives up first
+        yield b"{}}"
+
+    with (
+        serving(folder, max_body=64, read_timeout=0.3) as running,
+        httpx.Client(base_url=running.url, timeout=20) as http,
+    ):
+        assert_error(http.post("/workflows/fast/run", json={"inputs": {"prompt": "x" * 100}}), 413)
+        stalled = http.post("/workflows/fast/run", content=stalled_body(), headers=JSON_BODY)
+        assert_error(stalled, 408)
+        assert_error(http.post("/workflows/fast/run", content=b"{", headers=JSON_BODY), 400)  # malformed: no limit hit
+        rejections = counts(scrape(http), "pipeline_ex_admission_rejections", "reason")
+    assert {reason: count for reason, count in rejections.items() if count} == {"max_body": 1, "read_timeout": 1}

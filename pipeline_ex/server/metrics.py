@@ -23,6 +23,11 @@ Labels stay bounded: workflow names come from the served folder (a request namin
 anything is counted), providers from the workflows, and there is no run id or step path (a `for_each`
 step's path carries its item's index, so it would grow with the data).
 
+With `--redis` the runs run on the workers (which serve no metrics), so a replica counts what it sees:
+the `Done` events and the ends of the runs it started, as its responses follow them, and the events
+it sends; `active_runs` is the deployment's. A connection closed by the request-head deadline
+(`server.http`, below the app) is not counted among the rejections.
+
 Nothing here is called per event: a step is recorded at its `Done`, a run when it ends, and the events a
 response sends are counted in a local variable and added to the counter at each `Done` and when the
 response ends.
