@@ -213,23 +213,25 @@ def test_metrics_are_behind_the_same_guards_and_token_as_the_api(folder: Path, t
         ["--workflows", str(folder), "--mock"], tmp_path / "serve.log", env={"PIPELINE_SERVER_API_KEY": TOKEN}
     ).start(bearer)
     try:
+        refusals = [
+            (403, {**bearer, "Origin": "http://evil.example"}),
+            (403, {**bearer, "Sec-Fetch-Site": "cross-site"}),
+            (400, {**bearer, "Host": "evil.example"}),  # DNS rebinding
+            (401, {}),
+            (401, {"Authorization": "Bearer not-the-token"}),
+        ]
         with httpx.Client(base_url=running.url, timeout=20) as http:
-            for path in GUARDED_PATHS:
-                refusals = [
-                    (403, {**bearer, "Origin": "http://evil.example"}),
-                    (403, {**bearer, "Sec-Fetch-Site": "cross-site"}),
-                    (400, {**bearer, "Host": "evil.example"}),  # DNS rebinding
-                    (401, {}),
-                    (401, {"Authorization": "Bearer not-the-token"}),
-                ]
-                for status, headers in refusals:
-                    refused = assert_error(http.get(path, headers=headers), status)
-                    assert "# HELP" not in json.dumps(refused), path
+            answers = {
+                path: [assert_error(http.get(path, headers=headers), status) for status, headers in refusals]
+                for path in GUARDED_PATHS
+            }
             assert_error(http.post("/metrics", headers=bearer), 405)
             assert http.get("/workflows", headers=bearer).status_code == 200
             families = scrape(http, **bearer)
     finally:
         running.stop()
+    for metrics_answer, api_answer in zip(answers["/metrics"], answers["/workflows"], strict=True):
+        assert metrics_answer == api_answer  # refused the same way, in the same words
     rejections = counts(families, "pipeline_ex_admission_rejections", "reason")
     assert rejections == {
         "origin": 4,
