@@ -18,10 +18,11 @@ import re
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from pipeline_ex.events import Done, RunFinished, StepFinished, StepStarted
+from pipeline_ex.events import Done, RunFinished, StepFinished, StepStarted, Usage
 from pipeline_ex.streaming.console import is_estimated
 from pipeline_ex.workflow.loader import LoadedStep, LoadedWorkflow
 
@@ -50,30 +51,44 @@ class RunReport:
         self.kinds: dict[str, str] = {}
         self.statuses: Counter[str] = Counter()
         self.failed_step: str | None = None
-        self.dones: list[Done] = []
+        self.usages: list[tuple[Usage | None, bool]] = []
+        """Each LLM step run's usage, and whether it is an estimate."""
         self.cut_short: list[Done] = []
         self.files: list[Path] = []
+        self._keepers: dict[type, Callable[[Any], None]] = {
+            Done: self._done,
+            StepStarted: self._started,
+            StepFinished: self._finished,
+            RunFinished: self._run_finished,
+        }
 
     # -- collecting ------------------------------------------------------------------------------
 
     def handle_event(self, event: Any) -> None:
         """Keep what the report needs from one event; print the report on `RunFinished`."""
-        if isinstance(event, Done):
-            self.dones.append(event)
-            if event.response.finish_reason == "length":
-                self.cut_short.append(event)
-        elif isinstance(event, StepStarted):
-            self.kinds[event.step] = event.kind
-        elif isinstance(event, StepFinished):
-            if self.kinds.get(event.step) not in GROUP_KINDS:
-                self.statuses[event.status] += 1
-                if event.status == "failed" and self.failed_step is None:
-                    self.failed_step = event.step
-        elif isinstance(event, RunFinished):
-            for line in self.hints():
-                print(line, file=sys.stderr, flush=True)
-            if not self.quiet:
-                print(self.total_line(event.status), file=sys.stderr, flush=True)
+        keep = self._keepers.get(type(event))  # one lookup: a Delta, the most frequent event, needs nothing
+        if keep is not None:
+            keep(event)
+
+    def _done(self, done: Done) -> None:
+        self.usages.append((done.response.usage, is_estimated(done.response)))
+        if done.response.finish_reason == "length":
+            self.cut_short.append(done)
+
+    def _started(self, event: StepStarted) -> None:
+        self.kinds[event.step] = event.kind
+
+    def _finished(self, event: StepFinished) -> None:
+        if self.kinds.get(event.step) not in GROUP_KINDS:
+            self.statuses[event.status] += 1
+            if event.status == "failed" and self.failed_step is None:
+                self.failed_step = event.step
+
+    def _run_finished(self, event: RunFinished) -> None:
+        for line in self.hints():
+            print(line, file=sys.stderr, flush=True)
+        if not self.quiet:
+            print(self.total_line(event.status), file=sys.stderr, flush=True)
 
     def file_written(self, step: str, file: Path) -> None:
         """Note a file a step's `output_to_file` wrote (the `on_output` callback of `arun`)."""
@@ -105,12 +120,12 @@ class RunReport:
 
     def _tokens(self) -> str:
         """The tokens of the LLM steps that reported usage; `tokens unknown` when none did (never 0)."""
-        reported = [d for d in self.dones if d.response.usage is not None]
+        reported = [(usage, estimate) for usage, estimate in self.usages if usage is not None]
         if not reported:
             return "tokens unknown"
-        inputs = [d.response.usage.input_tokens for d in reported if d.response.usage]
-        outputs = [d.response.usage.output_tokens for d in reported if d.response.usage]
-        estimated = any(is_estimated(d.response) for d in reported)
+        inputs = [usage.input_tokens for usage, _ in reported]
+        outputs = [usage.output_tokens for usage, _ in reported]
+        estimated = any(estimate for _, estimate in reported)
         counts = []
         if any(n is not None for n in inputs):
             counts.append(f"{sum(n or 0 for n in inputs)} in")
@@ -124,9 +139,9 @@ class RunReport:
             notes.append(f"input unknown for {inputs.count(None)} of them")
         elif None in inputs:
             notes.append("input unknown")
-        unreported = len(self.dones) - len(reported)
+        unreported = len(self.usages) - len(reported)
         if unreported:
-            notes.append(f"{unreported} of {len(self.dones)} LLM steps reported none")
+            notes.append(f"{unreported} of {len(self.usages)} LLM steps reported none")
         return text + (f" ({'; '.join(notes)})" if notes else "")
 
     # -- the length hints ------------------------------------------------------------------------
