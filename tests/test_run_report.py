@@ -136,6 +136,56 @@ def test_a_step_cut_at_its_token_limit_gets_a_hint_naming_the_limit_and_where_to
     assert "hint" not in result.stdout
 
 
+def test_hints_find_steps_in_groups_loops_and_nested_workflows(tmp_path: Path) -> None:
+    (tmp_path / "parts").mkdir()
+    _write(
+        tmp_path,
+        "parts/inner.yaml",
+        """
+        workflow:
+          name: inner
+          defaults: {provider: mock}
+          steps:
+            - id: poem
+              prompt: "p"
+              options: {mock_response: "a b", finish_reason: length}
+              max_tokens: 3
+        """,
+    )
+    _write(
+        tmp_path,
+        "outer.yaml",
+        """
+        workflow:
+          name: outer
+          defaults: {provider: mock}
+          steps:
+            - id: views
+              parallel:
+                - {id: pros, prompt: "pros", options: {mock_response: "p", finish_reason: length}}
+                - {id: cons, prompt: "cons"}
+            - id: refine
+              loop: {until: "{{ false }}", max_iterations: 2}
+              steps:
+                - {id: critique, prompt: "c", options: {mock_response: "c c", finish_reason: length}}
+            - id: appendix
+              workflow: parts/inner.yaml
+        """,
+    )
+    result = _cli("run", "outer.yaml", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    unset = "stopped at the model's default output limit (no max_tokens is set) before the reply ended"
+    assert [line for line in result.stderr.splitlines() if line.startswith("hint:")] == [
+        f"hint: step 'pros' {unset}; set a higher max_tokens on the step at outer.yaml:7, or in the workflow's "
+        "defaults:",
+        f"hint: step 'refine[0].critique' (and 1 more of its runs) {unset}; set a higher max_tokens on the step at "
+        "outer.yaml:12, or in the workflow's defaults:",
+        "hint: step 'appendix.poem' stopped at its max_tokens limit (3) before the reply ended; raise max_tokens at "
+        "parts/inner.yaml:8",
+    ]
+    assert result.stderr.splitlines()[-1].startswith("run ok · 5 steps ok · ")
+
+
 def test_a_step_cut_at_the_providers_default_limit_is_told_where_to_set_one(
     tmp_path: Path, llm_mock: Any, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -101,9 +101,10 @@ def partial_usage(ending: Ending) -> tuple[Usage | None, dict[str, Any]]:
     is one token (`chunks_are_tokens`) they are the output tokens, reported as usage labelled
     `meta["usage_source"] == ESTIMATED_FROM_CHUNKS` (llama.cpp joins the tokens of a character split
     across tokens into one chunk, so the count can fall short). The input tokens stay unknown (None).
+    A reply that was not streamed came as one Delta, which says nothing of its tokens.
     """
     chunks = len(ending.bridge.parts)
-    if not chunks:
+    if not chunks or not ending.streamed:
         return None, {}
     meta: dict[str, Any] = {"streamed_chunks": chunks}
     if not ending.chunks_are_tokens:
