@@ -108,7 +108,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
         StepError,
         WorkflowError,
     )
+    from pipeline_ex.run_report import RunReport
     from pipeline_ex.streaming.resolve import resolve_handler
+    from pipeline_ex.streaming.status_line import model_loads_shown_on_terminal
     from pipeline_ex.workflow.checkpoints import FileCheckpoints, ResumeError
     from pipeline_ex.workflow.loader import load_workflow
     from pipeline_ex.workflow.outputs import output_directory
@@ -137,6 +139,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         f" --output-dir {args.output_dir}" if args.output_dir else ""
     )
     progress = _Progress([step.id for step in loaded.steps])
+    report = RunReport(loaded, quiet=getattr(args, "quiet", False))  # the hints and total line on stderr
 
     import asyncio
 
@@ -145,17 +148,18 @@ def _cmd_run(args: argparse.Namespace) -> int:
     termination = _Termination()
 
     async def run_until_done_or_terminated() -> Any:
-        with termination.cancels_this_task():
+        with termination.cancels_this_task(), model_loads_shown_on_terminal():
             return await arun(
                 loaded,
                 inputs,
                 mock=args.mock,
                 output_dir=args.output_dir,
                 default_handler=console,
-                on_event=progress if progress.shown else None,
+                on_event=[progress, report] if progress.shown else report,
                 run_id=run_id,
                 checkpoints=checkpoints,
                 resume=args.resume is not None,
+                on_output=report.file_written,
             )
 
     try:

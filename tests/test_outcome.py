@@ -209,3 +209,32 @@ def test_every_done_gets_the_next_sequence_number() -> None:
     done, _ = conclude(bridge, ChatMessage.from_assistant("ab"), None, None, streamed=True)
     assert isinstance(done, Done)
     assert done.seq == max(e.seq for e in seen) + 1
+
+
+def test_a_stream_stopped_early_keeps_its_chunk_count_and_reports_no_invented_usage() -> None:
+    bridge, _ = make_bridge()
+    stream(bridge, "one ", "two ", "three")
+    done, _ = conclude(bridge, None, None, asyncio.CancelledError(), streamed=True)
+    assert done.response.usage is None  # the provider counts tokens at the end of a stream: none came
+    assert done.response.meta == {"streamed_chunks": 3}
+    failed, _ = conclude(bridge, None, None, RuntimeError("status 500"), streamed=True)
+    assert failed.response.usage is None and failed.response.meta == {"streamed_chunks": 3}
+
+
+@pytest.mark.parametrize("error", [asyncio.CancelledError(), RuntimeError("status 500")])
+def test_a_provider_streaming_a_token_per_chunk_reports_them_as_an_estimate(error: BaseException) -> None:
+    bridge, _ = make_bridge()
+    stream(bridge, "one", " two", " three", " four")
+    done, _ = conclude(bridge, None, None, error, streamed=True, chunks_are_tokens=True)
+    usage = done.response.usage
+    assert usage is not None and (usage.input_tokens, usage.output_tokens, usage.total_tokens) == (None, 4, None)
+    assert done.response.meta == {"streamed_chunks": 4, "usage_source": "estimated: one token per streamed chunk"}
+
+
+def test_nothing_is_estimated_before_the_first_chunk_or_for_a_reply_that_was_not_streamed() -> None:
+    bridge, _ = make_bridge()
+    done, _ = conclude(bridge, None, None, asyncio.CancelledError(), streamed=True, chunks_are_tokens=True)
+    assert done.response.usage is None and done.response.meta == {}
+    bridge.deliver(bridge.make_delta("the whole reply, as one delta"))
+    done, _ = conclude(bridge, None, None, asyncio.CancelledError(), streamed=False, chunks_are_tokens=True)
+    assert done.response.usage is None and done.response.meta == {}

