@@ -10,52 +10,56 @@ warnings (`DeprecationWarning`, `CheckpointWarning`, `BatchWarning`, `OverrideWa
 - `-q`: errors only; warnings (Python's and the log's) are hidden.
 
 The library itself configures no logging; only the command line does, once, before a command runs.
+`logging` is imported then, not when the parser is built, so that `pipeline-ex --help` stays fast.
 """
 
 from __future__ import annotations
 
 import argparse
-import logging
-import os
-import sys
-import warnings
-
-from pipeline_ex.debug import ENV_VAR as STREAM_DEBUG_ENV_VAR
 
 LOGGER = "pipeline_ex"
+ERROR, WARNING, INFO, DEBUG = 40, 30, 20, 10
+"""The `logging` levels (the same numbers), without importing `logging` to build the parser."""
 
 
 def level_for(verbose: int, quiet: bool) -> int:
     """The `logging` level that `-v` (counted) and `-q` ask for."""
     if quiet:
-        return logging.ERROR
+        return ERROR
     if verbose >= 2:
-        return logging.DEBUG
+        return DEBUG
     if verbose == 1:
-        return logging.INFO
-    return logging.WARNING
-
-
-class _LevelPrefixFormatter(logging.Formatter):
-    """`warning: message`, as the command line prints its other warnings and errors."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        return f"{record.levelname.lower()}: {super().format(record)}"
+        return INFO
+    return WARNING
 
 
 def configure_logging(verbose: int, quiet: bool) -> None:
-    """Send pipeline_ex's log to stderr at the level asked for, and hide Python warnings under `quiet`."""
+    """Send pipeline_ex's log to stderr at the level asked for, and hide Python warnings under `quiet`.
+
+    Records print as `warning: message`, as the command line prints its other warnings and errors.
+    """
+    import logging
+    import os
+    import sys
+    import warnings
+
+    from pipeline_ex.debug import ENV_VAR as STREAM_DEBUG_ENV_VAR
+
+    class LevelPrefixFormatter(logging.Formatter):
+        def format(self, record: logging.LogRecord) -> str:
+            return f"{record.levelname.lower()}: {super().format(record)}"
+
     level = level_for(verbose, quiet)
     logger = logging.getLogger(LOGGER)
     logger.setLevel(level)
     if not any(getattr(handler, "pipeline_ex_cli", False) for handler in logger.handlers):
         handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(_LevelPrefixFormatter("%(message)s"))
+        handler.setFormatter(LevelPrefixFormatter("%(message)s"))
         handler.pipeline_ex_cli = True  # type: ignore[attr-defined]
         logger.addHandler(handler)
     if quiet:
         warnings.simplefilter("ignore")
-    if level <= logging.DEBUG:
+    if level <= DEBUG:
         os.environ[STREAM_DEBUG_ENV_VAR] = "1"  # read by each run (and by the processes a command starts)
 
 

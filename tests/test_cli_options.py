@@ -188,6 +188,29 @@ def test_batch_takes_the_same_overrides(project: Path) -> None:
     assert "the workers of --redis load the workflow file themselves" in remote.stderr
 
 
+def test_overrides_from_python_are_a_load_option(tmp_path: Path) -> None:
+    import warnings
+
+    from pipeline_ex import RunOverrides, load_workflow
+    from pipeline_ex.workflow import OverrideError, OverrideWarning
+
+    path = write(tmp_path / "mixed.yaml", GUIDE_STEPS)
+    overrides = RunOverrides.from_command_line(provider="mock", settings=["temperature=0.1", "options.delay_ms=5"])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        loaded = load_workflow(path, mock=True, overrides=overrides)
+    inherits, own = loaded.steps
+    assert (inherits.provider, inherits.options["temperature"], inherits.options["delay_ms"]) == ("mock", 0.1, 5)
+    assert own.options["temperature"] == 0.5  # the step's own value
+    assert loaded.workflow.defaults.provider == "mock"
+    (warning,) = [w for w in caught if issubclass(w.category, OverrideWarning)]
+    assert "--set temperature=0.1 does not apply to step 'own'" in str(warning.message)
+    with pytest.raises(
+        OverrideError, match=r"--set max_token=1: unknown key 'max_token' \(did you mean 'max_tokens'\?\)"
+    ):
+        RunOverrides.from_command_line(settings=["max_token=1"])
+
+
 # ---------------------------------------------------------------------------------------------------------
 # --json when a run fails
 # ---------------------------------------------------------------------------------------------------------
