@@ -171,14 +171,16 @@ def _cmd_run(args: argparse.Namespace) -> int:
         _error(str(error))
         return failed(EXIT_USAGE, "resume", str(error))
     run_id = args.resume or new_run_id()
-    resume_command = f"pipeline-ex run {args.file} --resume {run_id}" + (
-        f" --output-dir {args.output_dir}" if args.output_dir else ""
+    import shlex
+
+    resume_command = f"pipeline-ex run {shlex.quote(args.file)} --resume {run_id}" + (
+        f" --output-dir {shlex.quote(args.output_dir)}" if args.output_dir else ""
     )
     if overrides:
         resume_command += f" {overrides.as_arguments()}"
     resume_hint = f"continue it with: {resume_command}"
     redacting_logger("pipeline_ex.cli").info(
-        "run %s of %r (%s, %d top-level steps); checkpoint in %s",
+        "run %s of %r (%s, %d top-level step(s)); checkpoint in %s",
         run_id,
         loaded.name,
         args.file,
@@ -736,7 +738,7 @@ def build_parser() -> argparse.ArgumentParser:
         "pipeline-ex completion bash > ~/.local/share/bash-completion/completions/pipeline-ex; zsh: "
         'pipeline-ex completion zsh > "${fpath[1]}/_pipeline-ex"; tcsh: pipeline-ex completion tcsh >> ~/.tcshrc',
     )
-    completion.add_argument("shell", choices=("bash", "zsh", "tcsh"))
+    completion.add_argument("shell", choices=("bash", "zsh", "tcsh"))  # completion.SHELLS, not imported here
     completion.set_defaults(func=_cmd_completion)
 
     for subcommand in commands.choices.values():  # every command, whoever adds it, takes -v and -q

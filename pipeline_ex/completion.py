@@ -42,12 +42,4 @@ def completion_script(parser: argparse.ArgumentParser, shell: str) -> str:
     return script
 
 
-INSTALL = {
-    "bash": "pipeline-ex completion bash > ~/.local/share/bash-completion/completions/pipeline-ex",
-    "zsh": 'pipeline-ex completion zsh > "${fpath[1]}/_pipeline-ex"',
-    "tcsh": "pipeline-ex completion tcsh >> ~/.tcshrc",
-}
-"""How to install each shell's script, for the command's help."""
-
-
-__all__ = ["INSTALL", "SHELLS", "completion_script"]
+__all__ = ["SHELLS", "completion_script"]

@@ -17,6 +17,8 @@ import pytest
 from openai_sse_server import OpenAISSEServer, StreamScript
 from test_cli import TIMEOUT, _env, cli, project, read_jsonl, write
 
+from pipeline_ex.completion import SHELLS
+
 __all__ = ["project"]  # the fixture, shared with test_cli
 
 # ---------------------------------------------------------------------------------------------------------
@@ -274,6 +276,33 @@ def test_json_failure_object_has_the_error_and_the_finished_steps(project: Path)
     assert refused["type"] == "resume" and "changed since run" in refused["message"]
 
 
+def test_json_failure_of_a_python_step_names_it_and_keeps_the_traceback(project: Path) -> None:
+    (project / "boom.py").write_text("def explode(ctx):\n    raise RuntimeError('kaboom')\n", encoding="utf-8")
+    write(
+        project / "boom.yaml",
+        """
+        workflow:
+          name: boom
+          steps:
+            - id: first
+              provider: mock
+              prompt: hi
+            - id: explode
+              type: python
+              callable: boom:explode
+        """,
+    )
+    result = cli("run", "boom.yaml", "--json", cwd=project)
+    assert result.returncode == 1
+    data = json.loads(result.stdout)
+    assert data["error"]["type"] == "step"
+    assert data["error"]["step"] == "explode"  # the step the checkpoint has started but not finished
+    assert data["error"]["message"] == "RuntimeError: kaboom"
+    assert data["error"]["resume"].startswith("pipeline-ex run boom.yaml --resume ")
+    assert list(data["steps"]) == ["first"]
+    assert "Traceback" in result.stderr  # a python step's own error: its traceback is the user's to read
+
+
 def test_json_success_object_has_ok_and_no_error(project: Path) -> None:
     result = cli("run", "workflows/hello.yaml", "--mock", "--json", cwd=project)
     assert result.returncode == 0, result.stderr
@@ -377,7 +406,7 @@ def test_verbose_shows_info_lines_hidden_by_default(project: Path, where: str) -
     )
     verbose = cli(*args, cwd=project)
     assert verbose.returncode == 0, verbose.stderr
-    assert "info: run " in verbose.stderr and "of 'hello' (workflows/hello.yaml, 1 top-level steps)" in verbose.stderr
+    assert "info: run " in verbose.stderr and "of 'hello' (workflows/hello.yaml, 1 top-level step(s))" in verbose.stderr
     assert "provider chunk" not in verbose.stderr  # that is -vv's
 
 
@@ -460,7 +489,7 @@ def test_bash_completion_completes_commands_flags_and_workflow_files(project: Pa
     files = _bash_completions(script, ["pipeline-ex", "run", "workflows/h"], project)
     assert files == ["workflows/hello.yaml"]
     assert "workflows/notes.txt" not in _bash_completions(script, ["pipeline-ex", "run", "workflows/"], project)
-    assert sorted(_bash_completions(script, ["pipeline-ex", "completion", ""], project)) == ["bash", "tcsh", "zsh"]
+    assert sorted(_bash_completions(script, ["pipeline-ex", "completion", ""], project)) == sorted(SHELLS)
 
 
 @pytest.mark.parametrize(
