@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import json
 import shlex
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -301,6 +303,51 @@ def test_json_failure_of_a_python_step_names_it_and_keeps_the_traceback(project:
     assert data["error"]["resume"].startswith("pipeline-ex run boom.yaml --resume ")
     assert list(data["steps"]) == ["first"]
     assert "Traceback" in result.stderr  # a python step's own error: its traceback is the user's to read
+
+
+def test_json_failure_of_a_terminated_run_is_cancelled_and_resumable(project: Path) -> None:
+    chunks = ", ".join(f'"w{i} "' for i in range(200))  # 200 x 50 ms: far longer than the test waits
+    write(
+        project / "slow.yaml",
+        f"""
+        workflow:
+          name: slow
+          steps:
+            - id: quick
+              provider: mock
+              prompt: "first"
+            - id: slow
+              provider: mock
+              prompt: "go slowly"
+              options: {{delay_ms: 50, mock_response: [{chunks}]}}
+              stream_handler: jsonl
+              stream_handler_options: {{path: slow.jsonl}}
+        """,
+    )
+    events_file = project / "slow.jsonl"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipeline_ex", "run", "slow.yaml", "--json"],
+        cwd=project, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while not (events_file.exists() and len(events_file.read_text(encoding="utf-8").splitlines()) >= 2):
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "the slow stream never delivered 2 events"
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGTERM)
+        stdout, stderr = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 143, stderr
+    data = json.loads(stdout)
+    assert data["ok"] is False
+    assert data["error"]["type"] == "cancelled" and data["error"]["message"] == "terminated"
+    assert data["error"]["step"] == "slow"
+    assert data["error"]["resume"] == f"pipeline-ex run slow.yaml --resume {data['run_id']}"
+    assert list(data["steps"]) == ["quick"]
 
 
 def test_json_success_object_has_ok_and_no_error(project: Path) -> None:
