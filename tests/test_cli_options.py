@@ -115,6 +115,29 @@ def test_a_step_with_its_own_provider_keeps_it_and_the_run_says_so(project: Path
     assert not any("--provider" in line or "seed" in line for line in warnings), warnings
 
 
+def test_model_reaching_a_step_of_another_provider_is_said(project: Path) -> None:
+    write(
+        project / "two.yaml",
+        """
+        workflow:
+          name: two
+          defaults: {provider: mock}
+          steps:
+            - id: main
+              prompt: "first"
+            - id: aside
+              provider: openai
+              prompt: "second"
+        """,
+    )
+    result = cli("validate", "two.yaml", "--mock", cwd=project)
+    assert result.returncode == 0, result.stderr
+    result = cli("run", "two.yaml", "--mock", "--model", "tiny", "--json", cwd=project)
+    assert result.returncode == 0, result.stderr
+    assert "--model tiny is also the model of 'aside' (provider 'openai', two.yaml:8)" in result.stderr
+    assert json.loads(result.stdout)["steps"]["main"]["model"] == "tiny"
+
+
 @pytest.mark.parametrize(
     ("flags", "expected"),
     [

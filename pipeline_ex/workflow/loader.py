@@ -534,6 +534,8 @@ class _StepLoader:
         self.overrides = overrides
         self.not_followed: dict[str, list[str]] = {}
         """A command-line default's flag -> the steps that keep their own value, described."""
+        self.other_provider: list[str] = []
+        """The steps `--model` reaches that run on a provider of their own, described."""
         self.seen: dict[str, Path] = {}
 
     def steps(self, steps: list[AnyStep], base: Path, *, repeated: str | None = None) -> list[LoadedStep]:
@@ -591,6 +593,9 @@ class _StepLoader:
                 reason, where = own
                 at = checker.at(where, at_key=True)
                 self.not_followed.setdefault(override.flag, []).append(f"{step.id!r} ({reason}, {at.file}:{at.line})")
+            elif override.key == "model" and step.model is None and step.provider not in (None, defaults.provider):
+                at = checker.at((*path, "provider"), at_key=True)
+                self.other_provider.append(f"{step.id!r} (provider {step.provider!r}, {at.file}:{at.line})")
         target = step.output_to_file
         if target is None:
             return
@@ -748,6 +753,16 @@ def _warn_not_followed(loader: _StepLoader) -> None:
             OverrideWarning(
                 f"{flag} does not apply to step{'s' if len(steps) > 1 else ''} {listed}: a step's own setting "
                 "wins over the defaults the command line sets"
+            ),
+            stacklevel=2,
+        )
+    model = loader.overrides.get("model")
+    if model is not None and loader.other_provider:
+        warnings.warn(
+            OverrideWarning(
+                f"{model.flag} is also the model of {', '.join(loader.other_provider)}, which runs on a provider of "
+                "its own and names no model, as every step without a model takes the default one; give such a "
+                "step its own model"
             ),
             stacklevel=2,
         )
