@@ -99,6 +99,17 @@ def _parse_inputs(pairs: Sequence[str]) -> dict[str, str]:
     return inputs
 
 
+def _print_json(document: dict[str, Any]) -> None:
+    print(json.dumps(document, indent=2, ensure_ascii=False))
+
+
+def _run_overrides(args: argparse.Namespace) -> Any:
+    """The `--provider`, `--model` and `--set` values of `run` or `batch` (raises `OverrideError`)."""
+    from pipeline_ex.workflow.overrides import RunOverrides
+
+    return RunOverrides.from_command_line(provider=args.provider, model=args.model, settings=args.set)
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from pipeline_ex.context import new_run_id
     from pipeline_ex.errors import (
@@ -108,6 +119,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         StepError,
         WorkflowError,
     )
+    from pipeline_ex.redaction import redacting_logger
+    from pipeline_ex.run_json import failure_document, success_document, unfinished_step
     from pipeline_ex.run_report import RunReport
     from pipeline_ex.streaming.resolve import resolve_handler
     from pipeline_ex.streaming.status_line import model_loads_shown_on_terminal
@@ -116,27 +129,65 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from pipeline_ex.workflow.outputs import output_directory
     from pipeline_ex.workflow.runner import InputError, arun
 
+    loaded: Any = None
+    checkpoints: Any = None
+    run_id: str | None = None
+    resume_command: str | None = None
+
+    def failed(code: int, kind: str, message: str, *, step: str | None = None, issues: Any = ()) -> int:
+        """Under --json, print the failure as JSON on stdout (the message went to stderr already)."""
+        if args.json:
+            checkpoint = checkpoints.read(run_id) if checkpoints is not None and run_id is not None else None
+            resumable = checkpoint is not None
+            _print_json(
+                failure_document(
+                    kind,
+                    message,
+                    step=step or unfinished_step(checkpoint),
+                    run_id=run_id,
+                    workflow=loaded.name if loaded is not None else None,
+                    resume=resume_command if resumable else None,
+                    issues=issues,
+                    checkpoint=checkpoint,
+                )
+            )
+        return code
+
     try:
         inputs = _parse_inputs(args.input)
-        loaded = load_workflow(args.file, mock=args.mock)
+        overrides = _run_overrides(args)
+        loaded = load_workflow(args.file, mock=args.mock, overrides=overrides)
         checkpoints = FileCheckpoints(output_directory(args.output_dir))
         if args.resume is not None and checkpoints.read(args.resume) is None:
             raise ResumeError(
                 f"no checkpoint of run {args.resume} in {checkpoints.folder}: a run keeps one until it succeeds; "
                 "pass the same --output-dir as the run had"
             )
-    except ValueError as error:
+    except ValueError as error:  # --input and --set values
         _error(str(error))
-        return EXIT_USAGE
+        return failed(EXIT_USAGE, "usage", str(error))
     except WorkflowError as error:
         _stderr(error)
-        return EXIT_USAGE
+        return failed(EXIT_USAGE, "workflow", str(error), issues=error.issues)
     except ResumeError as error:
         _error(str(error))
-        return EXIT_USAGE
+        return failed(EXIT_USAGE, "resume", str(error))
     run_id = args.resume or new_run_id()
-    resume_hint = f"continue it with: pipeline-ex run {args.file} --resume {run_id}" + (
-        f" --output-dir {args.output_dir}" if args.output_dir else ""
+    import shlex
+
+    resume_command = f"pipeline-ex run {shlex.quote(args.file)} --resume {run_id}" + (
+        f" --output-dir {shlex.quote(args.output_dir)}" if args.output_dir else ""
+    )
+    if overrides:
+        resume_command += f" {overrides.as_arguments()}"
+    resume_hint = f"continue it with: {resume_command}"
+    redacting_logger("pipeline_ex.cli").info(
+        "run %s of %r (%s, %d top-level step(s)); checkpoint in %s",
+        run_id,
+        loaded.name,
+        args.file,
+        len(loaded.steps),
+        checkpoints.path(run_id),
     )
     progress = _Progress([step.id for step in loaded.steps])
     report = RunReport(loaded, quiet=getattr(args, "quiet", False))  # the hints and total line on stderr
@@ -167,21 +218,22 @@ def _cmd_run(args: argparse.Namespace) -> int:
             result = asyncio.run(run_until_done_or_terminated())
     except KeyboardInterrupt:
         _error(f"interrupted; {resume_hint}")
-        return EXIT_INTERRUPTED
+        return failed(EXIT_INTERRUPTED, "cancelled", "interrupted")
     except asyncio.CancelledError:
         if not termination.terminated:
             raise
         _error(f"terminated; {resume_hint}")
-        return EXIT_TERMINATED
+        return failed(EXIT_TERMINATED, "cancelled", "terminated")
     except StepError as error:
         if isinstance(error.__cause__, BrokenPipeError):  # the console handler's reader went away
             raise error.__cause__ from error
         _error(f"step {error.step!r} failed: {error}")
         _stderr(resume_hint)
-        return EXIT_RUN_FAILED
+        kind = error.done.error.type if error.done.error is not None else "step"
+        return failed(EXIT_RUN_FAILED, kind, str(error), step=error.step)
     except ResumeError as error:
         _error(str(error))
-        return EXIT_USAGE
+        return failed(EXIT_USAGE, "resume", str(error))
     except InputError as error:
         how = (
             f"pass it with --input {error.missing}=VALUE"
@@ -189,21 +241,24 @@ def _cmd_run(args: argparse.Namespace) -> int:
             else "inputs are given with --input NAME=VALUE"
         )
         _error(f"{error}; {how}")
-        return EXIT_USAGE
+        return failed(EXIT_USAGE, "input", f"{error}; {how}")
     except (WorkflowError, ProviderConfigError, ProviderNotInstalledError) as error:
         _stderr(error if isinstance(error, WorkflowError) else f"error: {error}")
-        return EXIT_USAGE
+        if isinstance(error, WorkflowError):
+            return failed(EXIT_USAGE, "workflow", str(error), issues=error.issues)
+        return failed(EXIT_USAGE, "provider", str(error))
     except PipelineError as error:
         _error(str(error))
         if checkpoints.read(run_id) is not None:
             _stderr(resume_hint)
-        return EXIT_RUN_FAILED
-    except Exception:  # a python step's own error: its traceback is the user's to read
+        return failed(EXIT_RUN_FAILED, "step", str(error))
+    except Exception as error:  # a python step's own error: its traceback is the user's to read
         if checkpoints.read(run_id) is not None:
             _stderr(resume_hint)
+        failed(EXIT_RUN_FAILED, "step", f"{type(error).__name__}: {error}")
         raise
     if args.json:
-        print(json.dumps(result.to_json(), indent=2, ensure_ascii=False))
+        _print_json(success_document(result))
     return EXIT_OK
 
 
@@ -263,7 +318,17 @@ def _cmd_batch(args: argparse.Namespace) -> int:
     from pipeline_ex.workflow.loader import load_workflow
 
     try:
-        loaded = load_workflow(args.file, mock=args.mock)
+        overrides = _run_overrides(args)
+        if overrides and args.redis:
+            raise ValueError(
+                f"{overrides.items[0].flag}: the workers of --redis load the workflow file themselves, so "
+                "--provider, --model and --set apply to rows run here only; put the values in the file's "
+                "defaults, or leave out --redis"
+            )
+        loaded = load_workflow(args.file, mock=args.mock, overrides=overrides)
+    except ValueError as error:
+        _error(str(error))
+        return EXIT_USAGE
     except WorkflowError as error:
         _stderr(error)
         return EXIT_USAGE
@@ -441,6 +506,34 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _cmd_completion(args: argparse.Namespace) -> int:
+    from pipeline_ex.completion import completion_script
+
+    print(completion_script(build_parser(), args.shell), end="")
+    return EXIT_OK
+
+
+def _add_override_arguments(parser: argparse.ArgumentParser) -> None:
+    """`--provider`, `--model` and `--set KEY=VALUE`: defaults for this run (see `workflow.overrides`)."""
+    parser.add_argument(
+        "--provider",
+        metavar="NAME",
+        help="the provider of every LLM step that does not name its own (replaces defaults.provider, and the "
+        "file's defaults.model and defaults.options written for another provider)",
+    )
+    parser.add_argument(
+        "--model", metavar="NAME", help="the model of every LLM step that does not name its own (defaults.model)"
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="set a key of the workflow's defaults for this run, such as temperature=0.2, stream=false or "
+        "options.n_ctx=4096; the value is read as YAML (repeatable)",
+    )
+
+
 def _cmd_schema(_: argparse.Namespace) -> int:
     from pipeline_ex.workflow.schema import json_schema
 
@@ -450,6 +543,8 @@ def _cmd_schema(_: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of `pipeline-ex` and its subcommands."""
+    from pipeline_ex.log_levels import SUBCOMMAND_SUFFIX, add_log_level_arguments
+
     parser = argparse.ArgumentParser(
         prog="pipeline-ex",
         description="Run YAML LLM workflows whose steps stream typed events (Delta, Done) to handlers.",
@@ -457,6 +552,7 @@ def build_parser() -> argparse.ArgumentParser:
         "141 output pipe closed, 143 terminated (SIGTERM).",
     )
     parser.add_argument("--version", action="version", version=f"pipeline-ex {__import__('pipeline_ex').__version__}")
+    add_log_level_arguments(parser)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     run = commands.add_parser(
@@ -483,6 +579,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="continue a run that failed or was interrupted, from its checkpoint in the output folder: its "
         "finished steps are not run again (the inputs are the run's)",
     )
+    _add_override_arguments(run)
     run.set_defaults(func=_cmd_run)
 
     validate = commands.add_parser(
@@ -533,6 +630,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="fan the rows out to the 'pipeline-ex worker' processes on this Redis (FILE must be one of their "
         "workflow files; --concurrency bounds the rows queued at once)",
     )
+    _add_override_arguments(batch)
     batch.set_defaults(func=_cmd_batch)
 
     handlers = commands.add_parser(
@@ -637,18 +735,58 @@ def build_parser() -> argparse.ArgumentParser:
         description="Print the JSON Schema of workflow files (for yaml-language-server and editors).",
     )
     schema.set_defaults(func=_cmd_schema)
+
+    completion = commands.add_parser(
+        "completion",
+        help="print a shell completion script (bash, zsh or tcsh)",
+        description="Print the completion script of pipeline-ex for a shell. Install it with, for bash: "
+        "pipeline-ex completion bash > ~/.local/share/bash-completion/completions/pipeline-ex; zsh: "
+        'pipeline-ex completion zsh > "${fpath[1]}/_pipeline-ex"; tcsh: pipeline-ex completion tcsh >> ~/.tcshrc',
+    )
+    completion.add_argument("shell", choices=("bash", "zsh", "tcsh"))  # completion.SHELLS, not imported here
+    completion.set_defaults(func=_cmd_completion)
+
+    for subcommand in commands.choices.values():  # every command, whoever adds it, takes -v and -q
+        add_log_level_arguments(subcommand, suffix=SUBCOMMAND_SUFFIX)
     return parser
+
+
+def _misplaced_input(args: argparse.Namespace) -> list[str]:
+    """`run topic=cats FILE`: the input taken for the workflow file, when no such file exists."""
+    file = getattr(args, "file", None) if args.command == "run" else None
+    if isinstance(file, str) and "=" in file and not os.path.exists(file):
+        return [file]
+    return []
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit code (0 ok, 1 run failed, 2 usage or validation error)."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extras = parser.parse_known_args(argv)
+    unexpected = _misplaced_input(args) + extras
+    if unexpected:
+        from pipeline_ex.cli_hints import unrecognized_message
+
+        message = unrecognized_message(parser, args.command, unexpected)
+        _stderr(message)
+        if getattr(args, "json", False):
+            from pipeline_ex.run_json import failure_document
+
+            _print_json(failure_document("usage", message.partition("error: ")[2]))
+        return EXIT_USAGE
     if args.command is None:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
+    from pipeline_ex.log_levels import configure_logging, merge_log_level_arguments
+
+    try:
+        merge_log_level_arguments(args)
+    except ValueError as error:
+        _error(str(error))
+        return EXIT_USAGE
     warnings.simplefilter("default", DeprecationWarning)
     warnings.showwarning = _show_warning
+    configure_logging(args.verbose, args.quiet)
     try:
         code: int = args.func(args)
     except BrokenPipeError:  # output piped into a command that stopped reading (`| head`): exit quietly

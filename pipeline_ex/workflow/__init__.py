@@ -3,6 +3,7 @@
 from pipeline_ex.workflow.checkpoints import Checkpoint, CheckpointStore, FileCheckpoints, ResumeError
 from pipeline_ex.workflow.iterate import EventStream, astream, stream
 from pipeline_ex.workflow.loader import LoadedStep, LoadedWorkflow, load_workflow, parse_workflow
+from pipeline_ex.workflow.overrides import OverrideError, OverrideWarning, RunOverrides
 from pipeline_ex.workflow.results import (
     FailedResult,
     ForEachResult,
@@ -26,8 +27,11 @@ __all__ = [
     "LoadedWorkflow",
     "LoopResult",
     "NestedResult",
+    "OverrideError",
+    "OverrideWarning",
     "ParallelResult",
     "ResumeError",
+    "RunOverrides",
     "RunResult",
     "SkippedResult",
     "Workflow",

@@ -179,7 +179,10 @@ class FileCheckpoints:
 
 
 def workflow_digest(loaded: Any) -> str:
-    """The sha256 of a workflow's YAML text and of the workflows it nests, so a changed file is noticed."""
+    """The sha256 of a workflow's YAML text and of the workflows it nests, so a changed file is noticed.
+
+    The defaults given on the command line (`loaded.overrides`) count too: a run continues with its own.
+    """
     digest = hashlib.sha256()
     seen: set[str] = set()
 
@@ -193,4 +196,7 @@ def workflow_digest(loaded: Any) -> str:
                 add(item.nested)
 
     add(loaded)
+    overrides = getattr(loaded, "overrides", None)
+    if overrides:
+        digest.update(b"\0overrides\0" + overrides.fingerprint().encode("utf-8"))
     return digest.hexdigest()

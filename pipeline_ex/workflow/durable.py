@@ -65,7 +65,8 @@ class DurableRun:
         if found.digest != digest:
             raise ResumeError(
                 f"the workflow {loaded.name!r} ({loaded.file}) changed since run {run_id} started, so its finished "
-                "steps may not fit it any more; restore the file, or start a new run"
+                "steps may not fit it any more; restore the file, or start a new run (a run given --provider, --model "
+                "or --set continues with the same values)"
             )
         if given_inputs and dict(inputs) != found.inputs:
             raise ResumeError(f"run {run_id} continues with the inputs it started with; leave the inputs out to resume")

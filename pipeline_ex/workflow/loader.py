@@ -11,6 +11,7 @@ import functools
 import importlib
 import json
 import os
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path as FilePath
@@ -36,6 +37,7 @@ from pipeline_ex.modes.session import active_override, mode_from_env
 from pipeline_ex.streaming.resolve import HandlerSpec, ensure_cwd_importable, resolve_handler
 from pipeline_ex.workflow.checks import TemplateChecker
 from pipeline_ex.workflow.inputs import InputValueError, typed_value
+from pipeline_ex.workflow.overrides import Override, OverrideWarning, RunOverrides
 from pipeline_ex.workflow.schema import (
     DEFAULT_MAX_TOOL_ROUNDS,
     DEFAULT_SCHEMA_RETRIES,
@@ -139,6 +141,8 @@ class LoadedWorkflow:
     """Where the workflow body sits in the file: ("workflow",), (), or None for a bare list of steps."""
     checked_offline: bool
     """Loaded for a mock run or a replay: provider packages and API keys were not checked."""
+    overrides: RunOverrides = field(default_factory=RunOverrides)
+    """The defaults given on the command line (`--provider`, `--model`, `--set`) that replaced the file's."""
 
     @property
     def name(self) -> str:
@@ -511,13 +515,27 @@ def _check_output_folders(loaded: list[LoadedStep], checker: _Checker) -> None:
 class _StepLoader:
     """Resolves every step of one file (groups' children too) and the workflows its steps nest."""
 
-    def __init__(self, workflow: Workflow, checker: _Checker, *, offline: bool, mock: bool, stack: tuple[str, ...]):
+    def __init__(
+        self,
+        workflow: Workflow,
+        checker: _Checker,
+        *,
+        offline: bool,
+        mock: bool,
+        stack: tuple[str, ...],
+        overrides: RunOverrides,
+    ):
         self.workflow = workflow
         self.defaults = workflow.defaults
         self.checker = checker
         self.offline = offline
         self.mock = mock
         self.stack = stack
+        self.overrides = overrides
+        self.not_followed: dict[str, list[str]] = {}
+        """A command-line default's flag -> the steps that keep their own value, described."""
+        self.other_provider: list[str] = []
+        """The steps `--model` reaches that run on a provider of their own, described."""
         self.seen: dict[str, Path] = {}
 
     def steps(self, steps: list[AnyStep], base: Path, *, repeated: str | None = None) -> list[LoadedStep]:
@@ -569,6 +587,15 @@ class _StepLoader:
         )
         item.provider_at = provider_path
         item.provider = _checked_provider(provider, item, checker, offline=self.offline)
+        for override in self.overrides:
+            own = _own_setting(step, override, defaults, path)
+            if own is not None:
+                reason, where = own
+                at = checker.at(where, at_key=True)
+                self.not_followed.setdefault(override.flag, []).append(f"{step.id!r} ({reason}, {at.file}:{at.line})")
+            elif override.key == "model" and step.model is None and step.provider not in (None, defaults.provider):
+                at = checker.at((*path, "provider"), at_key=True)
+                self.other_provider.append(f"{step.id!r} (provider {step.provider!r}, {at.file}:{at.line})")
         target = step.output_to_file
         if target is None:
             return
@@ -641,7 +668,9 @@ class _StepLoader:
             checker.add(where, f"{step.workflow!r} is not a file (looked for {target.name} next to {here.name})")
             return None
         try:
-            nested = _load_file(str(folder / step.workflow), mock=self.mock, stack=(*self.stack, str(target)))
+            nested = _load_file(
+                str(folder / step.workflow), mock=self.mock, stack=(*self.stack, str(target)), overrides=self.overrides
+            )
         except WorkflowError as error:
             checker.add(where, f"{step.workflow!r} has {len(error.issues)} problem(s), listed below")
             for issue in error.issues:
@@ -667,6 +696,76 @@ class _StepLoader:
                 except InputValueError as problem:
                     checker.add((*path, "inputs", name), f"{step.workflow!r} input {name!r} {problem}")
         return nested
+
+
+def _own_setting(step: LLMStep, override: Override, defaults: Defaults, path: Path) -> tuple[str, Path] | None:
+    """Why a step does not follow a command-line default, and the key that says so; None when it follows it."""
+    top, entry = override.top, override.entry
+    if top in ("provider", "model", "options") and step.generator is not None:
+        return "runs its own generator", (*path, "generator")
+    if top == "options":
+        if step.provider is not None and step.provider != defaults.provider:
+            return f"runs on its own provider {step.provider!r}", (*path, "provider")
+        own_options = step.options or {}
+        if entry is not None:
+            return (f"sets options.{entry}", (*path, "options", entry)) if entry in own_options else None
+        shared = sorted(set(own_options) & set(override.value or {}))
+        return (f"sets options {', '.join(shared)}", (*path, "options")) if shared else None
+    if top == "stream_handler_options" and step.stream_handler is not None:
+        return "sets its own stream_handler", (*path, "stream_handler")
+    value = getattr(step, top, None)
+    if value is None or value == override.value:
+        return None
+    return f"sets {top}: {_as_yaml(value) if not isinstance(value, str) else value}", (*path, top)
+
+
+def _apply_overrides(body: dict[str, Any], overrides: RunOverrides, checker: _Checker) -> None:
+    """Put the command line's defaults into the file's `defaults:` mapping, remembering where each was given."""
+    written = body.get("defaults")
+    if written is None:
+        written = {}
+    if not isinstance(written, dict):
+        return  # the schema reports the file's defaults
+    dropped = overrides.dropped(written)
+    body["defaults"] = overrides.merged_into(written)
+    for override in overrides:
+        checker.source.given[yaml_path(checker.prefix, ("defaults", *override.key.split(".", 1)))] = override.flag
+    if dropped:
+        provider = overrides.get("provider")
+        assert provider is not None
+        at = checker.at(("defaults", dropped[0]), at_key=True)
+        keys = " and ".join(f"defaults.{key}" for key in dropped)
+        warnings.warn(
+            OverrideWarning(
+                f"{provider.flag} replaces the provider of {at.file} ({written.get('provider') or 'local'!r}), so "
+                f"its {keys} (line {at.line}), written for that provider, are not used; give --model or "
+                f"--set options.NAME=VALUE for {provider.value!r}"
+            ),
+            stacklevel=2,
+        )
+
+
+def _warn_not_followed(loader: _StepLoader) -> None:
+    """One warning per command-line default that some steps do not follow, naming them and their own setting."""
+    for flag, steps in loader.not_followed.items():
+        listed = steps[0] if len(steps) == 1 else ", ".join(steps[:-1]) + " and " + steps[-1]
+        warnings.warn(
+            OverrideWarning(
+                f"{flag} does not apply to step{'s' if len(steps) > 1 else ''} {listed}: a step's own setting "
+                "wins over the defaults the command line sets"
+            ),
+            stacklevel=2,
+        )
+    model = loader.overrides.get("model")
+    if model is not None and loader.other_provider:
+        warnings.warn(
+            OverrideWarning(
+                f"{model.flag} is also the model of {', '.join(loader.other_provider)}, which runs on a provider of "
+                "its own and names no model, as every step without a model takes the default one; give such a "
+                "step its own model"
+            ),
+            stacklevel=2,
+        )
 
 
 def _checked_provider(provider: str | None, item: LoadedStep, checker: _Checker, *, offline: bool) -> str | None:
@@ -712,7 +811,7 @@ def _normalize_steps(steps: Any, base: Path, checker: _Checker) -> None:
                     _normalize_steps(raw[key], (*base, index, key), checker)
 
 
-def _parse(text: str, file: str, *, mock: bool, stack: tuple[str, ...]) -> LoadedWorkflow:
+def _parse(text: str, file: str, *, mock: bool, stack: tuple[str, ...], overrides: RunOverrides) -> LoadedWorkflow:
     offline = offline_mode_requested(mock)
     source = load_yaml(text, file)
     checker = _Checker(source, ())
@@ -724,6 +823,8 @@ def _parse(text: str, file: str, *, mock: bool, stack: tuple[str, ...]) -> Loade
         _normalize_steps(body.get("steps"), ("steps",), checker)
         if isinstance(body.get("defaults"), dict):
             _normalize_legacy(body["defaults"], ("defaults",), checker)
+        if overrides:
+            _apply_overrides(body, overrides, checker)
     try:
         workflow = Workflow.model_validate(body)
     except ValidationError as error:
@@ -731,22 +832,26 @@ def _parse(text: str, file: str, *, mock: bool, stack: tuple[str, ...]) -> Loade
         raise WorkflowError(sorted(checker.issues, key=_issue_order(file))) from None
     _check_input_defaults(workflow, checker)
     TemplateChecker(workflow, checker.add).check_all()
-    loader = _StepLoader(workflow, checker, offline=offline, mock=mock, stack=stack)
+    loader = _StepLoader(workflow, checker, offline=offline, mock=mock, stack=stack, overrides=overrides)
     steps = loader.steps(workflow.steps, ("steps",))
     _check_output_folders([found for step in steps for found in step.walk()], checker)
     if checker.issues:
         raise WorkflowError(sorted(checker.issues, key=_issue_order(file)))
-    return LoadedWorkflow(workflow, source, steps, prefix, offline)
+    _warn_not_followed(loader)
+    return LoadedWorkflow(workflow, source, steps, prefix, offline, overrides)
 
 
-def parse_workflow(text: str, file: str = "<workflow>", *, mock: bool = False) -> LoadedWorkflow:
+def parse_workflow(
+    text: str, file: str = "<workflow>", *, mock: bool = False, overrides: RunOverrides | None = None
+) -> LoadedWorkflow:
     """Load a workflow from YAML text. `file` names it in messages; nested workflow files are found next to it.
 
     :param mock: check it for a mock run: provider packages and API keys are not required.
+    :param overrides: defaults that replace the file's (as `load_workflow` takes them).
     :raises WorkflowError: listing every problem found, each with file:line:column and key path.
     """
     here = str(FilePath(file).resolve()) if file != "<workflow>" else file
-    return _parse(text, file, mock=mock, stack=(here,))
+    return _parse(text, file, mock=mock, stack=(here,), overrides=overrides or RunOverrides())
 
 
 def _issue_order(file: str) -> Callable[[Issue], tuple[bool, str, int, int]]:
@@ -759,18 +864,23 @@ def _issue_order(file: str) -> Callable[[Issue], tuple[bool, str, int, int]]:
     return order
 
 
-def _load_file(name: str, *, mock: bool, stack: tuple[str, ...]) -> LoadedWorkflow:
-    return _parse(read_workflow_text(name), name, mock=mock, stack=stack)
+def _load_file(name: str, *, mock: bool, stack: tuple[str, ...], overrides: RunOverrides) -> LoadedWorkflow:
+    return _parse(read_workflow_text(name), name, mock=mock, stack=stack, overrides=overrides)
 
 
-def load_workflow(path: str | os.PathLike[str], *, mock: bool = False) -> LoadedWorkflow:
+def load_workflow(
+    path: str | os.PathLike[str], *, mock: bool = False, overrides: RunOverrides | None = None
+) -> LoadedWorkflow:
     """Load and check a workflow file and the files it nests (handlers and providers are resolved now).
 
     :param mock: check it for a mock run: provider packages and API keys are not required.
+    :param overrides: defaults that replace those of the file and of the files it nests, for this load
+        (`RunOverrides.from_command_line(provider=..., model=..., settings=["temperature=0.2"])`); a step that
+        sets its own value keeps it, with an `OverrideWarning`.
     :raises WorkflowError: listing every problem found, each with file:line:column and key path.
     """
     name = os.fspath(path)
-    return _load_file(name, mock=mock, stack=(str(FilePath(name).resolve()),))
+    return _load_file(name, mock=mock, stack=(str(FilePath(name).resolve()),), overrides=overrides or RunOverrides())
 
 
 __all__ = [

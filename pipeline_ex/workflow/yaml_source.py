@@ -46,6 +46,8 @@ class YamlSource:
     keys: dict[Path, tuple[int, int]] = field(default_factory=dict)
     renamed: dict[Path, Path] = field(default_factory=dict)
     """Keys renamed after parsing (a legacy key to its current name): the new key path -> the written one."""
+    given: dict[Path, str] = field(default_factory=dict)
+    """Values given outside the file (`--set temperature=0.2`): their key path -> how they were given."""
 
     def rename(self, old: Path, new: Path) -> None:
         """Let positions of `new` and everything under it be those of `old`, where the file writes it."""
@@ -59,7 +61,15 @@ class YamlSource:
         return path
 
     def location(self, path: Path, *, at_key: bool = False) -> Location:
-        """Where `path` is, falling back to its nearest ancestor that has a position."""
+        """Where `path` is, falling back to its nearest ancestor that has a position.
+
+        A value given outside the file (and anything under it) is where it was given: `--set stream_handler=x`.
+        """
+        if self.given:
+            for end in range(len(path), 0, -1):
+                origin = self.given.get(tuple(path[:end]))
+                if origin is not None:
+                    return Location(origin, None, None, format_path(path) or None)
         probe = self._as_written(tuple(path))
         while True:
             table = self.keys if at_key and probe in self.keys else self.values
