@@ -294,7 +294,7 @@ def test_a_workflow_streams_to_the_console_and_a_webhook_end_to_end(tmp_path: Pa
                 """
             )
         )
-        env = {**os.environ, "PYTHONPATH": os.getcwd()}
+        env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
         result = subprocess.run(
             [sys.executable, "-m", "pipeline_ex", "run", "hooked.yaml", "--mock"],
             cwd=tmp_path,

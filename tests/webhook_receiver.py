@@ -53,7 +53,7 @@ def webhook_receiver(path: str = "/hook") -> Iterator[Receiver]:
         def log_message(self, *_: Any) -> None:
             pass
 
-        def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+        def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers.get("content-length", "0")))
             with receiver.lock:
                 receiver.requests += 1

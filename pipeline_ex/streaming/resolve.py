@@ -283,6 +283,18 @@ def resolve_handler(
     return _spec_for_object(obj, display, options, text, location)
 
 
+def find_handler(reference: str) -> tuple[str, object]:
+    """The name and object a handler reference names, found as `resolve_handler` finds it, options unchecked.
+
+    :raises HandlerResolutionError: no handler has this name, or its module cannot be imported.
+    """
+    text = reference.strip()
+    if not text:
+        raise _fail(reference, "the handler reference is empty", None)
+    named = _lookup_name(text, None)
+    return named if named is not None else (text, _import_reference(text, None))
+
+
 def _resolve_with_options(
     entry: Mapping[str, Any], options: Mapping[str, Any] | None, location: Location | None
 ) -> HandlerSpec:

@@ -17,6 +17,7 @@ from pathlib import Path as FilePath
 from pathlib import PurePosixPath
 from typing import Any
 
+import yaml
 from pydantic import BaseModel, ValidationError
 
 from pipeline_ex.deprecation import warn_deprecated
@@ -420,22 +421,39 @@ def _handler_entries(value: Any, owner: Path) -> list[_HandlerEntry]:
     return entries
 
 
-def _separate_options_problem(entries: list[_HandlerEntry], names: str, inherited: bool) -> str | None:
+def _separate_options_problem(
+    entries: list[_HandlerEntry], options: dict[str, Any], names: str, inherited: bool
+) -> str | None:
     """Why `stream_handler_options` cannot apply to these handlers, if it cannot.
 
     It is the options of one handler given by name. With several handlers (or one that carries its own
-    `options:`) there is no telling which handler it is for, so the options go in the list items instead.
+    `options:`) there is no telling which handler it is for, so the options go in the list items instead;
+    the fix names the first handler that takes them.
     """
     where = "give this step its own stream_handler list, with" if inherited else "give"
     if len(entries) > 1:
-        first = entries[0].ref
+        taker = next((entry.ref for entry in entries if entry.options is None and _takes(entry.ref, options)), None)
+        item = (
+            f"{{handler: {taker}, options: {yaml.safe_dump(options, default_flow_style=True, width=1000).strip()}}}"
+            if taker is not None
+            else f"{{handler: {entries[0].ref}, options: {{...}}}}"
+        )
         return (
             f"options need a single stream_handler, not a list ({names} has {len(entries)}); {where} each "
-            f"handler's options in its item: {{handler: {first}, options: {{...}}}}"
+            f"handler's options in its item: {item}"
         )
     if entries and entries[0].options is not None:
         return f"{names} gives its own options; keep them in one place, under its 'options:'"
     return None
+
+
+def _takes(reference: str, options: dict[str, Any]) -> bool:
+    """Whether this handler accepts these options (only asked to word an error's fix)."""
+    try:
+        resolve_handler(reference, options)
+    except HandlerResolutionError:
+        return False
+    return True
 
 
 def _resolve_step_handlers(step: LLMStep, path: Path, defaults: Defaults, checker: _Checker) -> list[HandlerSpec]:
@@ -457,7 +475,7 @@ def _resolve_step_handlers(step: LLMStep, path: Path, defaults: Defaults, checke
     entries = _handler_entries(value, owner)
     if options:
         names = format_path(yaml_path(checker.prefix, (*owner, "stream_handler")))
-        problem = _separate_options_problem(entries, names, inherited=options_path[:1] != owner[:1])
+        problem = _separate_options_problem(entries, options, names, inherited=options_path[:1] != owner[:1])
         if problem is not None:
             checker.add(options_path, problem, at_key=True)
             return []
