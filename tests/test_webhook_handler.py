@@ -50,7 +50,7 @@ def test_events_are_batched_and_arrive_in_order_exactly_once() -> None:
         buffer = stream_to(webhook(receiver.url, batch_size=8, max_delay=0.5))
     assert_received_in_order_once(receiver, buffer)
     assert len(buffer.events) == 41
-    assert receiver.requests == len(receiver.batches) < len(buffer.events)
+    assert receiver.requests == len(receiver.batches) <= 8  # 41 events in batches of at most 8
     assert all(1 <= len(batch["events"]) <= 8 for batch in receiver.batches)
     assert [batch["batch"] for batch in receiver.batches] == list(range(len(receiver.batches)))
     run_id = buffer.events[0].run_id
@@ -68,17 +68,33 @@ def test_a_lone_event_is_sent_after_max_delay_without_waiting_for_a_full_batch()
             await asyncio.sleep(0.01)
             assert time.perf_counter() - started < 5
         waited = time.perf_counter() - started
-        done = Done.model_validate(
-            {"response": {"text": "hi", "provider": "mock", "finish_reason": "stop"}, "step": "s", "run_id": "r"}
-            | {"seq": 2, "duration_ms": 1.0}
-        )
-        await handler.handle_event(done)
+        await handler.handle_event(done_event(2, "hi"))
         return waited
 
     with webhook_receiver() as receiver:
         waited = asyncio.run(scenario(receiver.url, receiver))
-    assert waited < 1.0
+    assert 0.04 <= waited < 1.0
     assert [len(batch["events"]) for batch in receiver.batches] == [1, 1]
+
+
+def done_event(seq: int, text: str = "") -> Done:
+    return Done.model_validate(
+        {"response": {"text": text, "provider": "mock", "finish_reason": "stop"}, "step": "s", "run_id": "r"}
+        | {"seq": seq, "duration_ms": 1.0}
+    )
+
+
+def test_events_arriving_within_max_delay_share_one_batch() -> None:
+    async def scenario(url: str) -> None:
+        handler = WebhookHandler(url=url, batch_size=100, max_delay=0.5)
+        for seq in range(1, 6):
+            await handler.handle_event(Delta(content=f"d{seq}", step="s", run_id="r", seq=seq))
+            await asyncio.sleep(0.02)  # the stream yields to the loop, as a network stream does
+        await handler.handle_event(done_event(6))
+
+    with webhook_receiver() as receiver:
+        asyncio.run(scenario(receiver.url))
+    assert [len(batch["events"]) for batch in receiver.batches] == [6]
 
 
 @pytest.mark.parametrize(
@@ -169,11 +185,7 @@ def test_a_stalled_receiver_holds_the_stream_back_within_the_buffer_bound() -> N
             await handler.handle_event(Delta(content=f"d{seq}", step="s", run_id="r", seq=seq))
             most = max(most, handler.pending)
         streamed = time.perf_counter() - started
-        done = Done.model_validate(
-            {"response": {"text": "", "provider": "mock", "finish_reason": "stop"}, "step": "s", "run_id": "r"}
-            | {"seq": 21, "duration_ms": 1.0}
-        )
-        await handler.handle_event(done)
+        await handler.handle_event(done_event(21))
         return most, streamed, handler
 
     with webhook_receiver() as receiver:
@@ -313,3 +325,13 @@ def test_a_workflow_streams_to_the_console_and_a_webhook_end_to_end(tmp_path: Pa
     assert [e["type"] for e in by_step["second"]] == ["delta", "done"]
     assert by_step["first"][-1]["response"]["text"] == "one two three four"
     assert json.dumps(receiver.batches)  # plain JSON all the way
+
+
+def test_an_instance_given_as_an_object_serves_one_step_run_after_another() -> None:
+    with webhook_receiver() as receiver:
+        handler = WebhookHandler(url=receiver.url, max_delay=0)
+        for step in ("one", "two"):
+            invoke(prompt="go", provider="mock", mock_response=["a ", "b"], on_event=handler, step=step)
+    assert [(batch["step"], batch["batch"]) for batch in receiver.batches][:1] == [("one", 0)]
+    assert [event["step"] for event in receiver.events] == ["one"] * 3 + ["two"] * 3
+    assert handler.delivered == 6 and handler.pending == 0

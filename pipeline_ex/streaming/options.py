@@ -26,10 +26,15 @@ _ENTRY = re.compile(r"^(\s*)([A-Za-z_]\w*)(?:\s*\([^)]*\))?:\s*(.*)$")
 
 
 def documented_options(cls: type) -> dict[str, str]:
-    """The `name: description` entries of a class docstring's `Options:` / `Args:` section (continuations joined)."""
+    """The `name: description` entries of the `Options:` / `Args:` sections of a class's docstrings.
+
+    The class's own docstring and its `__init__`'s come first, then its bases' (an option a subclass
+    inherits keeps its base's description unless the subclass describes it anew).
+    """
     found: dict[str, str] = {}
-    for doc in (cls.__doc__, getattr(cls.__init__, "__doc__", None)):  # type: ignore[misc]
-        found.update({k: v for k, v in _parse_sections(inspect.cleandoc(doc or "")).items() if k not in found})
+    for klass in cls.__mro__:  # a subclass's entry wins over its base's
+        for doc in (klass.__dict__.get("__doc__"), getattr(klass.__dict__.get("__init__"), "__doc__", None)):
+            found.update({k: v for k, v in _parse_sections(inspect.cleandoc(doc or "")).items() if k not in found})
     return found
 
 

@@ -249,6 +249,7 @@ class WebhookHandler:
         self._closing = False
         self._batches = 0
         self._sender: asyncio.Task[None] | None = None
+        self._step = self._run_id = ""
         self._client: httpx.AsyncClient | None = None
         self._wake: asyncio.Event | None = None
         self._room: asyncio.Event | None = None
@@ -260,10 +261,16 @@ class WebhookHandler:
 
     async def handle_event(self, event: StepEvent) -> None:
         """Queue the event for delivery (waiting for room if the buffer is full); on Done, deliver everything."""
+        if self._sender is None:
+            self._start(event)
+        elif event.step != self._step or event.run_id != self._run_id:
+            raise PipelineError(
+                f"one WebhookHandler instance got the events of two step runs at once ({self._step!r} and "
+                f"{event.step!r}); give the class, or {{'handler': 'webhook', 'options': {{...}}}}, so that every "
+                "step run gets its own"
+            )
         if self._failure is not None:
             await self._refuse(event)
-        if self._sender is None:
-            self._start()
         assert self._wake is not None and self._room is not None
         waiting = self._waiting
         while len(waiting) >= self.max_buffer and self._failure is None:
@@ -275,9 +282,13 @@ class WebhookHandler:
         if len(waiting) == 1 or len(waiting) >= self.batch_size:
             self._wake.set()
         if isinstance(event, Done):
-            await self._finish()
+            try:
+                await self._finish()
+            finally:
+                self._reset()
 
-    def _start(self) -> None:
+    def _start(self, event: StepEvent) -> None:
+        self._step, self._run_id = event.step, event.run_id
         self._wake = asyncio.Event()
         self._room = asyncio.Event()
         self._client = _acquire_client()
@@ -287,10 +298,19 @@ class WebhookHandler:
         """Delivery failed earlier: this event is not delivered either; at the Done, let the client go."""
         assert self._failure is not None
         self._undelivered += 1
+        error = WebhookDeliveryError(self.shown_url, self._failure.reason, self._undelivered)
         if isinstance(event, Done):
             self._stop_sender()
             await self._close_client()
-        raise WebhookDeliveryError(self.shown_url, self._failure.reason, self._undelivered)
+            self._reset()
+        raise error
+
+    def _reset(self) -> None:
+        """The step run is over: an instance given as an object may serve the next one."""
+        self._waiting.clear()
+        self._sender = self._wake = self._room = self._failure = None
+        self._closing = False
+        self._batches = self._undelivered = 0
 
     async def _finish(self) -> None:
         """The Done is queued: wait until everything is acknowledged, then let the client go."""
@@ -320,18 +340,18 @@ class WebhookHandler:
         """Send batches until the Done's batch is acknowledged or a batch fails for good."""
         assert self._wake is not None and self._room is not None
         waiting, wake = self._waiting, self._wake
+        backlog = False
+        """Events arrived while the previous POST was on its way: they have waited already."""
         while True:
             if not waiting:
+                backlog = False
                 if self._closing:
                     return
                 wake.clear()
                 await wake.wait()
-                if waiting and len(waiting) < self.batch_size and not self._closing and self.max_delay > 0:
-                    wake.clear()  # the batch's first event: give it max_delay to fill up
-                    with contextlib.suppress(TimeoutError):
-                        async with asyncio.timeout(self.max_delay):
-                            await wake.wait()
                 continue
+            if not backlog and self.max_delay > 0:
+                await self._fill_up()
             batch = waiting[: self.batch_size]
             del waiting[: len(batch)]
             self._sending = len(batch)
@@ -348,6 +368,17 @@ class WebhookHandler:
             finally:
                 self._sending = 0
             self.delivered += len(batch)
+            backlog = True
+
+    async def _fill_up(self) -> None:
+        """Give a new batch's first event up to `max_delay` for the batch to fill (or the Done to come)."""
+        assert self._wake is not None
+        wake = self._wake
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self.max_delay):
+                while len(self._waiting) < min(self.batch_size, self.max_buffer) and not self._closing:
+                    wake.clear()
+                    await wake.wait()
 
     def _body(self, batch: list[StepEvent]) -> bytes:
         first = batch[0]

@@ -98,10 +98,15 @@ class StreamingFields(_Strict):
     """How a step streams, and to which handler."""
 
     stream: bool | None = None
-    stream_handler: StreamHandlerValue | None = None
-    """One handler or a list; an item may carry its own options: `{handler: jsonl, options: {path: run.jsonl}}`."""
-    stream_handler_options: dict[str, Any] | None = None
-    """The options of a single `stream_handler` given by name; a list gives them in its items instead."""
+    stream_handler: StreamHandlerValue | None = Field(
+        default=None,
+        description="One handler or a list; an item may carry its own options: "
+        "`{handler: jsonl, options: {path: run.jsonl}}`.",
+    )
+    stream_handler_options: dict[str, Any] | None = Field(
+        default=None,
+        description="The options of a single stream_handler given by name; a list gives them in its items.",
+    )
     async_stream: bool | None = Field(default=None, description="Deprecated: use `stream`.")
     async_handler: HandlerRef | None = Field(default=None, description="Deprecated: use `stream_handler`.")
 
