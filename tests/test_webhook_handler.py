@@ -335,3 +335,24 @@ def test_an_instance_given_as_an_object_serves_one_step_run_after_another() -> N
     assert [(batch["step"], batch["batch"]) for batch in receiver.batches][:1] == [("one", 0)]
     assert [event["step"] for event in receiver.events] == ["one"] * 3 + ["two"] * 3
     assert handler.delivered == 6 and handler.pending == 0
+
+
+def test_a_cancelled_step_still_delivers_everything_up_to_its_cancelled_done() -> None:
+    async def scenario(url: str, buffer: BufferHandler) -> None:
+        entry = webhook(url, batch_size=1, max_buffer=1, max_delay=0)
+        task = asyncio.create_task(
+            ainvoke(prompt="go", provider="mock", mock_response=CHUNKS, on_event=[buffer, entry], step="draft")
+        )
+        await asyncio.sleep(0.3)  # the stream is held back by the slow receiver meanwhile
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    buffer = BufferHandler()
+    with webhook_receiver() as receiver:
+        receiver.delay = 0.05
+        asyncio.run(scenario(receiver.url, buffer))
+    assert buffer.done is not None and buffer.done.response.finish_reason == "cancelled"
+    assert len(buffer.events) < len(CHUNKS) + 1
+    assert_received_in_order_once(receiver, buffer)
+    assert receiver.events[-1]["response"]["finish_reason"] == "cancelled"

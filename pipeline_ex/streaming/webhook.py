@@ -273,9 +273,13 @@ class WebhookHandler:
             await self._refuse(event)
         assert self._wake is not None and self._room is not None
         waiting = self._waiting
-        while len(waiting) >= self.max_buffer and self._failure is None:
-            self._room.clear()
-            await self._room.wait()
+        try:
+            while len(waiting) >= self.max_buffer and self._failure is None:
+                self._room.clear()
+                await self._room.wait()
+        except asyncio.CancelledError:
+            waiting.append(event)  # the step is being cancelled: its Done, coming next, delivers this too
+            raise
         if self._failure is not None:
             await self._refuse(event)
         waiting.append(event)
