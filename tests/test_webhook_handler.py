@@ -285,6 +285,24 @@ def test_steps_on_one_loop_share_a_client_which_the_last_one_closes() -> None:
     assert len(receiver.events) == 5 * 3
 
 
+def test_handlers_delivering_at_the_same_time_use_one_client() -> None:
+    from pipeline_ex.streaming import webhook as module
+
+    async def scenario(url: str) -> tuple[int, int, int]:
+        handlers = [WebhookHandler(url=url, max_delay=0) for _ in range(3)]
+        for index, handler in enumerate(handlers):
+            await handler.handle_event(Delta(content="x", step=f"s{index}", run_id="r", seq=index + 1))
+        clients = {id(handler._client) for handler in handlers}
+        users = module._clients[asyncio.get_running_loop()].users
+        for index, handler in enumerate(handlers):
+            await handler.handle_event(done_event(10 + index).model_copy(update={"step": f"s{index}"}))
+        return len(clients), users, len(module._clients)
+
+    with webhook_receiver() as receiver:
+        assert asyncio.run(scenario(receiver.url)) == (1, 3, 0)
+    assert len(receiver.events) == 6
+
+
 def test_a_workflow_streams_to_the_console_and_a_webhook_end_to_end(tmp_path: Path) -> None:
     with webhook_receiver() as receiver:
         (tmp_path / "hooked.yaml").write_text(
