@@ -374,3 +374,23 @@ def test_a_cancelled_step_still_delivers_everything_up_to_its_cancelled_done() -
     assert len(buffer.events) < len(CHUNKS) + 1
     assert_received_in_order_once(receiver, buffer)
     assert receiver.events[-1]["response"]["finish_reason"] == "cancelled"
+
+
+def test_a_run_level_webhook_delivers_the_whole_run_up_to_run_finished(tmp_path: Path) -> None:
+    from pipeline_ex import run
+
+    path = tmp_path / "two.yaml"
+    path.write_text(
+        "- {id: first, prompt: hi, mock_response: ['a ', 'b']}\n- {id: second, prompt: hi, mock_response: ['c']}\n"
+    )
+    with webhook_receiver() as receiver:
+        run(path, mock=True, on_event=webhook(receiver.url, batch_size=4), lifecycle=True)
+        received_when_returned = len(receiver.events)
+    types = [event["type"] for event in receiver.events]
+    assert types[0] == "step_started" and types[-1] == "run_finished"
+    assert types.count("done") == 2 and types.count("delta") == 3
+    assert received_when_returned == len(types)
+    assert {batch["step"] for batch in receiver.batches} == {None}
+    assert [batch["batch"] for batch in receiver.batches] == list(range(len(receiver.batches)))
+    seqs = [event["seq"] for event in receiver.events if "seq" in event]
+    assert seqs == sorted(seqs)

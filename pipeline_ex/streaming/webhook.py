@@ -5,8 +5,12 @@ Each POST carries one batch of one step run's events, in order:
     {"run_id": "...", "step": "draft", "batch": 0, "events": [{"type": "delta", ...}, ..., {"type": "done", ...}]}
 
 Each event is `event.model_dump(mode="json")`; `batch` counts the step run's batches from 0, and the
-step's `Done` is the last event of its last batch. A batch that is retried is sent again whole, so a
-receiver that may see one twice (its 2xx reply was lost) drops events it already has by `(run_id, seq)`.
+step's `Done` is the last event of its last batch. Given to a run with `lifecycle=True` (as the server's
+runs are), one handler serves the whole run instead: it gets every step's events and the lifecycle events,
+`step` is null, and `RunFinished` ends the last batch (the run returns once all of it is acknowledged).
+
+A batch that is retried is sent again whole, so a receiver that may see one twice (its 2xx reply was
+lost) drops events it already has by `(run_id, seq)`.
 
 Connections: a new handler is made for every step run, so the HTTP client is not the handler's own.
 Handlers on the same event loop share one `httpx.AsyncClient` (and its keep-alive connections) while any
@@ -39,7 +43,7 @@ from typing import TYPE_CHECKING, Annotated
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from pipeline_ex.errors import PipelineError
-from pipeline_ex.events import Done, StepEvent
+from pipeline_ex.events import Done, RunEvent, RunFinished, StepStarted
 from pipeline_ex.redaction import redact_text, register_secret_env
 
 if TYPE_CHECKING:
@@ -241,7 +245,7 @@ class WebhookHandler:
         """POST requests made, retries included."""
         self.delivered = 0
         """Events acknowledged with a 2xx."""
-        self._waiting: list[StepEvent] = []
+        self._waiting: list[RunEvent] = []
         self._sending = 0
         self._undelivered = 0
         """Events lost for good (a failed batch, what waited behind it, and events after the failure)."""
@@ -249,7 +253,9 @@ class WebhookHandler:
         self._closing = False
         self._batches = 0
         self._sender: asyncio.Task[None] | None = None
-        self._step = self._run_id = ""
+        self._step: str | None = None
+        self._run_id = ""
+        self._end: type[Done] | type[RunFinished] = Done
         self._client: httpx.AsyncClient | None = None
         self._wake: asyncio.Event | None = None
         self._room: asyncio.Event | None = None
@@ -259,15 +265,15 @@ class WebhookHandler:
         """Events held now: waiting to be sent, or in the batch being sent (at most `max_buffer + batch_size`)."""
         return len(self._waiting) + self._sending
 
-    async def handle_event(self, event: StepEvent) -> None:
+    async def handle_event(self, event: RunEvent) -> None:
         """Queue the event for delivery (waiting for room if the buffer is full); on Done, deliver everything."""
         if self._sender is None:
             self._start(event)
-        elif event.step != self._step or event.run_id != self._run_id:
+        elif event.run_id != self._run_id or (self._step is not None and event.step != self._step):  # type: ignore[union-attr]
             raise PipelineError(
                 f"one WebhookHandler instance got the events of two step runs at once ({self._step!r} and "
-                f"{event.step!r}); give the class, or {{'handler': 'webhook', 'options': {{...}}}}, so that every "
-                "step run gets its own"
+                f"{getattr(event, 'step', None)!r}); give the class, or {{'handler': 'webhook', 'options': {{...}}}}, "
+                "so that every step run gets its own"
             )
         if self._failure is not None:
             await self._refuse(event)
@@ -285,25 +291,30 @@ class WebhookHandler:
         waiting.append(event)
         if len(waiting) == 1 or len(waiting) >= self.batch_size:
             self._wake.set()
-        if isinstance(event, Done):
+        if isinstance(event, self._end):
             try:
                 await self._finish()
             finally:
                 self._reset()
 
-    def _start(self, event: StepEvent) -> None:
-        self._step, self._run_id = event.step, event.run_id
+    def _start(self, event: RunEvent) -> None:
+        # A handler bound once for a run (run(..., lifecycle=True)) first gets the run's StepStarted: it then
+        # delivers the whole run's events, and the run's RunFinished is its end instead of a step's Done.
+        run_level = isinstance(event, StepStarted)
+        self._end = RunFinished if run_level else Done
+        self._step = None if run_level else getattr(event, "step", None)
+        self._run_id = event.run_id
         self._wake = asyncio.Event()
         self._room = asyncio.Event()
         self._client = _acquire_client()
         self._sender = asyncio.get_running_loop().create_task(self._send_all(), name=f"webhook {self.shown_url}")
 
-    async def _refuse(self, event: StepEvent) -> None:
+    async def _refuse(self, event: RunEvent) -> None:
         """Delivery failed earlier: this event is not delivered either; at the Done, let the client go."""
         assert self._failure is not None
         self._undelivered += 1
         error = WebhookDeliveryError(self.shown_url, self._failure.reason, self._undelivered)
-        if isinstance(event, Done):
+        if isinstance(event, self._end):
             self._stop_sender()
             await self._close_client()
             self._reset()
@@ -384,9 +395,9 @@ class WebhookHandler:
                     wake.clear()
                     await wake.wait()
 
-    def _body(self, batch: list[StepEvent]) -> bytes:
+    def _body(self, batch: list[RunEvent]) -> bytes:
         first = batch[0]
-        head = f'{{"run_id":{json.dumps(first.run_id)},"step":{json.dumps(first.step)},"batch":{self._batches},'
+        head = f'{{"run_id":{json.dumps(first.run_id)},"step":{json.dumps(self._step)},"batch":{self._batches},'
         events = b",".join(event.model_dump_json().encode() for event in batch)
         return head.encode() + b'"events":[' + events + b"]}"
 
@@ -407,7 +418,7 @@ class WebhookHandler:
                 raise WebhookDeliveryError(self.shown_url, str(error), 0) from None
         return self.url
 
-    async def _post(self, batch: list[StepEvent]) -> None:
+    async def _post(self, batch: list[RunEvent]) -> None:
         """POST one batch, retrying as the class describes.
 
         :raises WebhookDeliveryError: the receiver refused it, or every try failed.
