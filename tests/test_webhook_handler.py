@@ -111,6 +111,17 @@ def test_failed_posts_are_retried_until_everything_is_delivered(failures: list[A
     assert receiver.requests == len(receiver.batches) + len(failures) + close_next
 
 
+def test_a_post_that_gets_no_answer_in_time_is_retried() -> None:
+    with webhook_receiver() as receiver:
+        receiver.stall_next, receiver.stall = 1, 1.0
+        started = time.perf_counter()
+        buffer = stream_to(webhook(receiver.url, batch_size=100, timeout=0.2), chunks=["one ", "two"])
+        took = time.perf_counter() - started
+    assert_received_in_order_once(receiver, buffer)
+    assert receiver.requests == len(receiver.batches) + 1
+    assert took < 0.9  # the retry did not wait for the stalled answer
+
+
 def test_retry_after_is_honoured() -> None:
     with webhook_receiver() as receiver:
         receiver.failures = [(429, "1")]

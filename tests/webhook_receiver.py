@@ -32,6 +32,9 @@ class Receiver:
     """How many of the next requests get their connection closed without an answer."""
     delay: float = 0.0
     """Seconds to wait before answering each request."""
+    stall_next: int = 0
+    """How many of the next requests get no answer for `stall` seconds, then a closed connection."""
+    stall: float = 1.0
     in_flight: int = 0
     most_in_flight: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -60,12 +63,14 @@ def webhook_receiver(path: str = "/hook") -> Iterator[Receiver]:
                 receiver.headers.append({k.lower(): v for k, v in self.headers.items()})
                 receiver.in_flight += 1
                 receiver.most_in_flight = max(receiver.most_in_flight, receiver.in_flight)
-                close = receiver.close_next > 0
-                receiver.close_next -= close
+                stall = receiver.stall_next > 0
+                receiver.stall_next -= stall
+                close = stall or receiver.close_next > 0
+                receiver.close_next -= close and not stall
                 failure = receiver.failures.pop(0) if receiver.failures and not close else None
             try:
-                if receiver.delay:
-                    time.sleep(receiver.delay)
+                if receiver.delay or stall:
+                    time.sleep(receiver.stall if stall else receiver.delay)
                 if close:
                     self.close_connection = True
                     self.connection.shutdown(2)
