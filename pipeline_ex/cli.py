@@ -401,8 +401,19 @@ def _cmd_batch(args: argparse.Namespace) -> int:
     return EXIT_RUN_FAILED if summary.any_failed else EXIT_OK
 
 
-def _cmd_handlers(_: argparse.Namespace) -> int:
+def _cmd_handlers(args: argparse.Namespace) -> int:
     from pipeline_ex.streaming.names import BUILTINS, ELIXIR_ALIASES, LEGACY_ALIASES, handler_entry_points
+
+    if args.describe is not None:
+        from pipeline_ex.errors import HandlerResolutionError
+        from pipeline_ex.streaming.describe import describe_handler
+
+        try:
+            print(describe_handler(args.describe))
+        except HandlerResolutionError as error:
+            _error(f"{error}\n  every name: pipeline-ex handlers")
+            return EXIT_USAGE
+        return EXIT_OK
 
     print("Built-in handlers (short name -> class):")
     for name, target in BUILTINS.items():
@@ -636,7 +647,14 @@ def build_parser() -> argparse.ArgumentParser:
     handlers = commands.add_parser(
         "handlers",
         help="list the stream handlers a workflow can name",
-        description="List built-in handlers, handlers registered by installed packages, and the Elixir aliases.",
+        description="List built-in handlers, handlers registered by installed packages, and the Elixir aliases; "
+        "with --describe, show one handler's options.",
+    )
+    handlers.add_argument(
+        "--describe",
+        metavar="NAME",
+        help="print a handler's options with their types, defaults and descriptions (a short name, an Elixir "
+        "alias or a dotted path)",
     )
     handlers.set_defaults(func=_cmd_handlers)
 

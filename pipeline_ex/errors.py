@@ -47,10 +47,13 @@ class HandlerResolutionError(PipelineError):
         hint: str | None = None,
         location: Location | None = None,
         about_options: bool = False,
+        option_problems: Sequence[tuple[str | None, str]] = (),
     ) -> None:
         self.reference = reference
         self.about_options = about_options
         """The reference resolved, but the options given for it are invalid."""
+        self.option_problems = tuple(option_problems)
+        """Each invalid option as (its top-level key, or None for a check across options; the problem)."""
         self.problem = problem
         self.cause = cause
         self.short_names = tuple(short_names)

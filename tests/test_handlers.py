@@ -37,7 +37,7 @@ from pipeline_ex.events import EVENT_ADAPTER
 from pipeline_ex.streaming import ELIXIR_ALIASES, HandlerSpec, short_names
 from pipeline_ex.streaming import resolve as resolve_module
 
-BUILTIN_NAMES = ["console", "file", "jsonl", "buffer", "null", "recorder"]
+BUILTIN_NAMES = ["console", "file", "jsonl", "buffer", "null", "recorder", "webhook"]
 BUILTIN_LIST = "short names: " + ", ".join(BUILTIN_NAMES)
 # Top-level package names the tests below write into their temporary project directory.
 TEST_PACKAGES = {"handlers", "myhandlers_pkg", "emptyhandlers", "brokendep_handlers", "ep_shout_handlers"}

@@ -10,6 +10,7 @@ from pipeline_ex.streaming.names import BUILTINS, ELIXIR_ALIASES, ENTRY_POINT_GR
 from pipeline_ex.streaming.null import NullHandler
 from pipeline_ex.streaming.protocol import EventCallback, StreamHandler
 from pipeline_ex.streaming.resolve import HandlerSpec, legacy_handler, resolve_handler
+from pipeline_ex.streaming.webhook import WebhookDeliveryError, WebhookHandler
 
 __all__ = [
     "BUILTINS",
@@ -28,6 +29,8 @@ __all__ = [
     "LegacyTupleHandler",
     "NullHandler",
     "StreamHandler",
+    "WebhookDeliveryError",
+    "WebhookHandler",
     "legacy_handler",
     "resolve_handler",
     "short_names",

@@ -172,6 +172,10 @@ class FileHandler:
 
 
 class JsonlFileHandler(FileHandler):
-    """A `FileHandler` whose format defaults to JSONL: one event per line."""
+    """A `FileHandler` whose format defaults to JSONL: one event per line.
+
+    Options:
+        format: "jsonl" (one JSON event per line, default) or "text" (the text deltas).
+    """
 
     default_format: Literal["text", "jsonl"] = "jsonl"

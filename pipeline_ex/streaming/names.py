@@ -14,6 +14,7 @@ BUILTINS: dict[str, str] = {
     "buffer": "pipeline_ex.streaming.buffer:BufferHandler",
     "null": "pipeline_ex.streaming.null:NullHandler",
     "recorder": "pipeline_ex.testing.recorder:StreamingRecorder",
+    "webhook": "pipeline_ex.streaming.webhook:WebhookHandler",
 }
 """Short name -> `module:attribute` of the built-in handler."""
 

@@ -7,24 +7,22 @@ change per event: what to call, whether it is async, and the validated options a
 from __future__ import annotations
 
 import difflib
-import functools
 import importlib
 import importlib.util
 import inspect
 import os
 import sys
-import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, ValidationError, create_model
+from pydantic import ValidationError
 
 from pipeline_ex.deprecation import warn_deprecated
 from pipeline_ex.errors import HandlerResolutionError, Location
 from pipeline_ex.events import Event
-from pipeline_ex.option_errors import describe_option_errors
+from pipeline_ex.option_errors import option_problems
 from pipeline_ex.streaming.dispatch import BoundHandler
 from pipeline_ex.streaming.legacy import LegacyTupleHandler
 from pipeline_ex.streaming.names import (
@@ -34,6 +32,7 @@ from pipeline_ex.streaming.names import (
     handler_entry_points,
     short_names,
 )
+from pipeline_ex.streaming.options import options_model
 
 HandlerRef = Any
 """A handler reference: a short name, an alias, `pkg.mod.Name` / `pkg.mod:Name`, a class, a module, a
@@ -174,46 +173,23 @@ def _lookup_name(reference: str, location: Location | None) -> tuple[str, object
     return None
 
 
-@functools.lru_cache(maxsize=256)
-def _options_model(cls: type) -> type[BaseModel]:
-    """A pydantic model of a handler class's constructor parameters, rejecting unknown keys."""
-    signature = inspect.signature(cls)
-    try:
-        hints = typing.get_type_hints(cls.__init__)  # type: ignore[misc]
-    except Exception:
-        hints = {}
-    fields: dict[str, Any] = {}
-    extra = "forbid"
-    for param in signature.parameters.values():
-        if param.kind is param.VAR_KEYWORD:
-            extra = "allow"
-            continue
-        if param.kind is param.VAR_POSITIONAL:
-            continue
-        annotation = hints.get(param.name, Any)
-        default = ... if param.default is param.empty else param.default
-        fields[param.name] = (annotation, default)
-    config = ConfigDict(extra=extra, arbitrary_types_allowed=True)  # type: ignore[typeddict-item]
-    model: type[BaseModel] = create_model(f"{cls.__name__}Options", __config__=config, **fields)
-    return model
-
-
 def _validate_options(
     cls: type, options: Mapping[str, Any], reference: str, location: Location | None
 ) -> dict[str, Any]:
-    model = _options_model(cls)
+    model = options_model(cls)
     try:
         parsed = model.model_validate(dict(options))
     except ValidationError as error:
         known = list(model.model_fields)
-        problems = describe_option_errors(error, known)
+        problems = option_problems(error, known)
         hint = f"{cls.__name__} takes: {', '.join(known) if known else 'no options'}"
         raise HandlerResolutionError(
             reference,
-            "invalid stream_handler_options: " + "; ".join(problems),
+            "invalid stream_handler_options: " + "; ".join(problem for _, problem in problems),
             hint=hint,
             location=location,
             about_options=True,
+            option_problems=problems,
         ) from None
     values = {name: getattr(parsed, name) for name in parsed.model_fields_set}
     values.update(parsed.model_extra or {})
@@ -283,12 +259,16 @@ def resolve_handler(
     """Resolve a handler reference into a `HandlerSpec`.
 
     Accepted references: a built-in short name (`console`, `file`, `jsonl`, `buffer`, `null`,
-    `recorder`), a name registered under the `pipeline_ex.handlers` entry-point group, an Elixir alias
-    (`Pipeline.Streaming.ConsoleHandler`), a dotted path (`pkg.mod.Name` or `pkg.mod:Name`) to a module,
-    class or function, or the Python object itself. `options` are validated against a class's constructor.
+    `recorder`, `webhook`), a name registered under the `pipeline_ex.handlers` entry-point group, an Elixir
+    alias (`Pipeline.Streaming.ConsoleHandler`), a dotted path (`pkg.mod.Name` or `pkg.mod:Name`) to a
+    module, class or function, or the Python object itself. `options` are validated against a class's
+    constructor. A mapping `{"handler": reference, "options": {...}}` (a YAML list item's form) carries its
+    own options.
 
     :raises HandlerResolutionError: naming the reference, the cause, the short names and a hint.
     """
+    if isinstance(reference, Mapping):
+        return _resolve_with_options(reference, options, location)
     options = options or {}
     if not isinstance(reference, str):
         return _spec_for_object(reference, _describe(reference), options, _describe(reference), location)
@@ -301,6 +281,44 @@ def resolve_handler(
     else:
         display, obj = text, _import_reference(text, location)
     return _spec_for_object(obj, display, options, text, location)
+
+
+def find_handler(reference: str) -> tuple[str, object]:
+    """The name and object a handler reference names, found as `resolve_handler` finds it, options unchecked.
+
+    :raises HandlerResolutionError: no handler has this name, or its module cannot be imported.
+    """
+    text = reference.strip()
+    if not text:
+        raise _fail(reference, "the handler reference is empty", None)
+    named = _lookup_name(text, None)
+    return named if named is not None else (text, _import_reference(text, None))
+
+
+def _resolve_with_options(
+    entry: Mapping[str, Any], options: Mapping[str, Any] | None, location: Location | None
+) -> HandlerSpec:
+    """Resolve `{"handler": reference, "options": {...}}`."""
+    shown = repr(dict(entry))
+    shown = shown if len(shown) <= 60 else shown[:57] + "..."
+    unknown = sorted(str(key) for key in entry if key not in ("handler", "options"))
+    if "handler" not in entry or unknown:
+        problem = f"unknown key {unknown[0]!r}" if unknown else "the mapping has no 'handler'"
+        raise _fail(shown, problem, location, hint="write {'handler': NAME, 'options': {...}}")
+    item_options = entry.get("options") or {}
+    if not isinstance(item_options, Mapping):
+        raise HandlerResolutionError(
+            shown, f"'options' must be a mapping, got {type(item_options).__name__}", location=location
+        )
+    if options:
+        raise HandlerResolutionError(
+            shown,
+            "options are given twice: in the mapping's 'options' and separately",
+            hint="keep them in the mapping's 'options'",
+            location=location,
+            about_options=True,
+        )
+    return resolve_handler(entry["handler"], item_options, location=location)
 
 
 def legacy_handler(callback: Callable[[tuple[str, Any]], Any]) -> HandlerSpec:

@@ -18,6 +18,7 @@ from pathlib import Path as FilePath
 from pathlib import PurePosixPath
 from typing import Any
 
+import yaml
 from pydantic import BaseModel, ValidationError
 
 from pipeline_ex.deprecation import warn_deprecated
@@ -41,12 +42,14 @@ from pipeline_ex.workflow.overrides import Override, OverrideWarning, RunOverrid
 from pipeline_ex.workflow.schema import (
     DEFAULT_MAX_TOOL_ROUNDS,
     DEFAULT_SCHEMA_RETRIES,
+    HANDLER_SHAPE_TAGS,
     STEP_LIST_FIELDS,
     STEP_MODELS,
     AnyStep,
     Defaults,
     ForEachStep,
     GenerationFields,
+    HandlerWithOptions,
     InputSpec,
     LLMStep,
     LoopSpec,
@@ -202,6 +205,8 @@ class _Checker:
 
 def _model_at(loc: tuple[str | int, ...]) -> type[BaseModel] | None:
     """The schema model that owns the last key of a pydantic error location."""
+    if len(loc) >= 2 and loc[-2] == "with-options" and "stream_handler" in loc:
+        return HandlerWithOptions
     model: type[BaseModel] | None = Workflow
     in_steps = False
     in_inputs = False
@@ -244,6 +249,8 @@ def _data_path(loc: tuple[str | int, ...], data: Any) -> Path:
     node = data
     last_was_index = False
     for part in loc:
+        if part in HANDLER_SHAPE_TAGS and "stream_handler" in path:
+            continue  # how a stream_handler value is written (pydantic's union tag), not a key of the file
         after_step_index = len(path) >= 2 and path[-2] in STEP_LIST_FIELDS and isinstance(path[-1], int)
         if part in STEP_MODELS and after_step_index and last_was_index:
             last_was_index = False
@@ -396,14 +403,71 @@ def _one_line(message: str) -> str:
     return "; ".join(part.strip() for part in message.splitlines() if part.strip())
 
 
+@dataclass(frozen=True)
+class _HandlerEntry:
+    """One handler a step names: the reference, its own options (a list item's), and where it is written."""
+
+    ref: str
+    options: dict[str, Any] | None
+    path: Path
+
+
+def _handler_entries(value: Any, owner: Path) -> list[_HandlerEntry]:
+    """The entries of a `stream_handler:` value: one name, one `{handler:, options:}`, or a list of these."""
+    listed = isinstance(value, list)
+    entries = []
+    for position, item in enumerate(value if listed else [value]):
+        where: Path = (*owner, "stream_handler") + ((position,) if listed else ())
+        if isinstance(item, HandlerWithOptions):
+            entries.append(_HandlerEntry(item.handler, item.options, where))
+        else:
+            entries.append(_HandlerEntry(item, None, where))
+    return entries
+
+
+def _separate_options_problem(
+    entries: list[_HandlerEntry], options: dict[str, Any], names: str, inherited: bool
+) -> str | None:
+    """Why `stream_handler_options` cannot apply to these handlers, if it cannot.
+
+    It is the options of one handler given by name. With several handlers (or one that carries its own
+    `options:`) there is no telling which handler it is for, so the options go in the list items instead;
+    the fix names the first handler that takes them.
+    """
+    where = "give this step its own stream_handler list, with" if inherited else "give"
+    if len(entries) > 1:
+        taker = next((entry.ref for entry in entries if entry.options is None and _takes(entry.ref, options)), None)
+        item = (
+            f"{{handler: {taker}, options: {yaml.safe_dump(options, default_flow_style=True, width=1000).strip()}}}"
+            if taker is not None
+            else f"{{handler: {entries[0].ref}, options: {{...}}}}"
+        )
+        return (
+            f"options need a single stream_handler, not a list ({names} has {len(entries)}); {where} each "
+            f"handler's options in its item: {item}"
+        )
+    if entries and entries[0].options is not None:
+        return f"{names} gives its own options; keep them in one place, under its 'options:'"
+    return None
+
+
+def _takes(reference: str, options: dict[str, Any]) -> bool:
+    """Whether this handler accepts these options (only asked to word an error's fix)."""
+    try:
+        resolve_handler(reference, options)
+    except HandlerResolutionError:
+        return False
+    return True
+
+
 def _resolve_step_handlers(step: LLMStep, path: Path, defaults: Defaults, checker: _Checker) -> list[HandlerSpec]:
     owner: Path
     options_path: Path
     if step.stream_handler is not None:
-        refs, options, owner = step.stream_handler, step.stream_handler_options, path
+        value, options, owner = step.stream_handler, step.stream_handler_options, path
         options_path = (*path, "stream_handler_options")
     elif defaults.stream_handler is not None:
-        refs, options, owner = defaults.stream_handler, defaults.stream_handler_options, ("defaults",)
+        value, options, owner = defaults.stream_handler, defaults.stream_handler_options, ("defaults",)
         options_path = ("defaults", "stream_handler_options")
         if step.stream_handler_options is not None:
             options = step.stream_handler_options
@@ -412,24 +476,41 @@ def _resolve_step_handlers(step: LLMStep, path: Path, defaults: Defaults, checke
         if step.stream_handler_options:
             checker.add((*path, "stream_handler_options"), "given without a stream_handler", at_key=True)
         return []
-    ref_list = [refs] if isinstance(refs, str) else list(refs)
-    if len(ref_list) > 1 and options:
-        checker.add((*owner, "stream_handler_options"), "options need a single stream_handler, not a list")
-        return []
+    entries = _handler_entries(value, owner)
+    if options:
+        names = format_path(yaml_path(checker.prefix, (*owner, "stream_handler")))
+        problem = _separate_options_problem(entries, options, names, inherited=options_path[:1] != owner[:1])
+        if problem is not None:
+            checker.add(options_path, problem, at_key=True)
+            return []
     specs = []
-    for position, ref in enumerate(ref_list):
-        ref_path: Path = (*owner, "stream_handler") + ((position,) if isinstance(refs, list) else ())
-        attempt = (ref, json.dumps(options, sort_keys=True, default=repr))
+    for entry in entries:
+        given = entry.options if entry.options is not None else options
+        attempt = (entry.ref, json.dumps(given, sort_keys=True, default=repr))
         error = checker.handler_failures.get(attempt)
         if error is None:
             try:
-                specs.append(resolve_handler(ref, options, location=checker.at(ref_path)))
+                specs.append(resolve_handler(entry.ref, given, location=checker.at(entry.path)))
                 continue
             except HandlerResolutionError as failure:
                 error = checker.handler_failures[attempt] = failure
-        where = options_path if error.about_options else ref_path
-        checker.add(where, _one_line(error.describe()))
+        if entry.options is not None and error.about_options:
+            _item_options_issues(entry, error, checker)
+        else:
+            checker.add(options_path if error.about_options else entry.path, _one_line(error.describe()))
     return specs
+
+
+def _item_options_issues(entry: _HandlerEntry, error: HandlerResolutionError, checker: _Checker) -> None:
+    """One issue per invalid option of a list item, at the option's own key (`stream_handler[1].options.pth`)."""
+    options = entry.options or {}
+    base: Path = (*entry.path, "options")
+    hint = f"; {error.hint}" if error.hint else ""
+    for key, problem in error.option_problems or ((None, error.problem),):
+        if key is not None and key in options:
+            checker.add((*base, key), f"{entry.ref}: {problem}{hint}", at_key=True)
+        else:
+            checker.add(base if options else entry.path, f"{entry.ref}: {problem}{hint}")
 
 
 def _provider_options(step: LLMStep, defaults: Defaults, provider: str | None) -> dict[str, Any]:

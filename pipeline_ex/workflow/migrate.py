@@ -128,7 +128,10 @@ def _scan(mapping: yaml.MappingNode, text: str, file: str, found: list[LegacyUse
                 )
         if key in HANDLER_KEYS:
             values = value_node.value if isinstance(value_node, yaml.SequenceNode) else [value_node]
-            for item in values:
+            for entry in values:
+                item = (
+                    _value(entry, "handler") if isinstance(entry, yaml.MappingNode) else entry
+                )  # {handler:, options:}
                 if isinstance(item, yaml.ScalarNode) and item.value in LEGACY_ALIASES:
                     found.append(_handler_name_use(item, text, file))
 

@@ -56,12 +56,57 @@ class GeneratorSpec(_Strict):
     """Secrets are written as `{env: VARIABLE}`, never inline."""
 
 
+class HandlerWithOptions(_Strict):
+    """A handler with its own options, as one item of a `stream_handler:` list (or on its own)."""
+
+    handler: HandlerRef = Field(description="A short name, an Elixir alias, or a dotted path to a handler class.")
+    options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="The handler class's options, checked when the workflow loads "
+        "(`pipeline-ex handlers --describe NAME` lists them).",
+    )
+
+
+HANDLER_SHAPE_TAGS = ("name", "with-options", "list")
+"""How a `stream_handler:` value is written; pydantic puts the tag in error locations (not a key of the file)."""
+
+
+def _handler_shape(value: Any) -> str | None:
+    if isinstance(value, str):
+        return "name"
+    if isinstance(value, dict | HandlerWithOptions):
+        return "with-options"
+    return "list" if isinstance(value, list) else None
+
+
+_SHAPE_ERROR = "expected a handler name, {handler: NAME, options: {...}}, or a list of these"
+HandlerEntry = Annotated[
+    Annotated[HandlerRef, Tag("name")] | Annotated[HandlerWithOptions, Tag("with-options")],
+    Discriminator(_handler_shape, custom_error_type="handler_shape", custom_error_message=_SHAPE_ERROR),
+]
+"""One handler of `stream_handler:`: a reference, or `{handler: ..., options: {...}}`."""
+StreamHandlerValue = Annotated[
+    Annotated[HandlerRef, Tag("name")]
+    | Annotated[HandlerWithOptions, Tag("with-options")]
+    | Annotated[list[HandlerEntry], Tag("list")],
+    Discriminator(_handler_shape, custom_error_type="handler_shape", custom_error_message=_SHAPE_ERROR),
+]
+"""`stream_handler:`: one handler entry, or a list of them."""
+
+
 class StreamingFields(_Strict):
     """How a step streams, and to which handler."""
 
     stream: bool | None = None
-    stream_handler: HandlerRef | list[HandlerRef] | None = None
-    stream_handler_options: dict[str, Any] | None = None
+    stream_handler: StreamHandlerValue | None = Field(
+        default=None,
+        description="One handler or a list; an item may carry its own options: "
+        "`{handler: jsonl, options: {path: run.jsonl}}`.",
+    )
+    stream_handler_options: dict[str, Any] | None = Field(
+        default=None,
+        description="The options of a single stream_handler given by name; a list gives them in its items.",
+    )
     async_stream: bool | None = Field(default=None, description="Deprecated: use `stream`.")
     async_handler: HandlerRef | None = Field(default=None, description="Deprecated: use `stream_handler`.")
 
