@@ -201,7 +201,10 @@ def test_batch_takes_the_same_overrides(project: Path) -> None:
     assert result.returncode == 0, result.stderr
     rows = read_jsonl(project / "out.jsonl")
     texts = sorted(row["steps"]["poem"] for row in rows)  # the mock's replies: the file's 'local' is replaced
-    assert texts == ["Mock reply to: Write a four-line poem about cats.", "Mock reply to: Write a four-line poem about dogs."]
+    assert texts == [
+        "Mock reply to: Write a four-line poem about cats.",
+        "Mock reply to: Write a four-line poem about dogs.",
+    ]
     assert "--set max_tokens=10 does not apply to step 'poem' (sets max_tokens: 200" in result.stderr
     bad = cli(
         "batch", "workflows/hello.yaml", "--inputs", "rows.jsonl", "--output", "o.jsonl", "--set", "x=1", cwd=project
