@@ -638,3 +638,47 @@ async def test_a_worker_continues_the_trace_of_the_span_that_enqueued_the_run(
         )
         assert by_id[chat["parent_id"]] is step
     assert {span["trace_id"] for span in spans if span["name"] != "submit"} == {run["trace_id"]}
+
+
+@pytest.mark.streaming
+async def test_a_redelivered_run_still_continues_the_submitters_trace(
+    exporter: InMemorySpanExporter, tmp_path: Path
+) -> None:
+    from redis_kit import RedisServer
+
+    from pipeline_ex.distributed import Deployment
+    from pipeline_ex.distributed.run_records import RunRecord
+    from pipeline_ex.distributed.worker import RunHost
+    from pipeline_ex.tracing import trace_carrier
+    from pipeline_ex.workflow.checkpoints import workflow_digest
+
+    (tmp_path / "workflows").mkdir()
+    (tmp_path / "workflows" / "three.yaml").write_text(THREE, encoding="utf-8")
+    server = RedisServer().start()
+    deployment = Deployment(server.url, key_prefix="redelivered")
+    host = RunHost(deployment, tmp_path / "workflows", name="second")
+    client = deployment.async_client()
+    try:
+        host.start()
+        store = deployment.run_store(client)
+        digest = workflow_digest(host._catalogs[True].workflows["three"])
+        with trace.get_tracer("client").start_as_current_span("submit") as submit:
+            carrier = trace_carrier()
+        assert carrier["traceparent"].split("-")[1] == format(submit.get_span_context().trace_id, "032x")
+        await store.admit(RunRecord("r-again", "three", digest, {}, mock=True, trace_context=carrier), 10)
+        assert await store.started("r-again", "first-worker") == 1  # a first worker took it, then died
+        exporter.clear()  # only the second delivery's spans from here
+        assert await asyncio.to_thread(host.execute, "r-again") == "ok"  # runs on the host's own loop thread
+        record = await store.get("r-again")
+        assert record is not None and record.attempt == 2
+    finally:
+        await client.aclose()
+        host.stop()
+        server.stop()
+    tree = Tree(exporter.get_finished_spans())
+    run = tree.one("invoke_workflow three")
+    assert run.parent is not None and run.parent.is_remote
+    assert run.parent.span_id == submit.get_span_context().span_id
+    assert run.context.trace_id == submit.get_span_context().trace_id
+    assert {span.context.trace_id for span in tree.spans} == {run.context.trace_id}
+    assert len(tree.named("chat mock")) == 2
