@@ -489,6 +489,21 @@ def test_invoke_without_a_run_gets_a_chat_span_under_the_callers_span(exporter: 
     assert chat.attributes["gen_ai.usage.output_tokens"] == result.response.usage.output_tokens  # type: ignore[union-attr]
 
 
+@pytest.mark.streaming
+async def test_invoke_inside_a_running_loop_keeps_the_callers_span_on_its_worker_thread(
+    exporter: InMemorySpanExporter,
+) -> None:
+    import warnings
+
+    tracer = trace.get_tracer("caller")
+    with tracer.start_as_current_span("cell") as cell, warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # the one-time hint to use ainvoke
+        result = pipeline_ex.invoke(prompt="Hello", provider="mock", model="m3", timeout=5)  # a timeout needs a loop
+    chat = Tree(exporter.get_finished_spans()).one("chat m3")
+    assert chat.parent is not None and chat.parent.span_id == cell.get_span_context().span_id
+    assert chat.attributes["gen_ai.usage.output_tokens"] == result.response.usage.output_tokens  # type: ignore[union-attr]
+
+
 def _python(code: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return subprocess.run(
