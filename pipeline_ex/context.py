@@ -11,6 +11,9 @@ from typing import Any
 from pipeline_ex.debug import stream_debug_enabled
 from pipeline_ex.modes.session import TestSession, session_for_run
 
+UNDECIDED: Any = object()
+"""`Context.tracer` before anything decided whether the run is traced."""
+
 
 def new_run_id() -> str:
     """A fresh run id: 16 hex digits."""
@@ -43,6 +46,9 @@ class Context:
     vars: dict[str, Any] = field(default_factory=dict)
     name: str = "invoke"
     session: TestSession | None = field(default=None, repr=False)
+    tracer: Any = field(default=UNDECIDED, repr=False)
+    """The OpenTelemetry tracer of the run's spans, or None without tracing; decided once where the run starts
+    (`arun`), or by the first step of a context no run started (see `run_tracer`)."""
     _seq: itertools.count[int] = field(default_factory=lambda: itertools.count(1), repr=False)
 
     def next_seq(self) -> int:
@@ -66,6 +72,15 @@ class Context:
     def seq_source(self) -> Callable[[], int]:
         """`next_seq` as a bound C method: the bridge calls it once per event, so it skips a Python frame."""
         return self._seq.__next__
+
+    def run_tracer(self) -> Any:
+        """The run's tracer (see `pipeline_ex.tracing`), decided on first use when the run did not decide it."""
+        tracer = self.tracer
+        if tracer is UNDECIDED:
+            from pipeline_ex.tracing import active_tracer
+
+            tracer = self.tracer = active_tracer()
+        return tracer
 
     def test_session(self) -> TestSession:
         """The test mode of this run (see `session`); decided on first use when the run did not set it."""

@@ -17,6 +17,7 @@ from pipeline_ex.context import new_run_id
 from pipeline_ex.distributed.celery_app import celery_app, enqueue
 from pipeline_ex.distributed.deployment import Deployment
 from pipeline_ex.distributed.run_records import RunRecord
+from pipeline_ex.tracing import trace_carrier
 from pipeline_ex.workflow.checkpoints import workflow_digest
 from pipeline_ex.workflow.loader import LoadedWorkflow
 from pipeline_ex.workflow.runner import InputError, resolve_inputs
@@ -42,7 +43,8 @@ def remote_row_runner(
             return RowOutcome("failed", error=row_error(problem, step=None, where=f"{rows_file}:{row}"))
         run_id = new_run_id()
         try:
-            await store.admit(RunRecord(run_id, loaded.name, digest, resolved, mock=mock), UNBOUNDED)
+            admitted = RunRecord(run_id, loaded.name, digest, resolved, mock=mock, trace_context=trace_carrier())
+            await store.admit(admitted, UNBOUNDED)
             await asyncio.to_thread(enqueue, app, run_id, deployment.queue)
             async for _ in log.follow(run_id):
                 pass

@@ -28,6 +28,7 @@ from pipeline_ex.distributed.run_records import AdmissionRefused, RunRecord
 from pipeline_ex.errors import RemoteRunError, RunCancelled
 from pipeline_ex.events import Done, RunEvent
 from pipeline_ex.gaps import Gap
+from pipeline_ex.tracing import trace_carrier
 from pipeline_ex.workflow.checkpoints import workflow_digest
 from pipeline_ex.workflow.loader import LoadedWorkflow
 
@@ -204,7 +205,8 @@ class RemoteRunRegistry:
 
         :raises AdmissionRefused: when `max_active` runs are going across the deployment.
         """
-        record = RunRecord(run_id, loaded.name, workflow_digest(loaded), dict(inputs), mock=mock)
+        digest = workflow_digest(loaded)
+        record = RunRecord(run_id, loaded.name, digest, dict(inputs), mock=mock, trace_context=trace_carrier())
         await self.store.admit(record, max_active)
         await asyncio.to_thread(enqueue, self.celery, run_id, self.deployment.queue)
         return RemoteRunLog(self, record, observer=observer)

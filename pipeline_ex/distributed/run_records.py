@@ -95,6 +95,9 @@ class RunRecord:
     """What clients are told about its failure (redacted, with the reference it was logged with)."""
     usage: dict[str, Any] | None = None
     """The tokens of all its LLM step instances (its `RunFinished.usage`), once it ended."""
+    trace_context: dict[str, str] = field(default_factory=dict)
+    """The W3C trace context of the span that submitted it (`tracing.trace_carrier`), which every attempt's
+    run span continues; empty when the submitter was not traced."""
 
     @property
     def finished(self) -> bool:
@@ -119,6 +122,8 @@ class RunRecord:
             values["error"] = json.dumps(self.error, ensure_ascii=False)
         if self.usage is not None:
             values["usage"] = json.dumps(self.usage)
+        if self.trace_context:
+            values["trace"] = json.dumps(self.trace_context)
         return values
 
     @classmethod
@@ -138,6 +143,7 @@ class RunRecord:
             result=json.loads(text["result"]) if "result" in text else None,
             error=json.loads(text["error"]) if "error" in text else None,
             usage=json.loads(text["usage"]) if "usage" in text else None,
+            trace_context=json.loads(text["trace"]) if "trace" in text else {},
         )
 
     def summary(self) -> dict[str, Any]:

@@ -60,6 +60,7 @@ from pipeline_ex.events import Delta, RunFinished
 from pipeline_ex.redaction import redacting_logger
 from pipeline_ex.server.public_events import PathScrubber, PublicEvents, new_reference
 from pipeline_ex.sse import error_payload
+from pipeline_ex.tracing import continued_from
 from pipeline_ex.workflow.checkpoints import workflow_digest
 
 logger = redacting_logger("pipeline_ex.worker")
@@ -243,19 +244,21 @@ class RunHost:
             self._running[run_id] = events
             if await self.store.cancel_requested(run_id):
                 self._cancel_asked.add(run_id)
-            async for event in events:
-                if run_id in self._lost:
-                    continue  # another worker writes this run now
-                if run_id in self._cancel_asked and not events.cancelled:
-                    events.cancel()
-                if type(event) is RunFinished:
-                    finished_event = redactor.public(event)  # type: ignore[assignment]
-                    continue  # written after the record has the outcome
-                await self.log.aappend(event if type(event) is Delta else redactor.public(event))
-                self._appended[run_id] = event.seq
-                waiting = self._waiting.get(run_id)
-                if waiting is not None and event.seq >= waiting[0]:
-                    self._wake(run_id)
+            # the run's task, made by the first iteration, continues the submitter's trace (when it had one)
+            with continued_from(record.trace_context):
+                async for event in events:
+                    if run_id in self._lost:
+                        continue  # another worker writes this run now
+                    if run_id in self._cancel_asked and not events.cancelled:
+                        events.cancel()
+                    if type(event) is RunFinished:
+                        finished_event = redactor.public(event)  # type: ignore[assignment]
+                        continue  # written after the record has the outcome
+                    await self.log.aappend(event if type(event) is Delta else redactor.public(event))
+                    self._appended[run_id] = event.seq
+                    waiting = self._waiting.get(run_id)
+                    if waiting is not None and event.seq >= waiting[0]:
+                        self._wake(run_id)
             if run_id in self._lost:
                 return "lost"
             if events.result is None:

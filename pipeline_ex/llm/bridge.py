@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
+import contextvars
 import os
 import signal
 import sys
@@ -46,7 +47,9 @@ def in_daemon_thread(
 
     Not the loop's default executor: `asyncio.run` waits for executor threads when it finishes, so a
     sync-only generator stuck in a blocking call would hold up a step that already timed out or was
-    cancelled. A daemon thread is simply left to finish (it stops at its next chunk).
+    cancelled. A daemon thread is simply left to finish (it stops at its next chunk). `work` runs in a
+    copy of the caller's contextvars, as an asyncio task would: spans it opens (haystack's, an HTTP
+    client's) have the step's span as their parent.
 
     :param finish_before_exit: `work` runs native code that frees nothing it uses until it returns
         (llama.cpp computing with its model): the interpreter waits for it at exit, because tearing the
@@ -58,9 +61,11 @@ def in_daemon_thread(
         if not future.done():
             future.set_result(value) if ok else future.set_exception(value)
 
+    context = contextvars.copy_context()
+
     def target() -> None:
         try:
-            outcome = (True, work())
+            outcome = (True, context.run(work))
         except BaseException as error:
             outcome = (False, error)
         finally:

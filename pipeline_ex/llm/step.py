@@ -42,6 +42,14 @@ from pipeline_ex.running_loop import run_to_completion
 from pipeline_ex.streaming.ambient import ambient_handlers
 from pipeline_ex.streaming.dispatch import Dispatcher, HandlerFailure
 from pipeline_ex.streaming.resolve import HandlerSpec, normalize_handlers, resolve_handler
+from pipeline_ex.tracing import (
+    chat_span,
+    finish_chat,
+    finish_tool,
+    haystack_component_span,
+    haystack_tracing_enabled,
+    tool_span,
+)
 
 logger = redacting_logger("pipeline_ex")
 
@@ -125,9 +133,18 @@ class _StepRun:
         handlers: list[HandlerSpec],
         stream: bool,
         policy: StepPolicy,
+        options: Mapping[str, Any] | None = None,
     ) -> None:
         self.built = built
+        self.options = options or {}
+        """The step's provider options (`max_tokens`, `temperature`, ...), as its `chat` span reports them."""
         self.policy = policy
+        self.tracer = ctx.run_tracer()
+        """The run's OpenTelemetry tracer, or None when the run is not traced (see `pipeline_ex.tracing`)."""
+        self.done: Done | None = None
+        """The step's Done, once built (what its `chat` span reports)."""
+        self.traced_generator = haystack_tracing_enabled()
+        """Whether haystack's own tracing is on, so each generator call opens its component span."""
         if talk.toolbox is not None and not _run_accepts(type(built.generator), "tools"):
             raise ProviderConfigError(
                 f"step {step!r}: provider {built.provider!r} ({type(built.generator).__name__}) cannot call tools; "
@@ -172,7 +189,12 @@ class _StepRun:
         elif callback is not None:
             kwargs["streaming_callback"] = callback
         with built.lock or nullcontext():
-            replies = built.generator.run(**kwargs)["replies"]
+            if self.traced_generator:
+                with haystack_component_span(built.generator, kwargs) as output:
+                    output.update(built.generator.run(**kwargs))
+                replies = output["replies"]
+            else:
+                replies = built.generator.run(**kwargs)["replies"]
             reply = replies[0] if replies else None
             usage = None
             if built.count_usage is not None and reply is not None:
@@ -205,7 +227,12 @@ class _StepRun:
         else:
             kwargs["generation_kwargs"].pop("stream_options", None)
         try:
-            replies = (await generator.run_async(**kwargs))["replies"]
+            if self.traced_generator:
+                with haystack_component_span(generator, kwargs) as output:
+                    output.update(await generator.run_async(**kwargs))
+                replies = output["replies"]
+            else:
+                replies = (await generator.run_async(**kwargs))["replies"]
         except ValueError as error:
             if "coroutine" not in str(error) or self.bridge.parts or not self.streaming:
                 raise
@@ -240,7 +267,7 @@ class _StepRun:
                     bridge.deliver_event(event)
                 assert talk.toolbox is not None
                 with opened():
-                    results = [run_call(talk.toolbox, c.id, c.name, c.arguments) for c in talk.to_run()]
+                    results = [self._run_tool(talk.toolbox, c.id, c.name, c.arguments) for c in talk.to_run()]
                 for result in talk.record(results, bridge.step, bridge.run_id, bridge.next_seq):
                     bridge.deliver_event(result)
                 if talk.hands_back():
@@ -263,7 +290,8 @@ class _StepRun:
                     await bridge.adeliver_event(event)
                 toolbox = talk.toolbox
                 assert toolbox is not None
-                calls = [arun_call(toolbox, c.id, c.name, c.arguments) for c in talk.to_run()]
+                call = arun_call if self.tracer is None else self._arun_tool
+                calls = [call(toolbox, c.id, c.name, c.arguments) for c in talk.to_run()]
                 bridge.running_tools = ", ".join(c.name for c in talk.to_run())
                 try:
                     results = await asyncio.gather(*calls)
@@ -277,6 +305,22 @@ class _StepRun:
                     bridge.last_chunk_at = time.perf_counter()
             talk.bank(reply, usage)
             bridge.start_round(talk.repairs + 1 if follows == "repair" else None)
+
+    def _run_tool(self, toolbox: Toolbox, call_id: str, name: str, arguments: dict[str, Any]) -> ToolCallInfo:
+        """Run one tool call on this thread, in its `execute_tool` span when traced."""
+        if self.tracer is None:
+            return run_call(toolbox, call_id, name, arguments)
+        with tool_span(self.tracer, name, call_id) as span:
+            info = run_call(toolbox, call_id, name, arguments)
+            finish_tool(span, info.error, info.result)
+        return info
+
+    async def _arun_tool(self, toolbox: Toolbox, call_id: str, name: str, arguments: dict[str, Any]) -> ToolCallInfo:
+        """`arun_call` in the call's `execute_tool` span (traced runs only)."""
+        with tool_span(self.tracer, name, call_id) as span:
+            info = await arun_call(toolbox, call_id, name, arguments)
+            finish_tool(span, info.error, info.result)
+        return info
 
     # -- concluding ------------------------------------------------------------------------------
 
@@ -313,6 +357,7 @@ class _StepRun:
                 to_raise.done = done
         if self.bridge.debug_log is not None:
             self.bridge.debug_log.debug("event", **done.model_dump(mode="json"))
+        self.done = done
         return done, to_raise
 
     def _finish(self, done: Done, error: BaseException | None, late: HandlerFailure | None) -> StepResult:
@@ -326,6 +371,40 @@ class _StepRun:
         return StepResult(done)
 
     # -- the two entry points --------------------------------------------------------------------
+
+    def chat_span(self) -> Any:
+        """The step's `chat` span (see `pipeline_ex.tracing`); only for a traced run."""
+        built = self.built
+        return chat_span(
+            self.tracer,
+            step=self.bridge.step,
+            provider=built.provider,
+            model=built.model,
+            stream=self.streaming,
+            options=self.options,
+        )
+
+    def traced_execute(self) -> StepResult:
+        """`execute` in the step's `chat` span."""
+        with self.chat_span() as span:
+            try:
+                result = self.execute()
+            except BaseException as error:
+                finish_chat(span, self.done, error)
+                raise
+            finish_chat(span, self.done, None)
+        return result
+
+    async def traced_aexecute(self) -> StepResult:
+        """`aexecute` in the step's `chat` span."""
+        with self.chat_span() as span:
+            try:
+                result = await self.aexecute()
+            except BaseException as error:
+                finish_chat(span, self.done, error)
+                raise
+            finish_chat(span, self.done, None)
+        return result
 
     def execute(self) -> StepResult:
         """Run the step synchronously on the calling thread.
@@ -524,7 +603,9 @@ def _prepare(
     built = _select_generator(
         ctx, step, talk, provider_name, model or defaults.get("model"), merged, handlers, mock_response=mock_response
     )
-    return _StepRun(ctx, step=step, talk=talk, built=built, handlers=handlers, stream=stream, policy=policy)
+    return _StepRun(
+        ctx, step=step, talk=talk, built=built, handlers=handlers, stream=stream, policy=policy, options=merged
+    )
 
 
 def _conversation(
@@ -636,8 +717,10 @@ def invoke(
     )
     async_tools = run.talk.toolbox is not None and run.talk.toolbox.has_async
     if run.dispatcher.is_async or run.policy.has_limits or async_tools:  # these need an event loop
-        return run_to_completion(run.aexecute, entry="invoke", twin="ainvoke")
-    return run.execute()
+        return run_to_completion(
+            run.aexecute if run.tracer is None else run.traced_aexecute, entry="invoke", twin="ainvoke"
+        )
+    return run.execute() if run.tracer is None else run.traced_execute()
 
 
 async def ainvoke(
@@ -681,7 +764,9 @@ async def ainvoke(
         options=options,
         mock_response=mock_response,
     )
-    return await run.aexecute()
+    if run.tracer is None:
+        return await run.aexecute()
+    return await run.traced_aexecute()
 
 
 __all__ = ["StepError", "StepResult", "ainvoke", "invoke"]

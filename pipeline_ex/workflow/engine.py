@@ -20,6 +20,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from pipeline_ex import tracing
 from pipeline_ex.context import Context
 from pipeline_ex.errors import Issue, PipelineError, StepError, WorkflowError
 from pipeline_ex.events import ErrorInfo, RunFinished, StepFinished, StepStarted, StepStatus, Usage
@@ -165,6 +166,29 @@ class Engine:
             await self.run_step(item, scope, keep_going=keep_going)
 
     async def run_step(self, item: LoadedStep, scope: Scope, *, keep_going: bool = False) -> None:
+        """Run one step of any kind between its `StepStarted` and `StepFinished`, in its span when traced.
+
+        :param keep_going: see `_run_step`.
+        """
+        tracer = self.ctx.run_tracer()
+        if tracer is None:
+            await self._run_step(item, scope, keep_going)
+            return
+        stopped: _Stopped | None = None
+        with tracing.step_span(tracer, scope.prefix + item.id, item.spec.type, self.attempt) as span:
+            try:
+                await self._run_step(item, scope, keep_going)
+            except _Stopped as failure:  # recorded as the step's result; the span records the step's own error
+                stopped = failure
+                span.set_attribute("pipeline_ex.step.status", "failed")
+                tracing.record_failure(span, failure.__cause__ or failure)
+            else:
+                if isinstance(scope.own.get(item.id), SkippedResult):
+                    span.set_attribute("pipeline_ex.step.status", "skipped")
+        if stopped is not None:
+            raise stopped
+
+    async def _run_step(self, item: LoadedStep, scope: Scope, keep_going: bool) -> None:
         """Run one step of any kind between its `StepStarted` and `StepFinished`.
 
         :param keep_going: the step is in a group with `on_error: continue`: a failure is recorded as its

@@ -12,6 +12,7 @@ import functools
 import os
 import time
 from collections.abc import Callable, Mapping
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from pipeline_ex.llm.normalize import add_usage
 from pipeline_ex.modes.session import session_for_run
 from pipeline_ex.running_loop import run_to_completion
 from pipeline_ex.streaming.resolve import HandlerSpec, resolve_handler
+from pipeline_ex.tracing import active_tracer, run_span
 from pipeline_ex.workflow.checkpoints import CheckpointStore
 from pipeline_ex.workflow.durable import DurableRun
 from pipeline_ex.workflow.engine import Engine, Scope, emit_keeping_the_outcome, error_info_of
@@ -212,39 +214,42 @@ async def arun(
     error_info: ErrorInfo | None = None
     if durable is not None and durable.resumed:
         durable.restore(ctx, engine, result)
-    try:
-        if durable is None:
-            await engine.run_steps(loaded.steps, scope)
-        else:
-            for item in loaded.steps:
-                if durable.finished(item.id):
-                    continue
-                engine.attempt = await durable.step_started(item.id, ctx)
-                await engine.run_step(item, scope)
-                await durable.step_finished(item.id, ctx, engine, result)
-    except asyncio.CancelledError:
-        status, error_info = "cancelled", ErrorInfo(type="cancelled", message="the run was cancelled")
-        raise
-    except BaseException as error:
-        status = "cancelled" if isinstance(error, KeyboardInterrupt) else "failed"
-        error_info = error_info_of(error)
-        raise
-    finally:
-        result.vars = dict(ctx.vars)
-        result.outputs = dict(engine.outputs)
-        result.status = status
-        if observers.wants_lifecycle:
-            finished = RunFinished(
-                run_id=ctx.run_id,
-                seq=ctx.next_seq(),
-                status=status,
-                usage=functools.reduce(add_usage, engine.usage, None),
-                duration_ms=(time.perf_counter() - started) * 1000,
-                error=error_info,
-            )
-            await emit_keeping_the_outcome(observers, finished, failing=status != "ok")
-        if durable is not None:
-            await durable.ended(None if status == "ok" else status, ctx)
+    tracer = ctx.tracer = active_tracer()
+    traced = nullcontext() if tracer is None else run_span(tracer, loaded.name, ctx.run_id)
+    with traced:
+        try:
+            if durable is None:
+                await engine.run_steps(loaded.steps, scope)
+            else:
+                for item in loaded.steps:
+                    if durable.finished(item.id):
+                        continue
+                    engine.attempt = await durable.step_started(item.id, ctx)
+                    await engine.run_step(item, scope)
+                    await durable.step_finished(item.id, ctx, engine, result)
+        except asyncio.CancelledError:
+            status, error_info = "cancelled", ErrorInfo(type="cancelled", message="the run was cancelled")
+            raise
+        except BaseException as error:
+            status = "cancelled" if isinstance(error, KeyboardInterrupt) else "failed"
+            error_info = error_info_of(error)
+            raise
+        finally:
+            result.vars = dict(ctx.vars)
+            result.outputs = dict(engine.outputs)
+            result.status = status
+            if observers.wants_lifecycle:
+                finished = RunFinished(
+                    run_id=ctx.run_id,
+                    seq=ctx.next_seq(),
+                    status=status,
+                    usage=functools.reduce(add_usage, engine.usage, None),
+                    duration_ms=(time.perf_counter() - started) * 1000,
+                    error=error_info,
+                )
+                await emit_keeping_the_outcome(observers, finished, failing=status != "ok")
+            if durable is not None:
+                await durable.ended(None if status == "ok" else status, ctx)
     return result
 
 
