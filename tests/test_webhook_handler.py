@@ -13,12 +13,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from webhook_receiver import Receiver, webhook_receiver
 
 from pipeline_ex import BufferHandler, Delta, Done, HandlerError, WebhookHandler, ainvoke, invoke
 from pipeline_ex.errors import WorkflowError
 from pipeline_ex.streaming.resolve import resolve_handler
 from pipeline_ex.workflow import parse_workflow
-from tests.webhook_receiver import Receiver, webhook_receiver
 
 pytestmark = pytest.mark.streaming
 
