@@ -25,7 +25,6 @@ from pipeline_ex import (
     HandlerError,
     HandlerResolutionError,
     NullHandler,
-    PipelineError,
     Response,
     StreamingRecorder,
     StreamTruncatedError,
@@ -215,12 +214,21 @@ async def test_async_function_handler_in_ainvoke():
 
 
 @pytest.mark.streaming
-async def test_invoke_with_an_async_handler_inside_a_running_loop_is_refused():
-    async def on_event(event):
-        pass
+async def test_invoke_with_an_async_handler_inside_a_running_loop_awaits_it_on_a_worker_thread(monkeypatch):
+    monkeypatch.setattr("pipeline_ex.running_loop._warned", set())  # the warning is given once per process
+    seen = []
+    loops = set()
 
-    with pytest.raises(PipelineError, match="ainvoke"):
-        run(on_event)
+    async def on_event(event):
+        await asyncio.sleep(0)
+        loops.add(asyncio.get_running_loop())
+        seen.append(event)
+
+    with pytest.warns(RuntimeWarning, match=r"use 'await pipeline_ex\.ainvoke"):
+        result = run(on_event)
+    assert [e.content for e in seen if isinstance(e, Delta)] == ["Hello", " brave", " new", " world"]
+    assert seen[-1] == result.done
+    assert len(loops) == 1 and asyncio.get_running_loop() not in loops  # the worker thread's own loop
 
 
 @pytest.mark.streaming

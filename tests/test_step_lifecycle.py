@@ -19,7 +19,6 @@ from pipeline_ex import (
     Context,
     Delta,
     Done,
-    PipelineError,
     ProviderConfigError,
     ProviderError,
     StreamingRecorder,
@@ -154,12 +153,19 @@ def test_provider_error_before_first_chunk_gives_one_done_with_empty_text() -> N
     assert "MockProviderError" in (caught.value.done.error.exception or "")
 
 
-async def test_invoke_with_an_async_handler_inside_a_running_loop_says_to_use_ainvoke() -> None:
-    async def handler(event: object) -> None:
-        return None
+async def test_a_failing_invoke_with_an_async_handler_inside_a_running_loop_delivers_one_done_then_raises(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("pipeline_ex.running_loop._warned", set())  # the warning is given once per process
+    seen: list[object] = []
 
-    with pytest.raises(PipelineError, match="use 'await ainvoke"):
-        llm.invoke(prompt="p", provider="mock", on_event=handler)
+    async def handler(event: object) -> None:
+        seen.append(event)
+
+    with pytest.warns(RuntimeWarning, match="ainvoke"), pytest.raises(ProviderError) as caught:
+        llm.invoke(prompt="p", provider="mock", mock_response=["partial ", "reply"], error_after=1, on_event=handler)
+    assert [e for e in seen if isinstance(e, Done)] == [caught.value.done]
+    assert caught.value.done.response.finish_reason == "error" and caught.value.done.response.text == "partial "
 
 
 def test_invoke_with_an_async_handler_outside_a_loop_runs_it() -> None:
