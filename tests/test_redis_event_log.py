@@ -395,6 +395,72 @@ async def test_a_key_that_is_not_a_pipeline_ex_stream_is_an_error_naming_it(
     log.close()
 
 
+async def test_a_runs_flush_error_is_raised_to_that_run_not_to_the_run_whose_append_flushed(
+    redis_server: RedisServer, prefix: str, client: redis.Redis
+) -> None:
+    """One writer holds many runs (as a worker does): a batch that fails belongs to its own run."""
+    log = RedisEventLog(redis_server.url, key_prefix=prefix, max_delay=10)
+    broken, fine = run_events("run-broken"), run_events("run-fine", deltas=2)
+    client.set(log.key("run-broken"), "something else")
+    await log.aappend(broken[0])
+    await log.aappend(fine[0])
+    for event in fine[1:4]:
+        await log.aappend(event)  # ...fine's Done: flushes both runs, without raising broken's error
+    assert log.events("run-fine") == fine[:4]
+    with pytest.raises(NotAnEventLog, match=r"run-broken.*it holds a string"):
+        await log.aappend(broken[1])  # the broken run's next append learns why its events were not written
+    for event in fine[4:]:
+        await log.aappend(event)
+    assert log.events("run-fine") == fine
+    await log.aappend(broken[1])  # the append that raised did not buffer its event
+    with pytest.raises(NotAnEventLog, match="run-broken"):
+        await log.aflush("run-broken")
+    await log.aflush("run-fine")
+    await log.aclose()
+
+
+async def test_a_timed_flush_error_is_raised_to_its_own_run(
+    redis_server: RedisServer, prefix: str, client: redis.Redis
+) -> None:
+    log = RedisEventLog(redis_server.url, key_prefix=prefix, max_delay=0.02)
+    finished = run_events("run-done", deltas=1)
+    for event in finished:
+        log.append(event)
+    going = run_events("run-going")
+    await log.aappend(going[0])
+    await log.aappend(new_delta("late", "answer", "run-done", 100))  # its run finished: Redis refuses it
+    deadline = time.monotonic() + 5
+    while not log.events("run-going"):
+        assert time.monotonic() < deadline, "the timer did not flush"
+        await asyncio.sleep(0.01)  # the max_delay timer flushes both runs
+    await log.aappend(going[1])  # the other run's failure is not raised here
+    with pytest.raises(EventLogError, match=r"run-done.*has finished"):
+        await log.aappend(new_delta("later", "answer", "run-done", 101))
+    await log.aflush()
+    assert log.events("run-going") == going[:2]
+    await log.aclose()
+    log.close()
+
+
+def test_sync_flush_raises_the_given_runs_error_or_without_one_any_runs(
+    redis_server: RedisServer, prefix: str, client: redis.Redis
+) -> None:
+    log = RedisEventLog(redis_server.url, key_prefix=prefix, max_delay=10)
+    client.set(log.key("run-b"), "x")
+    log.append(new_delta("a", "answer", "run-a", 1))
+    log.append(new_delta("b", "answer", "run-b", 1))
+    log.flush("run-a")
+    assert log.events("run-a") == [new_delta("a", "answer", "run-a", 1)]
+    with pytest.raises(NotAnEventLog, match="run-b"):
+        log.flush()
+    log.flush()  # raised once: nothing is left to raise
+    log.append(new_delta("b", "answer", "run-b", 2))
+    log.forget("run-b")  # a writer done with a run drops its buffered events
+    log.flush()
+    assert client.get(log.key("run-b")) == b"x"
+    log.close()
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

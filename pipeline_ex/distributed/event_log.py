@@ -55,7 +55,7 @@ from typing import Any, Literal, TypeAlias, cast
 from urllib.parse import urlsplit, urlunsplit
 
 from pipeline_ex.errors import ExtraNotInstalledError, PipelineError
-from pipeline_ex.events import EVENT_ADAPTER, Done, RunEvent, RunFinished, RunStatus
+from pipeline_ex.events import EVENT_ADAPTER, Delta, Done, RunEvent, RunFinished, RunStatus
 from pipeline_ex.gaps import Gap
 
 try:
@@ -179,8 +179,29 @@ async def newest_seq(client: aioredis.Redis, key: str) -> tuple[int, bool]:
 _Entries: TypeAlias = list[tuple[bytes, dict[bytes, bytes]]]
 """Stream entries as redis-py returns them: (id, fields)."""
 
-_Batch: TypeAlias = tuple[str, list[bytes], str]
-"""One run's part of a flush: its key, its `<seq> <json>` lines, and its end status ('' while running)."""
+
+class _RunWriter:
+    """What a writer holds of one run between its first append and its end.
+
+    The lines waiting for a flush, the last seq buffered (out-of-order appends are refused before they
+    reach Redis), and its end status once it is finishing.
+    """
+
+    __slots__ = ("ending", "key", "last_seq", "lines", "run_id")
+
+    def __init__(self, run_id: str, key: str) -> None:
+        self.run_id = run_id
+        self.key = key
+        self.lines: list[bytes] = []
+        self.last_seq = 0
+        self.ending = ""
+
+
+_Batch: TypeAlias = tuple[_RunWriter, list[bytes], str]
+"""One run's part of a flush: the run, its `<seq> <json>` lines, and its end status ('' while running)."""
+
+_delta_json = Delta.__pydantic_serializer__.to_json
+"""Most events are Deltas: their serializer, looked up once."""
 
 
 class RedisEventLog:
@@ -233,17 +254,18 @@ class RedisEventLog:
         self.connect_timeout = connect_timeout
         self._client: redis.Redis | None = None
         self._aclient: aioredis.Redis | None = None
-        self._pending: dict[str, list[bytes]] = {}
+        self._runs: dict[str, _RunWriter] = {}
+        """The runs appended to and not finished yet."""
+        self._dirty: list[_RunWriter] = []
+        """The runs with something for the next flush (buffered lines, or their end)."""
         self._count = 0
-        self._oldest = 0.0
-        self._last_seq: dict[str, int] = {}
-        """The last seq buffered per run, to refuse out-of-order appends before they reach Redis."""
-        self._ending: dict[str, str] = {}
-        """The end status of each buffered run that finishes with the next flush."""
+        self._due = 0.0
+        """When the oldest buffered event has waited `max_delay` (time.monotonic)."""
+        self._failures: dict[str, Exception] = {}
+        """Run id -> why a flush could not write its events, until it is raised to that run's writer."""
         self._lock: asyncio.Lock | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timed: set[asyncio.Task[None]] = set()
-        self._timer_error: EventLogError | None = None
 
     def key(self, run_id: str) -> str:
         """The Redis key of a run's stream."""
@@ -251,84 +273,158 @@ class RedisEventLog:
 
     # -- appending ----------------------------------------------------------------------------------------
 
+    def _writer(self, run_id: str) -> _RunWriter:
+        run = self._runs.get(run_id)
+        if run is None:
+            run = self._runs[run_id] = _RunWriter(run_id, self.key(run_id))
+        return run
+
     def _buffer(self, event: RunEvent) -> bool:
         """Buffer an event; True when a flush is due (see the module docstring)."""
-        run_id, seq = event.run_id, event.seq
-        if run_id in self._ending:
-            raise EventLogError(f"run {run_id} has finished; event seq {seq} cannot be appended")
-        last = self._last_seq.get(run_id, 0)
-        if seq <= last:
-            raise EventLogError(f"event seq {seq} of run {run_id} is not above its last appended seq {last}")
-        self._last_seq[run_id] = seq
-        lines = self._pending.get(run_id)
-        if lines is None:
-            lines = self._pending[run_id] = []
-        lines.append(b"%d %b" % (seq, event.__pydantic_serializer__.to_json(event)))
-        self._count += 1
-        if self._count == 1:
-            self._oldest = time.monotonic()
+        run = self._runs.get(event.run_id) or self._writer(event.run_id)
+        seq = event.seq
+        if seq <= run.last_seq or run.ending:
+            raise self._refusal(run, seq)
+        run.last_seq = seq
         kind = type(event)
+        lines = run.lines
+        if not lines:
+            self._dirty.append(run)
+        lines.append(
+            b"%d %b" % (seq, _delta_json(event) if kind is Delta else event.__pydantic_serializer__.to_json(event))
+        )
+        count = self._count = self._count + 1
+        if count == 1:
+            self._due = time.monotonic() + self.max_delay
+        if kind is Delta:
+            return count >= self.batch_size or time.monotonic() >= self._due
         if kind is RunFinished:
-            self._ending[run_id] = event.status  # type: ignore[union-attr]
+            run.ending = event.status  # type: ignore[union-attr]
             return True
-        return kind is Done or self._count >= self.batch_size or time.monotonic() - self._oldest >= self.max_delay
+        return kind is Done or count >= self.batch_size or time.monotonic() >= self._due
+
+    def _refusal(self, run: _RunWriter, seq: int) -> EventLogError:
+        if run.ending:
+            return EventLogError(f"run {run.run_id} has finished; event seq {seq} cannot be appended")
+        return EventLogError(f"event seq {seq} of run {run.run_id} is not above its last appended seq {run.last_seq}")
+
+    def _end(self, run_id: str, status: str) -> None:
+        """Make a run finish with the next flush (a run already finishing keeps its status)."""
+        run = self._writer(run_id)
+        if not run.ending:
+            if not run.lines:
+                self._dirty.append(run)
+            run.ending = status
 
     def _take(self) -> list[_Batch]:
         """Empty the buffer into one batch per run (a run being finished with nothing buffered included)."""
-        batches = [(self.key(run_id), lines, self._ending.pop(run_id, "")) for run_id, lines in self._pending.items()]
-        batches += [(self.key(run_id), [], status) for run_id, status in self._ending.items()]
-        self._pending, self._ending, self._count = {}, {}, 0
+        batches: list[_Batch] = []
+        for run in self._dirty:
+            batches.append((run, run.lines, run.ending))
+            run.lines = []
+        self._dirty, self._count = [], 0
         return batches
 
     def _script_args(self, batch: _Batch) -> list[Any]:
         """The key and arguments of the script call that writes one batch."""
-        key, lines, status = batch
-        return [key, self.maxlen, self.running_ttl_seconds, self.ttl_seconds, status, b"\n".join(lines)]
+        run, lines, status = batch
+        return [run.key, self.maxlen, self.running_ttl_seconds, self.ttl_seconds, status, b"\n".join(lines)]
+
+    def _raise_failure(self, run_id: str | None) -> None:
+        """Raise why a flush could not write the run's events (for `None`: any run's, forgetting the others)."""
+        if not self._failures:
+            return
+        if run_id is None:
+            failures, self._failures = self._failures, {}
+            raise next(iter(failures.values()))
+        error = self._failures.pop(run_id, None)
+        if error is not None:
+            raise error
+
+    def forget(self, run_id: str) -> None:
+        """Drop what this writer holds of a run it will not append to again.
+
+        Its events still buffered, its last seq and an unraised failure go (a worker calls this when a
+        run leaves it, however it ended).
+        """
+        self._failures.pop(run_id, None)
+        run = self._runs.pop(run_id, None)
+        if run is None:
+            return
+        if run in self._dirty:
+            self._dirty.remove(run)
+            self._count -= len(run.lines)
+        run.lines, run.ending = [], ""
 
     def append(self, event: RunEvent) -> None:
-        """Buffer an event, writing the buffer when a flush is due (sync callers: `flush()` when done)."""
-        if self._buffer(event):
-            self.flush()
+        """Buffer an event, writing the buffer when a flush is due (sync callers: `flush()` when done).
 
-    def flush(self) -> None:
-        """Write every buffered event now (one round trip)."""
+        Raises why an earlier flush could not write this run's events, if one could not (the event is
+        then not buffered).
+        """
+        if self._failures:
+            self._raise_failure(event.run_id)
+        if self._buffer(event):
+            self.flush(event.run_id)
+
+    def flush(self, run_id: str | None = None) -> None:
+        """Write every buffered event now (one round trip).
+
+        Every run's events are written, and errors belong to the run whose events failed: this raises
+        `run_id`'s (others are raised by their own next `append`, `flush` or `finish`), or, without a
+        `run_id`, the first of any run.
+        """
         batches = self._take()
         if batches:
             self._send(batches)
+        self._raise_failure(run_id)
 
     def finish(self, run_id: str, status: EndStatus = "finished") -> None:
         """Mark a run finished (its buffered events are written first) and let its log expire in `ttl_seconds`.
 
         Appending its `RunFinished` does this already; finishing a finished run does nothing.
         """
-        self._ending.setdefault(run_id, status)
-        self.flush()
+        self._end(run_id, status)
+        self.flush(run_id)
 
     def _send(self, batches: list[_Batch]) -> None:
-        with self._errors():
-            client = self._sync_client()
-            todo = batches
-            while todo:
-                pipe = client.pipeline(transaction=False)
-                for batch in todo:
-                    pipe.evalsha(_APPEND_SHA, 1, *self._script_args(batch))
-                results = pipe.execute(raise_on_error=False)
-                todo = self._check(todo, results)
-                if todo:
-                    client.script_load(_APPEND_SCRIPT)
+        todo = batches
+        try:
+            with self._errors():
+                client = self._sync_client()
+                while todo:
+                    pipe = client.pipeline(transaction=False)
+                    for batch in todo:
+                        pipe.evalsha(_APPEND_SHA, 1, *self._script_args(batch))
+                    results = pipe.execute(raise_on_error=False)
+                    todo = self._check(todo, results)
+                    if todo:
+                        client.script_load(_APPEND_SCRIPT)
+        except (EventLogError, ResponseError) as error:
+            self._fail(todo, error)
 
     async def aappend(self, event: RunEvent) -> None:
-        """Buffer an event, writing the buffer when a flush is due; a timer writes it after `max_delay`."""
-        if self._timer_error is not None:
-            error, self._timer_error = self._timer_error, None
-            raise error
+        """Buffer an event, writing the buffer when a flush is due; a timer writes it after `max_delay`.
+
+        Raises why an earlier flush (the timer's, or one another run's append made) could not write this
+        run's events, if one could not (the event is then not buffered).
+        """
+        if self._failures:
+            self._raise_failure(event.run_id)
         if self._buffer(event):
-            await self.aflush()
+            await self.aflush(event.run_id)
         elif self._timer is None:
             self._timer = asyncio.get_running_loop().call_later(self.max_delay, self._on_timer)
 
-    async def aflush(self) -> None:
-        """Write every buffered event now (one round trip), after any flush already under way."""
+    async def aflush(self, run_id: str | None = None) -> None:
+        """Write every buffered event now (one round trip), after any flush already under way.
+
+        Raises as `flush` does: `run_id`'s failure, or without one the first of any run.
+        """
+        await self._write()
+        self._raise_failure(run_id)
+
+    async def _write(self) -> None:
         if self._lock is None:
             self._lock = asyncio.Lock()
         async with self._lock:  # batches reach Redis in the order they were taken
@@ -341,8 +437,8 @@ class RedisEventLog:
 
     async def afinish(self, run_id: str, status: EndStatus = "finished") -> None:
         """`finish`, for async writers."""
-        self._ending.setdefault(run_id, status)
-        await self.aflush()
+        self._end(run_id, status)
+        await self.aflush(run_id)
 
     def _on_timer(self) -> None:
         self._timer = None
@@ -351,35 +447,50 @@ class RedisEventLog:
         task.add_done_callback(self._timed.discard)
 
     async def _timed_flush(self) -> None:
-        try:
-            await self.aflush()
-        except EventLogError as error:  # no caller to raise it to: the next aappend raises it
-            self._timer_error = error
+        await self._write()  # a failure is kept for its run: that run's next aappend raises it
 
     async def _asend(self, batches: list[_Batch]) -> None:
-        with self._errors():
-            client = self._async_client()
-            todo = batches
-            while todo:
-                pipe = client.pipeline(transaction=False)
-                for batch in todo:
-                    pipe.evalsha(_APPEND_SHA, 1, *self._script_args(batch))
-                results = await pipe.execute(raise_on_error=False)
-                todo = self._check(todo, results)
-                if todo:
-                    await client.script_load(_APPEND_SCRIPT)
+        todo = batches
+        try:
+            with self._errors():
+                client = self._async_client()
+                while todo:
+                    pipe = client.pipeline(transaction=False)
+                    for batch in todo:
+                        pipe.evalsha(_APPEND_SHA, 1, *self._script_args(batch))
+                    results = await pipe.execute(raise_on_error=False)
+                    todo = self._check(todo, results)
+                    if todo:
+                        await client.script_load(_APPEND_SCRIPT)
+        except (EventLogError, ResponseError) as error:
+            self._fail(todo, error)
 
     def _check(self, batches: list[_Batch], results: Sequence[Any]) -> list[_Batch]:
-        """The batches to send again once the script is loaded; raises the first other failure."""
+        """The batches to send again once the script is loaded; other failures are kept for their runs."""
         retry: list[_Batch] = []
         for batch, result in zip(batches, results, strict=True):
+            run, _, status = batch
             if isinstance(result, NoScriptError):
                 retry.append(batch)
             elif isinstance(result, Exception):
-                raise self._explain(batch[0], result) from result
-            elif batch[2]:
-                self._last_seq.pop(_run_of(batch[0], self.key_prefix), None)
+                self._fail([batch], result)
+            elif status and self._runs.get(run.run_id) is run:
+                del self._runs[run.run_id]  # finished: nothing more can be appended to it
         return retry
+
+    def _fail(self, batches: list[_Batch], error: Exception) -> None:
+        """Keep why these runs' events could not be written, for each run's writer (the first error of a run wins).
+
+        A run whose end could not be written can be finished again.
+        """
+        for run, _, status in batches:
+            if run.run_id not in self._failures:
+                explained = self._explain(run.key, error) if isinstance(error, ResponseError) else error
+                if explained is not error:
+                    explained.__cause__ = error
+                self._failures[run.run_id] = explained
+            if status and run.ending == status:
+                run.ending = ""
 
     def _explain(self, key: str, error: Exception) -> Exception:
         message = str(error)
@@ -407,10 +518,10 @@ class RedisEventLog:
     async def aclose(self) -> None:
         """Write what is buffered and close the async connections."""
         try:
-            await self.aflush()
-        finally:
             if self._timed:
                 await asyncio.gather(*self._timed, return_exceptions=True)
+            await self.aflush()
+        finally:
             if self._aclient is not None:
                 await self._aclient.aclose()
                 self._aclient = None
@@ -506,11 +617,6 @@ class RedisEventLog:
             if key is not None and str(error).startswith("WRONGTYPE"):
                 raise NotAnEventLog(key, "it holds another kind of value than a stream") from error
             raise
-
-
-def _run_of(key: str, prefix: str) -> str:
-    """The run id in a stream key."""
-    return key[len(prefix) + len(":run:") : -len(":events")]
 
 
 def _parse(key: str, entry_id: bytes, fields: dict[bytes, bytes]) -> RunEvent | None:

@@ -216,6 +216,7 @@ class RunHost:
         finally:
             self._held.pop(run_id, None)
             self._running.pop(run_id, None)
+            self.log.forget(run_id)
             self._cancel_asked.discard(run_id)
             self._lost.discard(run_id)
 
@@ -297,7 +298,7 @@ class RunHost:
                 await woken
             finally:
                 self._waiting.pop(run_id, None)
-        await self.log.aflush()
+        await self.log.aflush(run_id)
 
     def _wake(self, run_id: str) -> None:
         """Wake the checkpoint waiting on the run's events (they reached its seq, or the run was lost)."""
@@ -329,7 +330,7 @@ class RunHost:
             await self.log.aappend(finished_event)
         else:
             await self.log.afinish(record.run_id, status)
-        await self.log.aflush()
+        await self.log.aflush(record.run_id)
 
     def _workflow(self, record: RunRecord) -> Any:
         loaded = self._catalogs[record.mock].workflows.get(record.workflow)
