@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from bench import concurrency, distributed, fan_out, http_e2e, local_model, overhead, redis_log, startup
+from bench import concurrency, distributed, fan_out, http_e2e, local_model, overhead, redis_log, run_cost, startup
 from bench.common import machine
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -28,6 +28,7 @@ TARGETS = {
     "Redis log CPU per event, batched": "≤ 5 µs",
     "2 worker processes vs 1": "≥ 1.8× events/s",
     "cancel across processes": "≤ 200 ms",
+    "fixed cost per run": "≤ 100 µs",
 }
 
 
@@ -73,6 +74,7 @@ def run(quick: bool) -> dict[str, Any]:
         "startup": startup.measure(3 if quick else startup.REPEATS),
         "local": local_model.measure(2 if quick else local_model.REPEATS),
         "redis_log": redis_log.measure(5_000 if quick else 20_000, 2 if quick else 5),
+        "run_cost": run_cost.measure(50 if quick else run_cost.RUNS, 3 if quick else run_cost.REPEATS),
         "distributed": distributed.measure(
             100 if quick else distributed.RUNS, 50 if quick else distributed.CHUNKS, 1 if quick else distributed.REPEATS
         ),
@@ -175,6 +177,11 @@ def report(results: dict[str, Any]) -> str:
                     "cancel across processes",
                     TARGETS["cancel across processes"],
                     f"{dist['cancel, ms to Done(cancelled)']:.1f} ms (max {dist['cancel max, ms']:.1f})",
+                ],
+                [
+                    "fixed cost per run",
+                    TARGETS["fixed cost per run"],
+                    f"{results['run_cost']['overhead, at once']:.1f} µs",
                 ],
             ],
         ),
@@ -285,6 +292,7 @@ def report(results: dict[str, Any]) -> str:
         ),
         "",
         *_distributed_section(results),
+        *_run_cost_section(results),
     ]
     return "\n".join(parts)
 
@@ -344,6 +352,22 @@ def _distributed_section(results: dict[str, Any]) -> list[str]:
                 ],
             ],
         ),
+        "",
+    ]
+
+
+def _run_cost_section(results: dict[str, Any]) -> list[str]:
+    """Section 8: the fixed cost of one run (bench/run_cost.py)."""
+    cost = results["run_cost"]
+    return [
+        "## 8. Fixed cost per run",
+        "",
+        f"A one-chunk workflow, loaded once, run through `arun(loaded)` on one loop; the floor is the same in-process "
+        f"generator's own `run_async`. Target: fixed cost per run {TARGETS['fixed cost per run']} of CPU; measured "
+        f"{cost['overhead, at once']:.1f} µs with the runs at once, {cost['overhead, one after another']:.1f} µs one "
+        "after another. `run()` makes an event loop per call, which `asyncio.run` of an empty coroutine shows alone.",
+        "",
+        _table(["path", "µs per run"], [[name, f"{value:.1f}"] for name, value in cost.items()]),
         "",
     ]
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import itertools
-import uuid
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,8 +16,8 @@ UNDECIDED: Any = object()
 
 
 def new_run_id() -> str:
-    """A fresh run id: 16 hex digits."""
-    return uuid.uuid4().hex[:16]
+    """A fresh run id: 16 random hex digits."""
+    return os.urandom(8).hex()
 
 
 @dataclass

@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from dataclasses import dataclass
-from functools import cached_property
+from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline_ex.errors import (
@@ -33,6 +32,10 @@ CANCELLATIONS = (KeyboardInterrupt, asyncio.CancelledError, GeneratorExit, Strea
 """What stops a step from outside (or a handler's failure stopping its stream): the step is cancelled."""
 
 Concluded = tuple[Done, BaseException | None]
+
+
+_UNKNOWN: Any = object()
+"""`Ending.raw_finish` before it was worked out."""
 
 
 @dataclass
@@ -58,16 +61,27 @@ class Ending:
     retries: int = 0
     model_from_reply: bool = True
     chunks_are_tokens: bool = False
+    # Worked out on first use. Not `functools.cached_property`, which takes a lock on every access on
+    # Python 3.11; an `Ending` belongs to one step run on one thread.
+    _reply_meta: dict[str, Any] | None = field(default=None, init=False, repr=False)
+    _raw_finish: Any = field(default=_UNKNOWN, init=False, repr=False)
 
-    @cached_property
+    @property
     def reply_meta(self) -> dict[str, Any]:
         """The reply's metadata (empty without a reply)."""
-        return dict(self.reply.meta) if self.reply is not None else {}
+        meta = self._reply_meta
+        if meta is None:
+            meta = self._reply_meta = dict(self.reply.meta) if self.reply is not None else {}
+        return meta
 
-    @cached_property
+    @property
     def raw_finish(self) -> str | None:
         """The provider's own finish reason: from the last chunks of a stream, else from the reply."""
-        return raw_finish_reason(self.bridge.tail if self.streamed else (), self.reply_meta)
+        raw = self._raw_finish
+        if raw is _UNKNOWN:
+            raw = self._raw_finish = raw_finish_reason(self.bridge.tail if self.streamed else (), self.reply_meta)
+        result: str | None = raw
+        return result
 
     def reply_fields(self) -> tuple[Usage | None, dict[str, Any], str | None]:
         """The usage, Response meta and model name a returned reply gives its Done."""

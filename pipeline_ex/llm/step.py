@@ -108,6 +108,19 @@ def _run_accepts(generator_class: type, parameter: str) -> bool:
     return known
 
 
+_native_run_async: dict[type, bool] = {}
+
+
+def _has_native_run_async(generator_class: type) -> bool:
+    """Whether a generator class's `run_async` is a coroutine function, decided once per class."""
+    known = _native_run_async.get(generator_class)
+    if known is None:
+        known = _native_run_async[generator_class] = inspect.iscoroutinefunction(
+            getattr(generator_class, "run_async", None)
+        )
+    return known
+
+
 def _with_instructions(messages: list[Any], schema: Any) -> list[Any]:
     """The messages with the output schema's instructions added to the system prompt (or as one)."""
     from haystack.dataclasses import ChatMessage
@@ -205,7 +218,7 @@ class _StepRun:
         built = self.built
         generator = built.generator
         hybrid = built.async_mode == "hybrid" or type(generator) in _sync_callback_only
-        if not hybrid and not inspect.iscoroutinefunction(getattr(generator, "run_async", None)):
+        if not hybrid and not _has_native_run_async(type(generator)):
             hybrid = True
         if hybrid:
             loop = asyncio.get_running_loop()
@@ -632,8 +645,15 @@ def _conversation(
         raise ProviderConfigError(
             f"step {step!r}: schema_retries must be a whole number of 0 or more, got {schema_retries!r}"
         )
-    entries = prompt_messages(system, prompt) if prompt is not None else list(messages or [])
-    chat = chat_messages(entries, system if prompt is None else None)
+    if isinstance(prompt, str):  # the common case, without the detour through OpenAI-format mappings
+        from haystack.dataclasses import ChatMessage
+
+        chat = [ChatMessage.from_user(prompt)]
+        if system:
+            chat.insert(0, ChatMessage.from_system(system))
+    else:
+        entries = prompt_messages(system, prompt) if prompt is not None else list(messages or [])
+        chat = chat_messages(entries, system if prompt is None else None)
     schema = None
     if output_schema is not None:
         from pipeline_ex.llm.structured import resolve_output_schema

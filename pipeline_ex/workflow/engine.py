@@ -52,6 +52,8 @@ from pipeline_ex.workflow.yaml_source import escaped, lone_surrogate
 
 logger = redacting_logger("pipeline_ex")
 
+_CURRENT_FOLDER = Path(".")
+
 
 @dataclass
 class Scope:
@@ -122,7 +124,7 @@ class Engine:
         """The usage every LLM step instance reported, for `RunFinished`."""
         self.outputs: dict[str, Path] = {}
         """Step path -> the file its `output_to_file` wrote."""
-        self.output_root = Path(".")
+        self.output_root = _CURRENT_FOLDER
         """The run's output directory (nested workflows write below it, in a folder named by their path)."""
         self.on_output: Callable[[str, Path], None] | None = None
         """Called with the step path and the file each time `output_to_file` writes one (see `arun`)."""

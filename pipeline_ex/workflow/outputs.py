@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 
@@ -13,7 +14,14 @@ DEFAULT_OUTPUT_DIR = "outputs"
 
 def output_directory(output_dir: str | os.PathLike[str] | None) -> Path:
     """The output directory: the argument, else `PIPELINE_OUTPUT_DIR`, else `./outputs`."""
-    return Path(output_dir or os.environ.get(OUTPUT_DIR_ENV) or DEFAULT_OUTPUT_DIR)
+    chosen = output_dir or os.environ.get(OUTPUT_DIR_ENV) or DEFAULT_OUTPUT_DIR
+    return chosen if isinstance(chosen, Path) else _path(os.fspath(chosen))
+
+
+@functools.lru_cache(maxsize=64)
+def _path(text: str) -> Path:
+    """The `Path` of a folder name, made once: every run asks for it, and a `Path` is immutable."""
+    return Path(text)
 
 
 def output_path(output_dir: Path, relative: str, step: str) -> Path:

@@ -85,7 +85,13 @@ def _compiled(source: str) -> Template:
 
 
 def render(source: str, values: Mapping[str, Any]) -> str:
-    """Render a template with `inputs`, `steps` and `vars` (each distinct template is compiled once)."""
+    """Render a template with `inputs`, `steps` and `vars` (each distinct template is compiled once).
+
+    Text with no `{` (no Jinja2 markup) and no carriage return (which Jinja2 would turn into a newline)
+    renders as itself, so it is returned without building a Jinja2 context.
+    """
+    if "{" not in source and "\r" not in source:
+        return source
     return _compiled(source).render(values)
 
 

@@ -6,6 +6,7 @@ schema as JSON text, so a structured step runs unchanged on the mock.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Literal
@@ -59,22 +60,37 @@ class MockOptions(GenerationOptions):
 def build(
     model: str | None, options: Mapping[str, Any], *, output_schema: OutputSchema | None = None
 ) -> BuiltGenerator:
-    """Build a `ScriptedChatGenerator` for one step run."""
-    from pipeline_ex.modes.mock_generator import ScriptedChatGenerator
+    """The `ScriptedChatGenerator` for one step run: shared by the runs with the same model and options.
 
+    Creating a haystack component reads the signatures of its `run` methods (about 250 µs), more than
+    a short mock run costs otherwise. A `ScriptedChatGenerator` keeps no state across calls (what it
+    streams depends only on its settings and the messages of each call), so one instance serves every
+    run with equal options, on any thread and loop.
+    """
     opts: MockOptions = parse_options(MockOptions, "mock", options)
-    response = opts.mock_response
-    if response is None and output_schema is not None:
+    derived = None
+    if opts.mock_response is None and output_schema is not None:
         from pipeline_ex.llm.structured import example_value
 
-        response = json.dumps(example_value(output_schema), ensure_ascii=False)
-    generator = ScriptedChatGenerator(
-        response,
-        model=model or "mock",
+        derived = json.dumps(example_value(output_schema), ensure_ascii=False)
+    generator = _shared_generator(model or "mock", opts.model_dump_json(), derived)
+    return BuiltGenerator(
+        generator, "mock", model or "mock", structured="native" if output_schema else None, owned=False
+    )
+
+
+@functools.lru_cache(maxsize=256)
+def _shared_generator(model: str, options_json: str, derived_reply: str | None) -> Any:
+    """One generator per model, options and reply derived from an output schema, kept in an LRU cache."""
+    from pipeline_ex.modes.mock_generator import ScriptedChatGenerator
+
+    opts = MockOptions.model_validate_json(options_json)
+    return ScriptedChatGenerator(
+        derived_reply if derived_reply is not None else opts.mock_response,
+        model=model,
         delay_ms=opts.delay_ms,
         error_after=opts.error_after,
         usage=opts.usage,
         finish_reason=opts.finish_reason,
         yield_to_loop=True,  # a mock run streams like a network stream, so leaving early stops it
     )
-    return BuiltGenerator(generator, "mock", model or "mock", structured="native" if output_schema else None)
