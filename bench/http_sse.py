@@ -37,6 +37,7 @@ CHUNKS = 50
 ROUNDS = 3
 CLIENTS = (100, 1_000)
 LOOPS = ("uvloop", "asyncio")
+STREAM_TIMEOUT = 120.0
 SERVERS = ("pipeline-ex serve", "hayhooks run")
 PROVIDER = "bench-sse"
 WORKFLOW = f"- id: answer\n  provider: {PROVIDER}\n  prompt: bench\n"
@@ -137,8 +138,17 @@ async def _load(port: int, server: str, clients: int, rounds: int) -> dict[str, 
     ).encode() + body
     gaps: list[float] = []
 
+    failed = 0
+
     async def client() -> int:
-        return sum([await _stream(port, request, marker, gaps) for _ in range(rounds)])
+        nonlocal failed
+        received = 0
+        for _ in range(rounds):
+            try:  # a stream that stalls is reported, not waited for forever
+                received += await asyncio.wait_for(_stream(port, request, marker, gaps), STREAM_TIMEOUT)
+            except (TimeoutError, OSError):
+                failed += 1
+        return received
 
     started = time.perf_counter()
     counts = await asyncio.gather(*(client() for _ in range(clients)))
@@ -146,6 +156,7 @@ async def _load(port: int, server: str, clients: int, rounds: int) -> dict[str, 
     return {
         "events": sum(counts),
         "expected": clients * rounds * CHUNKS,
+        "failed_streams": failed,
         "wall_s": time.perf_counter() - started,
         "gap_p50_ms": statistics.median(gaps) * 1000 if gaps else 0.0,
         "gap_p99_ms": gaps[min(len(gaps) - 1, int(len(gaps) * 0.99))] * 1000 if gaps else 0.0,
@@ -185,14 +196,19 @@ def _run_one(server: str, loop: str, clients: int, rounds: int, folder: Path) ->
     kind = "hayhooks" if server == "hayhooks run" else "pipeline-ex"
     command = [sys.executable, "-m", "bench.http_sse", "--serve", kind, "--port", str(port), "--loop", loop]
     command += ["--dir", str(folder / kind)]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    log = (folder / f"{kind}-{loop}-{clients}.log").open("wb")  # a pipe nobody reads would fill and stall it
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
     try:
         _wait_until_up(port, process)
         load = [sys.executable, "-m", "bench.http_sse", "--client", server, "--port", str(port)]
         subprocess.run([*load, "--clients", "10", "--rounds", "1"], check=True, capture_output=True)  # warm up
         before = _cpu_seconds(process.pid)
         out = subprocess.run(
-            [*load, "--clients", str(clients), "--rounds", str(rounds)], check=True, capture_output=True, text=True
+            [*load, "--clients", str(clients), "--rounds", str(rounds)],
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=rounds * STREAM_TIMEOUT + 60,
         )
         cpu = _cpu_seconds(process.pid) - before
     finally:
@@ -202,6 +218,7 @@ def _run_one(server: str, loop: str, clients: int, rounds: int, folder: Path) ->
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+        log.close()
     result: dict[str, Any] = json.loads(out.stdout)
     result.update(server=server, loop=loop, clients=clients, server_cpu_s=cpu)
     result["events_per_cpu_s"] = result["events"] / cpu if cpu else 0.0
