@@ -12,7 +12,18 @@ import json
 from pathlib import Path
 from typing import Any
 
-from bench import concurrency, distributed, fan_out, http_e2e, local_model, overhead, redis_log, run_cost, startup
+from bench import (
+    concurrency,
+    distributed,
+    fan_out,
+    http_e2e,
+    http_sse,
+    local_model,
+    overhead,
+    redis_log,
+    run_cost,
+    startup,
+)
 from bench.common import machine
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -29,6 +40,7 @@ TARGETS = {
     "2 worker processes vs 1": "≥ 1.8× events/s",
     "cancel across processes": "≤ 200 ms",
     "fixed cost per run": "≤ 100 µs",
+    "SSE events per CPU-second vs hayhooks, 1,000 clients": "≥ 3×",
 }
 
 
@@ -78,6 +90,7 @@ def run(quick: bool) -> dict[str, Any]:
         "distributed": distributed.measure(
             100 if quick else distributed.RUNS, 50 if quick else distributed.CHUNKS, 1 if quick else distributed.REPEATS
         ),
+        "http_sse": http_sse.measure((100,), 1) if quick else http_sse.measure(),
     }
 
 
@@ -182,6 +195,11 @@ def report(results: dict[str, Any]) -> str:
                     "fixed cost per run",
                     TARGETS["fixed cost per run"],
                     f"{results['run_cost']['overhead, at once']:.1f} µs",
+                ],
+                [
+                    "SSE events per CPU-second vs hayhooks, 1,000 clients",
+                    TARGETS["SSE events per CPU-second vs hayhooks, 1,000 clients"],
+                    ", ".join(f"{k} {v:.2f}×" for k, v in http_sse.ratios(results["http_sse"]).items()),
                 ],
             ],
         ),
@@ -293,8 +311,45 @@ def report(results: dict[str, Any]) -> str:
         "",
         *_distributed_section(results),
         *_run_cost_section(results),
+        *_http_sse_section(results),
     ]
     return "\n".join(parts)
+
+
+def _http_sse_section(results: dict[str, Any]) -> list[str]:
+    """Section 8: SSE events per server CPU-second, pipeline-ex serve against hayhooks run."""
+    rows = results["http_sse"]
+    target = "SSE events per CPU-second vs hayhooks, 1,000 clients"
+    return [
+        "## 9. SSE over HTTP against hayhooks",
+        "",
+        f"`pipeline-ex serve` and `hayhooks run` (a pipeline wrapper returning `SSEStream(async_streaming_generator"
+        f"(...))`) stream the same in-process generator, {http_sse.CHUNKS} chunks that each yield to the loop first, "
+        "on uvicorn with httptools; a separate client process holds the connections (`bench/http_sse.py`). Server "
+        "CPU is read from /proc. An event is one generator chunk received by the client.",
+        "",
+        _table(
+            ["server", "loop", "clients", "events", "server CPU s", "events per CPU-s", "gap p50 ms", "gap p99 ms"],
+            [
+                [
+                    row["server"],
+                    row["loop"],
+                    f"{row['clients']:,}",
+                    f"{row['events']:,} of {row['expected']:,}",
+                    f"{row['server_cpu_s']:.2f}",
+                    f"{row['events_per_cpu_s']:,.0f}",
+                    f"{row['gap_p50_ms']:.2f}",
+                    f"{row['gap_p99_ms']:.1f}",
+                ]
+                for row in rows
+            ],
+        ),
+        "",
+        f"Target ({target}): {TARGETS[target]}. Measured, pipeline-ex over hayhooks: "
+        + ", ".join(f"{name} {value:.2f}×" for name, value in http_sse.ratios(rows).items())
+        + ".",
+        "",
+    ]
 
 
 def _distributed_section(results: dict[str, Any]) -> list[str]:

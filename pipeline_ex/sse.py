@@ -105,28 +105,73 @@ def gap_frame(first_missing: int, last_missing: int) -> str:
 KEEPALIVE_FRAME = ": keepalive\n\n"
 
 
+_PUMP_AHEAD = 64
+"""Frames the pump of `with_keepalive` may read ahead of the response (the log's bounds still hold)."""
+_FRAME, _END, _FAILED = 0, 1, 2
+
+
 async def with_keepalive(frames: AsyncIterator[str], keepalive: float = DEFAULT_KEEPALIVE) -> AsyncIterator[str]:
-    """Pass frames through, adding a keepalive comment after each `keepalive` seconds of silence."""
+    """Pass frames through, adding a keepalive comment after each `keepalive` seconds of silence.
+
+    Written for a per-frame cost of one queue hand-off: one task per stream reads the frames into a small
+    queue, and one timer per stream, re-armed once per `keepalive` period (not per frame), puts the
+    comment in when the response has been waiting that long. (A task and a timed `asyncio.wait` per frame
+    cost the server more than framing the event did.) Closing this stream cancels the source where it is
+    waiting and closes it.
+    """
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[tuple[int, Any]] = asyncio.Queue(maxsize=_PUMP_AHEAD)
     iterator = frames.__aiter__()
-    pending: asyncio.Future[str] | None = None
+    waiting_since: float | None = None
+    closing = False
+    timer: asyncio.TimerHandle
+
+    async def pump() -> None:
+        item: tuple[int, Any] = (_END, None)
+        try:
+            async for frame in iterator:
+                await queue.put((_FRAME, frame))
+        except asyncio.CancelledError as error:
+            if closing:
+                raise
+            item = (_FAILED, error)
+        except Exception as error:
+            item = (_FAILED, error)
+        await queue.put(item)
+
+    def tick() -> None:
+        nonlocal timer
+        now = loop.time()
+        if waiting_since is not None and now - waiting_since >= keepalive:
+            if not queue.full():
+                queue.put_nowait((_FRAME, KEEPALIVE_FRAME))
+            due = keepalive
+        else:
+            due = keepalive if waiting_since is None else waiting_since + keepalive - now
+        timer = loop.call_later(due, tick)
+
+    task = loop.create_task(pump())
+    timer = loop.call_later(keepalive, tick)
     try:
         while True:
-            if pending is None:
-                pending = asyncio.ensure_future(iterator.__anext__())
-            done, _ = await asyncio.wait({pending}, timeout=keepalive)
-            if not done:
-                yield KEEPALIVE_FRAME
-                continue
-            try:
-                frame = pending.result()
-            except StopAsyncIteration:
+            if queue.empty():
+                waiting_since = loop.time()
+                kind, value = await queue.get()
+                waiting_since = None
+            else:
+                kind, value = queue.get_nowait()
+            if kind == _FRAME:
+                yield value
+            elif kind == _FAILED:
+                raise value
+            else:
                 return
-            pending = None
-            yield frame
     finally:
-        if pending is not None and not pending.done():
-            pending.cancel()
-            await asyncio.gather(pending, return_exceptions=True)
+        timer.cancel()
+        if not task.done():
+            closing = True
+            task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
         close = getattr(iterator, "aclose", None)
         if close is not None:  # close the framed stream now, not when it is garbage collected
             await close()
