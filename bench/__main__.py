@@ -317,7 +317,7 @@ def report(results: dict[str, Any]) -> str:
 
 
 def _http_sse_section(results: dict[str, Any]) -> list[str]:
-    """Section 8: SSE events per server CPU-second, pipeline-ex serve against hayhooks run."""
+    """Section 9: SSE events per server CPU-second, pipeline-ex serve against hayhooks run."""
     rows = results["http_sse"]
     target = "SSE events per CPU-second vs hayhooks, 1,000 clients"
     return [
