@@ -19,6 +19,7 @@ from bench import (
     http_e2e,
     http_sse,
     local_model,
+    many_streams,
     overhead,
     redis_log,
     run_cost,
@@ -41,6 +42,8 @@ TARGETS = {
     "cancel across processes": "≤ 200 ms",
     "fixed cost per run": "≤ 100 µs",
     "SSE events per CPU-second vs hayhooks, 1,000 clients": "≥ 3×",
+    "arun overhead per event, 1,000 streams": "≤ 3 µs, ≥ 10× below hayhooks, no growth from 100 to 5,000",
+    "astream overhead per event, 1,000 streams": "≤ 5 µs, ≥ 10× below hayhooks, no growth from 100 to 5,000",
 }
 
 
@@ -91,6 +94,12 @@ def run(quick: bool) -> dict[str, Any]:
             100 if quick else distributed.RUNS, 50 if quick else distributed.CHUNKS, 1 if quick else distributed.REPEATS
         ),
         "http_sse": http_sse.measure((100,), 1) if quick else http_sse.measure(),
+        "many_streams": many_streams.measure((100, 300), 1) if quick else many_streams.measure(),
+        "many_streams_tuned": (
+            many_streams.measure((300,), 1, gc_tuned=True)
+            if quick
+            else many_streams.measure(many_streams.TUNED_COUNTS, gc_tuned=True)
+        ),
     }
 
 
@@ -312,6 +321,7 @@ def report(results: dict[str, Any]) -> str:
         *_distributed_section(results),
         *_run_cost_section(results),
         *_http_sse_section(results),
+        *_many_streams_section(results),
     ]
     return "\n".join(parts)
 
@@ -348,6 +358,62 @@ def _http_sse_section(results: dict[str, Any]) -> list[str]:
         f"Target ({target}): {TARGETS[target]}. Measured, pipeline-ex over hayhooks: "
         + ", ".join(f"{name} {value:.2f}×" for name, value in http_sse.ratios(rows).items())
         + ".",
+        "",
+    ]
+
+
+def _many_streams_section(results: dict[str, Any]) -> list[str]:
+    """Section 10: overhead per event with many concurrent short streams (bench/many_streams.py)."""
+    ms = many_streams
+    paths = (ms.ARUN, ms.ASTREAM, ms.HANDOFF, ms.HAYHOOKS)
+    table: list[list[str]] = []
+    for collector, rows in (("default", results["many_streams"]), ("serve's", results["many_streams_tuned"])):
+        for count, row in rows.items():
+            hayhooks = row.get(ms.HAYHOOKS)
+            table.append(
+                [
+                    f"{count:,}",
+                    collector,
+                    f"{row[ms.FLOOR]:.2f}",
+                    *(f"{row[name]:.2f}" if name in row else "–" for name in paths),
+                    *(
+                        f"{hayhooks / row[name]:.1f}×" if hayhooks is not None and row[name] > 0 else "–"
+                        for name in (ms.ARUN, ms.ASTREAM)
+                    ),
+                    *(f"{row[ms.COLLECTOR + name]:.2f}" for name in (ms.ARUN, ms.ASTREAM)),
+                ]
+            )
+    return [
+        "## 10. Many concurrent short streams",
+        "",
+        f"N runs at once on one loop, each streaming {ms.CHUNKS} chunks from an in-process generator that yields to "
+        "the loop before each chunk, as a network stream does (`bench/many_streams.py`). Overhead per event is the "
+        "path's process CPU over the generator's own `run_async` with a no-op callback (the floor), per chunk, "
+        f"median of {ms.REPEATS}. The *bare task hand-off* is the least an iterator over a running stream can cost: "
+        "the generator in a task of its own handing each chunk to the consumer's task through a deque and one future. "
+        "*serve's* collector is the one `pipeline-ex serve` sets (`gc.freeze()` after start-up, young-generation "
+        "threshold 10,000; `pipeline_ex/server/gc_tuning.py`). The last two columns are the garbage collector's own "
+        "CPU per event during arun and astream, part of their totals.",
+        "",
+        _table(
+            [
+                "streams",
+                "collector",
+                "floor µs/event",
+                "arun",
+                "astream",
+                "bare hand-off",
+                "hayhooks",
+                "hayhooks / arun",
+                "hayhooks / astream",
+                "collector in arun",
+                "collector in astream",
+            ],
+            table,
+        ),
+        "",
+        f"Targets: arun {TARGETS['arun overhead per event, 1,000 streams']}; astream "
+        f"{TARGETS['astream overhead per event, 1,000 streams']}.",
         "",
     ]
 

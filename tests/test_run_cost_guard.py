@@ -10,31 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import importlib
 import statistics
-import sys
 import time
-from pathlib import Path
-from typing import Any
 
 import pytest
+from bench_kit import import_bench
 
 from pipeline_ex.llm.providers import PROVIDERS
 
-
-def _import_run_cost() -> Any:
-    """bench/ is a top-level folder, not part of the package: import it with the repository root on
-    sys.path only for this import, so that the root's other folders (handlers/, workflows/) stay
-    unimportable for the rest of the suite."""
-    root = str(Path(__file__).resolve().parent.parent)
-    sys.path.insert(0, root)
-    try:
-        return importlib.import_module("bench.run_cost")
-    finally:
-        sys.path.remove(root)
-
-
-run_cost = _import_run_cost()
+run_cost = import_bench("run_cost")
 
 RUNS = 200
 REPEATS = 5

@@ -98,12 +98,12 @@ def chat_message(entry: Any, number: int, earlier: Sequence[Any] = ()) -> Any:
 
 def chat_messages(entries: Sequence[Any], system: str | None = None) -> list[Any]:
     """The haystack messages for `entries`, with `system` first unless they begin with a system message."""
-    from haystack.dataclasses import ChatMessage
+    from haystack.dataclasses import ChatMessage, ChatRole
 
     messages: list[Any] = []
     for number, entry in enumerate(entries):
         messages.append(chat_message(entry, number, messages))
-    if system and not (messages and messages[0].is_from("system")):
+    if system and not (messages and messages[0].role == ChatRole.SYSTEM):
         messages.insert(0, ChatMessage.from_system(system))
     return messages
 
@@ -127,4 +127,6 @@ def message_text(message: Any) -> tuple[str, str]:
 
 def last_user_text(messages: Sequence[Any]) -> str:
     """The text of the last user message (what a mock script matches and a chat prompt is)."""
-    return next((m.text or "" for m in reversed(messages) if m.is_from("user")), "")
+    from haystack.dataclasses import ChatRole
+
+    return next((m.text or "" for m in reversed(messages) if m.role == ChatRole.USER), "")

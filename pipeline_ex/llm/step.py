@@ -123,12 +123,12 @@ def _has_native_run_async(generator_class: type) -> bool:
 
 def _with_instructions(messages: list[Any], schema: Any) -> list[Any]:
     """The messages with the output schema's instructions added to the system prompt (or as one)."""
-    from haystack.dataclasses import ChatMessage
+    from haystack.dataclasses import ChatMessage, ChatRole
 
     from pipeline_ex.llm.structured import instructions
 
     text = instructions(schema)
-    if messages and messages[0].is_from("system"):
+    if messages and messages[0].role == ChatRole.SYSTEM:
         return [ChatMessage.from_system(f"{messages[0].text}\n\n{text}"), *messages[1:]]
     return [ChatMessage.from_system(text), *messages]
 
@@ -239,13 +239,17 @@ class _StepRun:
             kwargs["streaming_callback"] = self.bridge.on_chunk_async
         else:
             kwargs["generation_kwargs"].pop("stream_options", None)
+        # The call runs as a task of its own: each chunk the generator awaits resumes only its own two
+        # coroutines, not the dozen between here and the run's task (about 3 µs per chunk, measured in
+        # bench/many_streams.py). Cancelling this step cancels that task and waits for it, as a plain await does.
+        loop = asyncio.get_running_loop()
         try:
             if self.traced_generator:
                 with haystack_component_span(generator, kwargs) as output:
-                    output.update(await generator.run_async(**kwargs))
+                    output.update(await loop.create_task(generator.run_async(**kwargs)))
                 replies = output["replies"]
             else:
-                replies = (await generator.run_async(**kwargs))["replies"]
+                replies = (await loop.create_task(generator.run_async(**kwargs)))["replies"]
         except ValueError as error:
             if "coroutine" not in str(error) or self.bridge.parts or not self.streaming:
                 raise

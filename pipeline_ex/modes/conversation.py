@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import json
 
-from haystack.dataclasses import ChatMessage
+from haystack.dataclasses import ChatMessage, ChatRole
 
 
 def _after_last_user(messages: list[ChatMessage]) -> list[ChatMessage]:
-    last_user = max((i for i, message in enumerate(messages) if message.is_from("user")), default=-1)
+    last_user = max((i for i, message in enumerate(messages) if message.role == ChatRole.USER), default=-1)
     return messages[last_user + 1 :]
 
 
@@ -25,13 +25,13 @@ def tool_round(messages: list[ChatMessage]) -> int:
     0 for the first call of a step; 1 after one round of tool calls and their results; and so on. Tool
     calls before the last user message belong to an earlier exchange of a chat history, not to this loop.
     """
-    return sum(1 for message in _after_last_user(messages) if message.is_from("assistant") and message.tool_calls)
+    return sum(1 for message in _after_last_user(messages) if message.role == ChatRole.ASSISTANT and message.tool_calls)
 
 
 def user_prompt(messages: list[ChatMessage]) -> str:
     """The text of the last user message (or of the last message with text, when no user spoke)."""
     for message in reversed(messages):
-        if message.is_from("user") and message.text:
+        if message.role == ChatRole.USER and message.text:
             return message.text
     return next((message.text for message in reversed(messages) if message.text), "") or ""
 

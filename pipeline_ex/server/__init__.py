@@ -86,7 +86,8 @@ def serve(
     `allowed_hosts` adds `Host` values to the loopback ones (a concrete address given as `host` is added by
     itself; by default they come from `PIPELINE_SERVER_ALLOWED_HOSTS`); `read_timeout` bounds how long
     request headers and bodies may take to arrive; `max_runs`, `log_events`, `log_bytes` and the other
-    options go to `create_app`.
+    options go to `create_app`. Before serving, the process's garbage collector is tuned for many streams at
+    once (see `pipeline_ex.server.gc_tuning`).
     """
     try:
         import uvicorn
@@ -110,6 +111,9 @@ def serve(
     remote = app.state.pipeline.remote
     if remote is not None:
         remote.deployment.check_reachable()  # before uvicorn starts, so the error is ours, not a traceback
+    from pipeline_ex.server.gc_tuning import tune_for_many_streams
+
+    tune_for_many_streams()
     uvicorn.run(app, host=host, port=port, log_level="info", http=protocol)
 
 

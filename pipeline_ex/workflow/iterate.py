@@ -18,6 +18,7 @@ import contextvars
 import os
 import queue
 import threading
+from collections import deque
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -30,6 +31,39 @@ from pipeline_ex.workflow.loader import LoadedWorkflow
 from pipeline_ex.workflow.runner import RunResult, arun
 
 _END = object()
+
+
+class _Ready:
+    """The events a run produced and its consumer has not taken yet: a deque and at most one waiter.
+
+    Cheaper than an `asyncio.Queue` per stream, which `astream` had: `put` wakes the consumer only when it
+    is waiting, and the consumer takes what is ready without awaiting (no future per event).
+    """
+
+    __slots__ = ("items", "waiter")
+
+    def __init__(self) -> None:
+        self.items: deque[Any] = deque()
+        self.waiter: asyncio.Future[None] | None = None
+
+    def put(self, item: Any) -> None:
+        """Queue an event (or the end marker), waking the consumer if it waits."""
+        self.items.append(item)
+        waiter = self.waiter
+        if waiter is not None:
+            self.waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+
+    async def get(self) -> Any:
+        """The next item, waiting for one if none is ready."""
+        while not self.items:
+            waiter = self.waiter = asyncio.get_running_loop().create_future()
+            try:
+                await waiter
+            finally:
+                self.waiter = None
+        return self.items.popleft()
 
 
 class EventStream:
@@ -58,7 +92,7 @@ class EventStream:
         self._lifecycle = lifecycle
         self._extra = normalize_handlers(on_event)
         self._output_dir = output_dir
-        self._queue: asyncio.Queue[Any] = asyncio.Queue()
+        self._ready = _Ready()
         self._task: asyncio.Task[RunResult] | None = None
         self._started = False
         self._finished = False
@@ -74,21 +108,20 @@ class EventStream:
 
     def _start(self) -> None:
         workflow, inputs = self._args
-        into_queue = self._queue.put_nowait
+        ready = self._ready  # not `self`: the running task must not keep this stream alive
         self._task = asyncio.ensure_future(
             arun(
                 workflow,
                 inputs,
                 mock=self._mock,
-                on_event=[*self._extra, into_queue],
+                on_event=[*self._extra, ready.put],
                 lifecycle=self._lifecycle,
                 output_dir=self._output_dir,
                 run_id=self._run_id,
                 **self._durability,
             )
         )
-        queue = self._queue  # not `self`: the running task must not keep this stream alive
-        self._task.add_done_callback(lambda _: queue.put_nowait(_END))
+        self._task.add_done_callback(lambda _: ready.put(_END))
 
     async def __anext__(self) -> RunEvent:
         if self._finished:
@@ -97,7 +130,8 @@ class EventStream:
             if not self._started:
                 self._started = True
             self._start()
-        item = await self._queue.get()
+        ready = self._ready
+        item = ready.items.popleft() if ready.items else await ready.get()
         if item is _END:
             self._finished = True
             assert self._task is not None
