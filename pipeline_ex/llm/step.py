@@ -110,6 +110,18 @@ def _run_accepts(generator_class: type, parameter: str) -> bool:
 
 _native_run_async: dict[type, bool] = {}
 
+LONG_STREAM_CHUNKS = 8
+_streams_long: dict[type, bool] = {}
+"""Generator classes whose last streamed call delivered more than LONG_STREAM_CHUNKS events.
+
+Their next `run_async` runs as a task of its own. Each time a generator awaits (its socket, between
+chunks), asyncio resumes the task's whole chain of coroutines, a dozen from the run down to the
+generator; in a task of its own that chain is two. That saves about 3 µs per chunk at 1,000 concurrent
+streams and costs about 25 µs per call (the task, and two more loop turns), so it pays off only for
+streams longer than this (bench/many_streams.py and bench/run_cost.py). Cancelling the step cancels the
+task and waits for it, as a plain await does.
+"""
+
 
 def _has_native_run_async(generator_class: type) -> bool:
     """Whether a generator class's `run_async` is a coroutine function, decided once per class."""
@@ -239,17 +251,16 @@ class _StepRun:
             kwargs["streaming_callback"] = self.bridge.on_chunk_async
         else:
             kwargs["generation_kwargs"].pop("stream_options", None)
-        # The call runs as a task of its own: each chunk the generator awaits resumes only its own two
-        # coroutines, not the dozen between here and the run's task (about 3 µs per chunk, measured in
-        # bench/many_streams.py). Cancelling this step cancels that task and waits for it, as a plain await does.
-        loop = asyncio.get_running_loop()
+        call = generator.run_async(**kwargs)
+        if _streams_long.get(type(generator), False):
+            call = asyncio.get_running_loop().create_task(call)
         try:
             if self.traced_generator:
                 with haystack_component_span(generator, kwargs) as output:
-                    output.update(await loop.create_task(generator.run_async(**kwargs)))
+                    output.update(await call)
                 replies = output["replies"]
             else:
-                replies = (await loop.create_task(generator.run_async(**kwargs)))["replies"]
+                replies = (await call)["replies"]
         except ValueError as error:
             if "coroutine" not in str(error) or self.bridge.parts or not self.streaming:
                 raise
@@ -257,6 +268,8 @@ class _StepRun:
             # nothing was generated yet, so run it as hybrid, now and from now on.
             _sync_callback_only.add(type(generator))
             return await self._run_generator_async()
+        if self.streaming:
+            _streams_long[type(generator)] = self.bridge.delivered > LONG_STREAM_CHUNKS
         return (replies[0] if replies else None), None
 
     # -- the conversation: a model call per tool round and per repair -----------------------------
