@@ -214,7 +214,7 @@ class RunLog:
 
         The items are a `Gap` first if events after `after_seq` were dropped, then every event kept after
         it. With `hold` (the primary follower, after `hold_from`) the log may drop what was taken. The
-        follower is done when this returns no events and `finished` is set (it then reports `error`).
+        follower is done once it took with `finished` already set (it then reports `error`).
         """
         items: list[RunEvent | Gap] = []
         if after_seq < self.evicted_through:

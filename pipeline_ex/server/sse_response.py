@@ -102,7 +102,7 @@ class RunFrames:
                 if type(item) is Done and self.counter is not None:
                     self.counter.add(self._sent)
                     self._sent = 0
-            if log.finished and not items:  # take() is synchronous: nothing can arrive in between
+            if log.finished:  # and take() gave all there was: the end goes out with the last events
                 if log.error is not None:
                     parts.append(self._error_frame(log.error))
                 self._end(parts)
