@@ -354,17 +354,19 @@ class RunRegistry:
         events = astream(loaded, inputs, mock=mock, run_id=run_id, lifecycle=True)
         log.events = events
 
+        def take(event: RunEvent) -> None:  # called by the run as each event happens
+            if type(event) is Delta:
+                log.append(event)
+            else:
+                log.append(log.public(event))
+                if observer is not None and type(event) is Done:
+                    observer.step_done(workflow, event)
+            if log.cancel_requested and not events.cancelled:
+                events.cancel()  # asked for before the run had started
+
         async def produce() -> None:
             try:
-                async for event in events:
-                    if type(event) is Delta:
-                        log.append(event)
-                    else:
-                        log.append(log.public(event))
-                        if observer is not None and type(event) is Done:
-                            observer.step_done(workflow, event)
-                    if log.cancel_requested and not events.cancelled:
-                        events.cancel()  # asked for before the run had started
+                await events.run_into(take)
             except (asyncio.CancelledError, RunCancelled):
                 log.finish(None, RunCancelled(f"run {run_id} was cancelled"))
             except Exception as error:
