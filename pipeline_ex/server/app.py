@@ -109,6 +109,8 @@ class RunStreamResponse(StreamingResponse):
     would only be closed when garbage collected. Here a task watches for `http.disconnect` the whole
     time, and the body iterator is closed as soon as the response ends, which cancels the run.
     `streaming` is entered for as long as the response streams (the metrics' count of active streams).
+    It serves the plain-text and chat streams and the runs of a deployment (`--redis`); the SSE of a run
+    in this process is `RunSSEResponse`'s, which reads the run's log directly.
     """
 
     def __init__(
