@@ -49,7 +49,10 @@ def event_id(event: RunEvent) -> str:
 
 def event_frame(event: RunEvent) -> str:
     """One SSE frame for an event."""
-    return _frame(event.type, event.model_dump_json(), event_id(event))
+    data = event.model_dump_json()
+    if "\n" in data or "\r" in data:  # never from JSON, which escapes them; framed line by line all the same
+        return _frame(event.type, data, event_id(event))
+    return f"event: {event.type}\nid: {event.run_id}:{event.seq}\ndata: {data}\n\n"
 
 
 def error_payload(error: BaseException) -> dict[str, Any]:

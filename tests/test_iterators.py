@@ -466,3 +466,15 @@ async def test_leaving_astream_early_in_a_mock_run_stops_it_before_later_steps_r
     assert recorder.done is not None and recorder.done.response.finish_reason == "cancelled"
     assert len(recorder.deltas) < 8  # the draft's mock reply has 8 words; it was stopped part-way
     assert await asyncio.to_thread(lambda: list(tmp_path.iterdir())) == []  # no draft.md, no summary.md
+
+
+async def test_run_into_hands_every_event_to_the_sink_as_iteration_would(tmp_path: Path) -> None:
+    path = two_step_workflow(tmp_path, tmp_path / "events.jsonl")
+    iterated = [event async for event in pipeline_ex.astream(path, {"topic": "owls"}, mock=True, lifecycle=True)]
+    stream = pipeline_ex.astream(path, {"topic": "owls"}, mock=True, lifecycle=True)
+    taken: list[Any] = []
+    await stream.run_into(taken.append)
+    assert [e.type for e in taken] == [e.type for e in iterated]
+    assert stream.result is not None
+    with pytest.raises(PipelineError):
+        await stream.run_into(taken.append)

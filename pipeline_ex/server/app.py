@@ -80,6 +80,7 @@ from pipeline_ex.server.security import (
     parse_last_event_id,
     read_json_body,
 )
+from pipeline_ex.server.sse_response import RunFrames, RunSSEResponse
 from pipeline_ex.sse import (
     DEFAULT_KEEPALIVE,
     DEFAULT_RETRY_MS,
@@ -108,6 +109,8 @@ class RunStreamResponse(StreamingResponse):
     would only be closed when garbage collected. Here a task watches for `http.disconnect` the whole
     time, and the body iterator is closed as soon as the response ends, which cancels the run.
     `streaming` is entered for as long as the response streams (the metrics' count of active streams).
+    It serves the plain-text and chat streams and the runs of a deployment (`--redis`); the SSE of a run
+    in this process is `RunSSEResponse`'s, which reads the run's log directly.
     """
 
     def __init__(
@@ -296,6 +299,34 @@ class PipelineServer:
             raise RequestRejected(404, f"no run {run_id!r} is kept by this server")
         return log
 
+    def _run_sse(
+        self,
+        log: RunLog,
+        after_seq: int,
+        *,
+        cancel_on_exit: bool,
+        headers: dict[str, str],
+        primary: bool = False,
+        stream: Stream = "run",
+    ) -> RunSSEResponse:
+        """The SSE response of a run of this process (`_frames`' frames, sent in batches)."""
+        frames = RunFrames(
+            log,
+            after_seq,
+            primary=primary,
+            cancel_on_exit=cancel_on_exit,
+            retry_ms=self.retry_ms,
+            counter=self.metrics.events(stream),
+            describe=self._describe_run(log),
+        )
+        return RunSSEResponse(
+            frames,
+            keepalive=self.keepalive,
+            headers=headers,
+            on_close=log.release if primary else None,
+            streaming=self.metrics.streaming(stream),
+        )
+
     async def _frames(
         self, log: RunLog, after_seq: int, cancel_on_exit: bool, primary: bool = False, stream: Stream = "run"
     ) -> AsyncIterator[str]:
@@ -393,6 +424,8 @@ class PipelineServer:
         log = await self._start(loaded, inputs, run_id, hold=streamed)
         if MEDIA_TYPE in accept:
             resumable = request.query_params.get("resumable", "").lower() in ("1", "true", "yes")
+            if isinstance(log, RunLog):
+                return self._run_sse(log, 0, cancel_on_exit=not resumable, primary=True, headers={**HEADERS, **headers})
             frames = self._frames(log, 0, cancel_on_exit=not resumable, primary=True)
             return RunStreamResponse(
                 with_keepalive(frames, self.keepalive),
@@ -425,6 +458,8 @@ class PipelineServer:
         after_seq = parse_last_event_id(last, run_id)  # None: the client saw the stream's end frame
         if after_seq is None or (log.finished and log.error is None and after_seq >= log.last_seq):
             return Response(status_code=204, headers=HEADERS)  # an EventSource stops reconnecting on 204
+        if isinstance(log, RunLog):
+            return self._run_sse(log, after_seq, cancel_on_exit=False, stream="resume", headers=HEADERS)
         frames = with_keepalive(self._frames(log, after_seq, cancel_on_exit=False, stream="resume"), self.keepalive)
         return RunStreamResponse(
             frames, media_type=MEDIA_TYPE, headers=HEADERS, streaming=self.metrics.streaming("resume")

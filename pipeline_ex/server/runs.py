@@ -126,7 +126,8 @@ class RunLog:
         self.reference: str | None = None
         """The reference id the failure was logged with, if the run failed."""
         self.result: RunResult | None = None
-        self._changed = asyncio.Event()
+        self._waiters: dict[asyncio.Future[None], None] = {}
+        """One future per follower waiting for news (made only when one waits, resolved by `_wake`)."""
         self.task: asyncio.Task[None] | None = None
         self.events: EventStream | None = None
         self.created = time.time()
@@ -192,8 +193,44 @@ class RunLog:
         self._wake()
 
     def _wake(self) -> None:
-        self._changed.set()
-        self._changed = asyncio.Event()
+        if self._waiters:  # an append nobody waits for costs nothing here
+            waiters, self._waiters = self._waiters, {}
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
+
+    def waiter(self) -> asyncio.Future[None]:
+        """A future resolved at the next `append` or `finish` (one per waiting follower; see `discard`)."""
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters[waiter] = None
+        return waiter
+
+    def discard(self, waiter: asyncio.Future[None]) -> None:
+        """Forget a waiter its follower no longer waits on (it was woken by something else, or cancelled)."""
+        self._waiters.pop(waiter, None)
+
+    def take(self, after_seq: int, *, hold: bool = False) -> tuple[list[RunEvent | Gap], int]:
+        """Everything ready after `after_seq` at once, and the seq read through.
+
+        The items are a `Gap` first if events after `after_seq` were dropped, then every event kept after
+        it. With `hold` (the primary follower, after `hold_from`) the log may drop what was taken. The
+        follower is done once it took with `finished` already set (it then reports `error`).
+        """
+        items: list[RunEvent | Gap] = []
+        if after_seq < self.evicted_through:
+            items.append(Gap(after_seq + 1, self.evicted_through))
+            after_seq = self.evicted_through
+        seqs = self._seqs
+        if seqs and seqs[-1] > after_seq:
+            items += self._events[bisect.bisect_right(seqs, after_seq) :]
+            after_seq = seqs[-1]
+            if hold:
+                self._held_after = after_seq
+        return items, after_seq
+
+    def hold_from(self, after_seq: int) -> None:
+        """Keep every event after `after_seq` for a primary follower starting there (until `release()`)."""
+        self._held_after = after_seq if self._held_after is None else min(after_seq, self._held_after)
 
     async def follow(self, after_seq: int = 0, *, primary: bool = False) -> AsyncIterator[RunEvent | Gap]:
         """Every event with a seq above `after_seq`, as it arrives; then the run's error, if it failed.
@@ -205,7 +242,7 @@ class RunLog:
             async for item in self._follow(after_seq):
                 yield item
             return
-        self._held_after = after_seq if self._held_after is None else min(after_seq, self._held_after)
+        self.hold_from(after_seq)
         try:
             async for item in self._follow(after_seq, hold=True):
                 yield item
@@ -242,9 +279,12 @@ class RunLog:
                 if self.error is not None:
                     raise self.error
                 return
-            changed = self._changed
             if bisect.bisect_right(self._seqs, after_seq) == len(self._seqs) and not self.finished:
-                await changed.wait()
+                waiter = self.waiter()
+                try:
+                    await waiter
+                finally:
+                    self.discard(waiter)  # a cancelled wait leaves nothing behind
 
 
 class RunRegistry:
@@ -314,17 +354,19 @@ class RunRegistry:
         events = astream(loaded, inputs, mock=mock, run_id=run_id, lifecycle=True)
         log.events = events
 
+        def take(event: RunEvent) -> None:  # called by the run as each event happens
+            if type(event) is Delta:
+                log.append(event)
+            else:
+                log.append(log.public(event))
+                if observer is not None and type(event) is Done:
+                    observer.step_done(workflow, event)
+            if log.cancel_requested and not events.cancelled:
+                events.cancel()  # asked for before the run had started
+
         async def produce() -> None:
             try:
-                async for event in events:
-                    if type(event) is Delta:
-                        log.append(event)
-                    else:
-                        log.append(log.public(event))
-                        if observer is not None and type(event) is Done:
-                            observer.step_done(workflow, event)
-                    if log.cancel_requested and not events.cancelled:
-                        events.cancel()  # asked for before the run had started
+                await events.run_into(take)
             except (asyncio.CancelledError, RunCancelled):
                 log.finish(None, RunCancelled(f"run {run_id} was cancelled"))
             except Exception as error:

@@ -19,7 +19,7 @@ import os
 import queue
 import threading
 from collections import deque
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from pipeline_ex.errors import PipelineError, RunCancelled
@@ -106,7 +106,7 @@ class EventStream:
         self._started = True
         return self
 
-    def _start(self) -> None:
+    def _start(self, sink: Callable[[RunEvent], None] | None = None) -> None:
         workflow, inputs = self._args
         ready = self._ready  # not `self`: the running task must not keep this stream alive
         self._task = asyncio.ensure_future(
@@ -114,7 +114,7 @@ class EventStream:
                 workflow,
                 inputs,
                 mock=self._mock,
-                on_event=[*self._extra, ready.put],
+                on_event=[*self._extra, ready.put if sink is None else sink],
                 lifecycle=self._lifecycle,
                 output_dir=self._output_dir,
                 run_id=self._run_id,
@@ -143,6 +143,29 @@ class EventStream:
             raise StopAsyncIteration
         event: RunEvent = item
         return event
+
+    async def run_into(self, sink: Callable[[RunEvent], None]) -> None:
+        """Consume the stream by handing each event to `sink` as it happens, instead of iterating it.
+
+        `sink` is called like a handler, by the run itself: no task hop per event (a server's run log
+        takes them so). Returns when the run has ended, or when it ended after `cancel()`; raises as the
+        iteration would (the run's error, or `RunCancelled` if it was cancelled otherwise).
+        """
+        if self._started:
+            raise PipelineError("this event stream was already consumed; call astream() again for a new run")
+        self._started = True
+        self._start(sink)
+        task = self._task
+        assert task is not None
+        try:
+            await asyncio.wait({task})  # the run's own cancellation is told apart below, not raised here
+        finally:
+            self._finished = True
+        if task.cancelled():
+            if self.cancelled:
+                return
+            raise RunCancelled("the run was cancelled; its steps' Done events were delivered")
+        self.result = task.result()
 
     def cancel(self) -> None:
         """Cancel the run but keep iterating: its steps' `Done(cancelled)` events still arrive."""
