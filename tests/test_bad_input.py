@@ -12,13 +12,13 @@ import os
 import resource
 import subprocess
 import sys
-import textwrap
 from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 import pytest
 import yaml
+from cli_kit import write
 from server_kit import serving
 
 from pipeline_ex.errors import PipelineError, StepError, WorkflowError
@@ -49,11 +49,6 @@ def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
         preexec_fn=_limit_memory,
         check=False,
     )
-
-
-def write(path: Path, text: str) -> Path:
-    path.write_text(textwrap.dedent(text).lstrip(), encoding="utf-8")
-    return path
 
 
 def only_issue(error: WorkflowError) -> tuple[int | None, int | None, str | None, str]:

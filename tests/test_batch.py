@@ -14,51 +14,19 @@ import re
 import signal
 import subprocess
 import sys
-import textwrap
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
-from pty_kit import read_in_background
+from cli_kit import TIMEOUT, cli, cli_env, cli_on_a_pty, read_jsonl, signal_after_lines, write
 
 from pipeline_ex.batch import RowOutcome, run_batch
 from pipeline_ex.workflow.loader import load_workflow
 
-TIMEOUT = 60
 ROWS = 200
 UNLUCKY = {7, 27, 47, 67, 87, 107, 127, 147}
 """Values of `n` the python step raises for (8 rows); two more rows fail with an `n` that is no integer."""
 WRONG_TYPE_ROWS = {50, 150}
-
-
-def _env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PIPELINE_")}
-    env["NO_COLOR"] = "1"
-    env.update(extra)
-    return env
-
-
-def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    """Run `python -m pipeline_ex ARGS` and capture its output."""
-    return subprocess.run(
-        [sys.executable, "-m", "pipeline_ex", *args],
-        cwd=cwd,
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT,
-        check=False,
-    )
-
-
-def write(path: Path, text: str) -> Path:
-    path.write_text(textwrap.dedent(text).lstrip(), encoding="utf-8")
-    return path
-
-
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 def summary_line(stderr: str) -> str:
@@ -223,14 +191,6 @@ workflow:
 """
 
 
-def _wait_for_lines(path: Path, count: int, proc: subprocess.Popen[str]) -> None:
-    deadline = time.monotonic() + 30
-    while not (path.exists() and path.read_bytes().count(b"\n") >= count):
-        assert proc.poll() is None, proc.communicate()
-        assert time.monotonic() < deadline, f"{path} never got {count} lines"
-        time.sleep(0.01)
-
-
 # about 6 s each: a stopped batch of slow rows, then the rest of it
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
 @pytest.mark.parametrize(
@@ -243,18 +203,10 @@ def test_a_stopped_batch_keeps_whole_lines_and_a_rerun_finishes_only_the_rest(
     (project / "batchsteps.py").write_text(f"UNLUCKY = []\n{STEPS_MODULE}", encoding="utf-8")
     write_rows(project / "rows.jsonl")
     output = project / "results.jsonl"
-    command = [sys.executable, "-m", "pipeline_ex", "batch", "slow.yaml", "--inputs", "rows.jsonl"]
-    command += ["--output", "results.jsonl", "--concurrency", "4"]
-    proc = subprocess.Popen(command, cwd=project, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        _wait_for_lines(output, 12, proc)
-        proc.send_signal(signum)
-        stdout, stderr = proc.communicate(timeout=TIMEOUT)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-    assert proc.returncode == code, stderr
+    args = ("batch", "slow.yaml", "--inputs", "rows.jsonl", "--output", "results.jsonl", "--concurrency", "4")
+    result = signal_after_lines(*args, cwd=project, lines_in=output, count=12, signum=signum, timeout=TIMEOUT)
+    stdout, stderr = result.stdout, result.stderr
+    assert result.returncode == code, stderr
     assert stdout == "" and "Traceback" not in stderr
     assert f"error: {word}; " in stderr and "run the same command to finish" in stderr
     text = output.read_text(encoding="utf-8")
@@ -394,32 +346,12 @@ def test_output_dir_holds_each_rows_files_and_a_shared_file_name_is_warned_about
     assert "put an input in the file name" in warnings[0]
 
 
-def _run_with_tty_stderr(args: list[str], cwd: Path) -> tuple[int, str, str]:
-    master, slave = os.openpty()
-    reader, chunks = read_in_background(master)
-    try:
-        proc = subprocess.run(
-            [sys.executable, "-m", "pipeline_ex", *args],
-            cwd=cwd,
-            env=_env(TERM="xterm", COLUMNS="120"),
-            stdout=subprocess.PIPE,
-            stderr=slave,
-            timeout=TIMEOUT,
-            check=False,
-        )
-    finally:
-        os.close(slave)
-    reader.join(timeout=10)
-    os.close(master)
-    return proc.returncode, proc.stdout.decode(), b"".join(chunks).decode(errors="replace")
-
-
 @pytest.mark.skipif(not hasattr(os, "openpty"), reason="needs a pseudo-terminal")
 def test_progress_bar_on_a_terminal(project: Path) -> None:
     write_rows(project / "rows.jsonl", count=20)
-    code, stdout, stderr = _run_with_tty_stderr(
-        ["batch", "numbers.yaml", "--inputs", "rows.jsonl", "--output", "results.jsonl"], project
-    )
+    args = ("batch", "numbers.yaml", "--inputs", "rows.jsonl", "--output", "results.jsonl")
+    code, out, tty = cli_on_a_pty(*args, cwd=project, env=cli_env(TERM="xterm", COLUMNS="120"))
+    stdout, stderr = out.decode(), tty.decode(errors="replace")
     assert code == 1, stderr  # row 7 is unlucky
     assert stdout == ""
     plain = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", stderr)
@@ -502,7 +434,7 @@ def test_batch_help_and_it_does_not_import_haystack(project: Path) -> None:
         "try:\n    main(['batch', '--help'])\nexcept SystemExit:\n    pass\n"
         "assert not [m for m in sys.modules if m.split('.')[0] in ('haystack', 'rich')], 'heavy imports'\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], cwd=project, env=_env(), capture_output=True, text=True)
+    result = subprocess.run([sys.executable, "-c", code], cwd=project, env=cli_env(), capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("usage: pipeline-ex batch")
     for flag in ("--inputs", "--output", "--concurrency", "--mock", "--output-dir"):

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cli_kit import cli, cli_env
 
 from pipeline_ex import RunFinished, StepStarted, arun, load_workflow
 from pipeline_ex.errors import StepError
@@ -240,11 +241,7 @@ def test_a_checkpoint_file_of_another_format_is_refused_by_name(tmp_path: Path) 
 
 
 def _cli(*args: str, cwd: Path, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PIPELINE_")}
-    env.update(NO_COLOR="1", PYTHONPATH=str(cwd))
-    return subprocess.run(
-        [sys.executable, "-m", "pipeline_ex", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
-    )
+    return cli(*args, cwd=cwd, env=cli_env(PYTHONPATH=str(cwd)), timeout=timeout)  # the project's python steps
 
 
 def test_run_resume_continues_a_run_that_failed_at_step_two(project: Path) -> None:

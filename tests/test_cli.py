@@ -8,65 +8,21 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import statistics
 import subprocess
 import sys
-import textwrap
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
-from pty_kit import read_in_background
-
-REPO = Path(__file__).resolve().parents[1]
-SCRIPT = Path(sys.executable).with_name("pipeline-ex")
-TIMEOUT = 60
+from cli_kit import SCRIPT, TIMEOUT, cli, cli_env, cli_on_a_pty, project, read_jsonl, signal_after_lines, write
 
 GUIDE_REPLY = "Mock reply to: Write a short report on streaming."
 DRAFT_REPLY = "Mock reply to: Write three sentences about streaming."
 
-
-def _env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PIPELINE_")}
-    env["NO_COLOR"] = "1"
-    env.update(extra)
-    return env
-
-
-def cli(
-    *args: str, cwd: Path, env: dict[str, str] | None = None, script: bool = False
-) -> subprocess.CompletedProcess[str]:
-    """Run `python -m pipeline_ex ARGS` (or the installed `pipeline-ex` script) and capture its output."""
-    command = [str(SCRIPT)] if script else [sys.executable, "-m", "pipeline_ex"]
-    return subprocess.run(
-        [*command, *args],
-        cwd=cwd,
-        env=env if env is not None else _env(),
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT,
-        check=False,
-    )
-
-
-@pytest.fixture
-def project(tmp_path: Path) -> Path:
-    """A scratch project directory with copies of workflows/, handlers/ and tools/."""
-    for folder in ("workflows", "handlers", "tools"):
-        shutil.copytree(REPO / folder, tmp_path / folder)
-    return tmp_path
-
-
-def write(path: Path, text: str) -> Path:
-    path.write_text(textwrap.dedent(text).lstrip(), encoding="utf-8")
-    return path
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+__all__ = ["project"]  # the fixture, from cli_kit
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -301,7 +257,7 @@ def test_output_dir_option_places_output_files(project: Path) -> None:
 
 
 def test_output_dir_from_environment(project: Path) -> None:
-    env = _env(PIPELINE_OUTPUT_DIR=str(project / "from_env"))
+    env = cli_env(PIPELINE_OUTPUT_DIR=str(project / "from_env"))
     result = cli("run", "workflows/multi_step.yaml", "--mock", cwd=project, env=env)
     assert result.returncode == 0, result.stderr
     assert (project / "from_env" / "draft.md").read_text(encoding="utf-8") == DRAFT_REPLY
@@ -323,23 +279,8 @@ def test_output_dir_defaults_to_outputs(project: Path) -> None:
 
 def _run_with_tty_stderr(args: Sequence[str], cwd: Path) -> tuple[int, str, str]:
     """Run the CLI with stderr on a pseudo-terminal; return (exit code, stdout, stderr as text)."""
-    master, slave = os.openpty()
-    reader, chunks = read_in_background(master)
-    try:
-        proc = subprocess.run(
-            [sys.executable, "-m", "pipeline_ex", *args],
-            cwd=cwd,
-            env=_env(),
-            stdout=subprocess.PIPE,
-            stderr=slave,
-            timeout=TIMEOUT,
-            check=False,
-        )
-    finally:
-        os.close(slave)
-    reader.join(timeout=10)
-    os.close(master)
-    return proc.returncode, proc.stdout.decode(), b"".join(chunks).decode().replace("\r\n", "\n")
+    code, stdout, stderr = cli_on_a_pty(*args, cwd=cwd)
+    return code, stdout.decode(), stderr.decode().replace("\r\n", "\n")
 
 
 @pytest.mark.skipif(not hasattr(os, "openpty"), reason="needs a pseudo-terminal")
@@ -387,30 +328,9 @@ def test_sigint_during_a_slow_stream_exits_130_and_delivers_cancelled_done(proje
         """,
     )
     events_file = project / "slow.jsonl"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "pipeline_ex", "run", "slow.yaml"],
-        cwd=project,
-        env=_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if events_file.exists() and len(events_file.read_text(encoding="utf-8").splitlines()) >= 3:
-                break
-            assert proc.poll() is None, proc.communicate()
-            time.sleep(0.02)
-        else:
-            pytest.fail("the slow stream never delivered 3 events")
-        proc.send_signal(signal.SIGINT)
-        _, stderr = proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-    assert proc.returncode == 130, stderr
+    result = signal_after_lines("run", "slow.yaml", cwd=project, lines_in=events_file, count=3, signum=signal.SIGINT)
+    stderr = result.stderr
+    assert result.returncode == 130, stderr
     assert "interrupted" in stderr
     assert "Traceback" not in stderr
 
@@ -544,7 +464,7 @@ def test_cheap_commands_do_not_import_haystack(project: Path, argv: list[str]) -
     result = subprocess.run(
         [sys.executable, "-c", NO_HAYSTACK.format(argv=argv)],
         cwd=project,
-        env=_env(),
+        env=cli_env(),
         capture_output=True,
         text=True,
         timeout=TIMEOUT,
@@ -559,7 +479,7 @@ def _median_wall_time(command: Sequence[str], cwd: Path, runs: int = 7) -> float
     for _ in range(runs):
         start = time.perf_counter()
         result = subprocess.run(
-            command, cwd=cwd, env=_env(), capture_output=True, text=True, timeout=TIMEOUT, check=False
+            command, cwd=cwd, env=cli_env(), capture_output=True, text=True, timeout=TIMEOUT, check=False
         )
         times.append(time.perf_counter() - start)
         assert result.returncode == 0, result.stderr

@@ -12,16 +12,15 @@ import shlex
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+from cli_kit import TIMEOUT, cli, cli_env, project, read_jsonl, signal_after_lines, write
 from openai_sse_server import OpenAISSEServer, StreamScript
-from test_cli import TIMEOUT, _env, cli, project, read_jsonl, write
 
 from pipeline_ex.completion import SHELLS
 
-__all__ = ["project"]  # the fixture, shared with test_cli
+__all__ = ["project"]  # the fixture, from cli_kit
 
 # ---------------------------------------------------------------------------------------------------------
 # --provider, --model and --set
@@ -63,7 +62,7 @@ def test_provider_model_and_set_reach_the_provider_as_typed_values(
         "stop=[END, STOP]",
         "--json",
         cwd=project,
-        env=_env(OPENAI_API_KEY="sk-test-key"),
+        env=cli_env(OPENAI_API_KEY="sk-test-key"),
     )
     assert result.returncode == 0, result.stderr
     (body,) = openai_server.bodies
@@ -289,10 +288,7 @@ def test_json_failure_object_has_the_error_and_the_finished_steps(project: Path)
         f"pipeline-ex run fail.yaml --resume {data['run_id']} --output-dir out --set temperature=0.3"
     )
     # the command resumes the run: 'first' is restored, 'flaky' runs again (and fails again)
-    again = subprocess.run(
-        [sys.executable, "-m", "pipeline_ex", *shlex.split(error["resume"])[1:], "--json"],
-        cwd=project, env=_env(), capture_output=True, text=True, timeout=TIMEOUT, check=False,
-    )  # fmt: skip
+    again = cli(*shlex.split(error["resume"])[1:], "--json", cwd=project)
     assert again.returncode == 1, again.stderr
     resumed = json.loads(again.stdout)
     assert resumed["run_id"] == data["run_id"] and resumed["error"]["step"] == "flaky"
@@ -350,24 +346,11 @@ def test_json_failure_of_a_terminated_run_is_cancelled_and_resumable(project: Pa
               stream_handler_options: {{path: slow.jsonl}}
         """,
     )
-    events_file = project / "slow.jsonl"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "pipeline_ex", "run", "slow.yaml", "--json"],
-        cwd=project, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 30
-        while not (events_file.exists() and len(events_file.read_text(encoding="utf-8").splitlines()) >= 2):
-            assert proc.poll() is None, proc.communicate()
-            assert time.monotonic() < deadline, "the slow stream never delivered 2 events"
-            time.sleep(0.02)
-        proc.send_signal(signal.SIGTERM)
-        stdout, stderr = proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-    assert proc.returncode == 143, stderr
+    result = signal_after_lines(
+        "run", "slow.yaml", "--json", cwd=project, lines_in=project / "slow.jsonl", count=2, signum=signal.SIGTERM
+    )
+    stdout, stderr = result.stdout, result.stderr
+    assert result.returncode == 143, stderr
     data = json.loads(stdout)
     assert data["ok"] is False
     assert data["error"]["type"] == "cancelled" and data["error"]["message"] == "terminated"
@@ -594,7 +577,7 @@ def test_help_and_run_do_not_import_shtab(project: Path) -> None:
         "print('shtab imported:', 'shtab' in sys.modules)\n"
     )
     done = subprocess.run(
-        [sys.executable, "-c", probe], cwd=project, env=_env(), capture_output=True, text=True, timeout=TIMEOUT
+        [sys.executable, "-c", probe], cwd=project, env=cli_env(), capture_output=True, text=True, timeout=TIMEOUT
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().endswith("shtab imported: False")

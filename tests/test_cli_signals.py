@@ -19,13 +19,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cli_kit import SCRIPT, read_jsonl, signal_after_lines
 
 pytestmark = [
     pytest.mark.streaming,
     pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals and pipes"),
 ]
-
-SCRIPT = Path(sys.executable).with_name("pipeline-ex")
 
 
 def _slow_workflow(folder: Path, *, chunks: int = 300, delay_ms: int = 30, **handler: Any) -> Path:
@@ -42,18 +41,6 @@ def _slow_workflow(folder: Path, *, chunks: int = 300, delay_ms: int = 30, **han
     return path
 
 
-def _events(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
-
-
-def _wait_for_lines(path: Path, count: int, proc: subprocess.Popen[str], timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not (path.exists() and path.read_text(encoding="utf-8").count("\n") >= count):
-        assert proc.poll() is None, proc.communicate()
-        assert time.monotonic() < deadline, f"{path} never got {count} lines"
-        time.sleep(0.01)
-
-
 def _assert_one_cancelled_done(events: list[dict[str, Any]]) -> None:
     kinds = [event["type"] for event in events]
     assert kinds.count("done") == 1 and kinds[-1] == "done", kinds
@@ -65,21 +52,23 @@ def _assert_one_cancelled_done(events: list[dict[str, Any]]) -> None:
 
 def test_sigterm_cancels_the_run_delivers_done_cancelled_and_exits_143(tmp_path: Path) -> None:
     _slow_workflow(tmp_path, stream_handler="jsonl", stream_handler_options={"path": "events.jsonl"})
-    proc = subprocess.Popen(
-        [str(SCRIPT), "run", "slow.yaml"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    events_file = tmp_path / "events.jsonl"
+    result = signal_after_lines(
+        "run",
+        "slow.yaml",
+        cwd=tmp_path,
+        lines_in=events_file,
+        count=3,
+        signum=signal.SIGTERM,
+        env=os.environ,
+        script=True,
+        wait=60,
     )
-    try:
-        _wait_for_lines(tmp_path / "events.jsonl", 3, proc)
-        proc.send_signal(signal.SIGTERM)
-        _, stderr = proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-    assert proc.returncode == 143, stderr
+    stderr = result.stderr
+    assert result.returncode == 143, stderr
     assert "Traceback" not in stderr
     assert "error: terminated" in stderr
-    events = _events(tmp_path / "events.jsonl")
+    events = read_jsonl(events_file, skip_blank=False)
     _assert_one_cancelled_done(events)
     assert 3 <= len(events) - 1 < 300
 
@@ -179,7 +168,7 @@ def test_ctrl_c_before_the_local_models_first_token_exits_130_cleanly_every_time
             if proc.poll() is None:
                 proc.kill()
                 proc.communicate()
-        events = _events(events_file) if events_file.exists() else []
+        events = read_jsonl(events_file, skip_blank=False) if events_file.exists() else []
         outcomes.append((delay, proc.returncode, [e["type"] for e in events].count("done")))
         assert proc.returncode == 130, f"after {delay} s: exit {proc.returncode}\n{stderr}"
         assert "Traceback" not in stderr and "Fatal Python error" not in stderr, stderr

@@ -23,10 +23,9 @@ import _thread
 import asyncio
 import json
 import logging
+import os
 import signal
-import subprocess
 import sys
-import textwrap
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -35,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cli_kit import read_jsonl, signal_after_lines, write
 from haystack import component
 from haystack.dataclasses import ChatMessage, StreamingChunk
 from openai_sse_server import OpenAISSEServer
@@ -515,49 +515,37 @@ def test_fault_cell(fault: str, path: str, plan: Plan, request: pytest.FixtureRe
 @pytest.mark.skipif(sys.platform == "win32", reason="SIGINT to a child process is POSIX-only here")
 def test_fault_cell_sigint_cli(tmp_path: Path) -> None:
     chunks = ", ".join(f'"c{i} "' for i in range(300))  # 300 x 30 ms: far longer than the test waits
-    (tmp_path / "slow.yaml").write_text(
-        textwrap.dedent(
-            f"""
-            workflow:
-              name: slow
-              steps:
-                - id: slow
-                  provider: mock
-                  prompt: "go slowly"
-                  options:
-                    delay_ms: 30
-                    mock_response: [{chunks}]
-                  stream_handler: jsonl
-                  stream_handler_options: {{path: events.jsonl}}
-            """
-        ).lstrip(),
-        encoding="utf-8",
+    write(
+        tmp_path / "slow.yaml",
+        f"""
+        workflow:
+          name: slow
+          steps:
+            - id: slow
+              provider: mock
+              prompt: "go slowly"
+              options:
+                delay_ms: 30
+                mock_response: [{chunks}]
+              stream_handler: jsonl
+              stream_handler_options: {{path: events.jsonl}}
+        """,
     )
     events_file = tmp_path / "events.jsonl"
-    script = Path(sys.executable).with_name("pipeline-ex")
-    proc = subprocess.Popen(
-        [str(script), "run", "slow.yaml"],
+    result = signal_after_lines(
+        "run",
+        "slow.yaml",
         cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+        lines_in=events_file,
+        count=3,
+        signum=signal.SIGINT,
+        env=os.environ,
+        script=True,
     )
-    try:
-        deadline = time.monotonic() + 30
-        while not (events_file.exists() and events_file.read_text(encoding="utf-8").count("\n") >= 3):
-            assert proc.poll() is None, proc.communicate()
-            assert time.monotonic() < deadline, "the stream never delivered 3 events"
-            time.sleep(0.01)
-        proc.send_signal(signal.SIGINT)
-        _, stderr = proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-    assert proc.returncode == 130, stderr
-    assert "Traceback" not in stderr
+    assert result.returncode == 130, result.stderr
+    assert "Traceback" not in result.stderr
 
-    events = [json.loads(line) for line in events_file.read_text(encoding="utf-8").splitlines()]
+    events = read_jsonl(events_file, skip_blank=False)
     assert [e["type"] for e in events].count("done") == 1
     done = events[-1]
     assert done["type"] == "done"
@@ -812,7 +800,7 @@ def test_fault_cell_inside_a_group(
     server: OpenAISSEServer | None = request.getfixturevalue("openai_server") if path in OPENAI_PATHS else None
     cell = Cell(fault, path, plan, server)
     kwargs, _ = configure(cell)
-    loaded = pipeline_ex.load_workflow(_write(tmp_path / "grouped.yaml", _grouped_workflow(cell, kwargs, group)))
+    loaded = pipeline_ex.load_workflow(write(tmp_path / "grouped.yaml", _grouped_workflow(cell, kwargs, group)))
     faulty_path = STEP if group == "parallel" else f"group[0].{STEP}"
     sibling_path = "sibling" if group == "parallel" else "group[1].sibling"
 
@@ -844,8 +832,3 @@ def test_fault_cell_inside_a_group(
     run_end = cell.recorder.timeline[-1]
     assert isinstance(run_end, pipeline_ex.RunFinished)
     assert run_end.status == ("cancelled" if fault == "cancel" else "failed")
-
-
-def _write(path: Path, text: str) -> Path:
-    path.write_text(text, encoding="utf-8")
-    return path

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from cli_kit import write
 
 from pipeline_ex.errors import WorkflowError
 from pipeline_ex.workflow import parse_workflow
@@ -35,11 +36,6 @@ def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
         timeout=60,
         check=False,
     )
-
-
-def write(path: Path, text: str) -> Path:
-    path.write_text(textwrap.dedent(text).lstrip(), encoding="utf-8")
-    return path
 
 
 def migrated(text: str, file: str = "wf.yaml") -> str:

@@ -18,13 +18,11 @@ import re
 import signal
 import subprocess
 import sys
-import textwrap
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
-from pty_kit import read_in_background
+from cli_kit import REPO, cli, cli_env, cli_on_a_pty, read_jsonl, signal_after_lines, write
 
 from pipeline_ex import load_workflow, run
 from pipeline_ex.cli import _cmd_run, build_parser
@@ -32,7 +30,6 @@ from pipeline_ex.run_report import RunReport
 
 pytestmark = pytest.mark.streaming
 
-REPO = Path(__file__).resolve().parents[1]
 TIMEOUT = 120
 TOTAL_TIME = r"\d+\.\d s"
 
@@ -49,33 +46,11 @@ class KeepEvents:
 '''
 
 
-def _env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PIPELINE_")}
-    env["NO_COLOR"] = "1"
-    env.update(extra)
-    return env
-
-
-def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    command = [sys.executable, "-m", "pipeline_ex", *args]
-    return subprocess.run(command, cwd=cwd, env=_env(), capture_output=True, text=True, timeout=TIMEOUT, check=False)
-
-
-def _write(folder: Path, name: str, text: str) -> Path:
-    path = folder / name
-    path.write_text(textwrap.dedent(text).lstrip(), encoding="utf-8")
-    return path
-
-
-def _events(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
-
-
 def test_the_subprocesses_run_this_checkout(tmp_path: Path) -> None:
     found = subprocess.run(
         [sys.executable, "-c", "import pipeline_ex.run_report as m; print(m.__file__)"],
         cwd=tmp_path,
-        env=_env(),
+        env=cli_env(),
         capture_output=True,
         text=True,
         check=True,
@@ -124,8 +99,8 @@ EACH_HINT = (
 
 
 def test_a_step_cut_at_its_token_limit_gets_a_hint_naming_the_limit_and_where_to_raise_it(tmp_path: Path) -> None:
-    _write(tmp_path, "cut.yaml", CUT_SHORT)
-    result = _cli("run", "cut.yaml", cwd=tmp_path)
+    write(tmp_path / "cut.yaml", CUT_SHORT)
+    result = cli("run", "cut.yaml", cwd=tmp_path, timeout=TIMEOUT)
     assert result.returncode == 0, result.stderr
     lines = result.stderr.splitlines()
     hints = [line for line in lines if line.startswith("hint:")]
@@ -138,9 +113,8 @@ def test_a_step_cut_at_its_token_limit_gets_a_hint_naming_the_limit_and_where_to
 
 def test_hints_find_steps_in_groups_loops_and_nested_workflows(tmp_path: Path) -> None:
     (tmp_path / "parts").mkdir()
-    _write(
-        tmp_path,
-        "parts/inner.yaml",
+    write(
+        tmp_path / "parts/inner.yaml",
         """
         workflow:
           name: inner
@@ -152,9 +126,8 @@ def test_hints_find_steps_in_groups_loops_and_nested_workflows(tmp_path: Path) -
               max_tokens: 3
         """,
     )
-    _write(
-        tmp_path,
-        "outer.yaml",
+    write(
+        tmp_path / "outer.yaml",
         """
         workflow:
           name: outer
@@ -172,7 +145,7 @@ def test_hints_find_steps_in_groups_loops_and_nested_workflows(tmp_path: Path) -
               workflow: parts/inner.yaml
         """,
     )
-    result = _cli("run", "outer.yaml", cwd=tmp_path)
+    result = cli("run", "outer.yaml", cwd=tmp_path, timeout=TIMEOUT)
     assert result.returncode == 0, result.stderr
     unset = "stopped at the model's default output limit (no max_tokens is set) before the reply ended"
     assert [line for line in result.stderr.splitlines() if line.startswith("hint:")] == [
@@ -189,9 +162,8 @@ def test_hints_find_steps_in_groups_loops_and_nested_workflows(tmp_path: Path) -
 def test_a_step_cut_at_the_providers_default_limit_is_told_where_to_set_one(
     tmp_path: Path, llm_mock: Any, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    workflow = _write(
-        tmp_path,
-        "poem.yaml",
+    workflow = write(
+        tmp_path / "poem.yaml",
         """
         workflow:
           name: poem
@@ -233,8 +205,8 @@ workflow:
 
 
 def test_the_run_ends_with_one_total_line_of_steps_tokens_time_and_files(tmp_path: Path) -> None:
-    _write(tmp_path, "totals.yaml", TOTALS.replace("ERROR_AFTER", "null"))
-    result = _cli("run", "totals.yaml", "--output-dir", "out", cwd=tmp_path)
+    write(tmp_path / "totals.yaml", TOTALS.replace("ERROR_AFTER", "null"))
+    result = cli("run", "totals.yaml", "--output-dir", "out", cwd=tmp_path, timeout=TIMEOUT)
     assert result.returncode == 0, result.stderr
     last = result.stderr.splitlines()[-1]
     assert re.fullmatch(
@@ -248,16 +220,16 @@ def test_the_run_ends_with_one_total_line_of_steps_tokens_time_and_files(tmp_pat
 
 
 def test_with_json_stdout_stays_json_and_the_total_line_goes_to_stderr(tmp_path: Path) -> None:
-    _write(tmp_path, "totals.yaml", TOTALS.replace("ERROR_AFTER", "null"))
-    result = _cli("run", "totals.yaml", "--output-dir", "out", "--json", cwd=tmp_path)
+    write(tmp_path / "totals.yaml", TOTALS.replace("ERROR_AFTER", "null"))
+    result = cli("run", "totals.yaml", "--output-dir", "out", "--json", cwd=tmp_path, timeout=TIMEOUT)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["steps"]["draft"]["text"] == "a b c"
     assert re.search(r"^run ok · 3 steps: 2 ok, 1 skipped · tokens 31 in / 5 out · ", result.stderr, re.M)
 
 
 def test_a_failed_run_still_prints_its_total_line_naming_the_failed_step(tmp_path: Path) -> None:
-    _write(tmp_path, "totals.yaml", TOTALS.replace("ERROR_AFTER", "1"))
-    result = _cli("run", "totals.yaml", "--output-dir", "out", cwd=tmp_path)
+    write(tmp_path / "totals.yaml", TOTALS.replace("ERROR_AFTER", "1"))
+    result = cli("run", "totals.yaml", "--output-dir", "out", cwd=tmp_path, timeout=TIMEOUT)
     assert result.returncode == 1, result.stderr
     lines = result.stderr.splitlines()
     total = next(line for line in lines if line.startswith("run "))
@@ -272,9 +244,8 @@ def test_a_failed_run_still_prints_its_total_line_naming_the_failed_step(tmp_pat
 
 
 def test_tokens_unknown_when_no_step_reported_usage_never_zero(tmp_path: Path) -> None:
-    _write(
-        tmp_path,
-        "quiet_provider.yaml",
+    write(
+        tmp_path / "quiet_provider.yaml",
         """
         workflow:
           name: quiet_provider
@@ -282,7 +253,7 @@ def test_tokens_unknown_when_no_step_reported_usage_never_zero(tmp_path: Path) -
             - {id: one, provider: mock, prompt: "One", options: {mock_response: "a b", usage: null}}
         """,
     )
-    result = _cli("run", "quiet_provider.yaml", cwd=tmp_path)
+    result = cli("run", "quiet_provider.yaml", cwd=tmp_path, timeout=TIMEOUT)
     assert result.returncode == 0, result.stderr
     assert re.fullmatch(rf"run ok · 1 step ok · tokens unknown · {TOTAL_TIME}", result.stderr.splitlines()[-1])
 
@@ -292,7 +263,7 @@ def test_quiet_leaves_the_total_line_out_but_keeps_the_hints(
     quiet: bool, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(tmp_path)
-    _write(tmp_path, "cut.yaml", CUT_SHORT)
+    write(tmp_path / "cut.yaml", CUT_SHORT)
     args = build_parser().parse_args(["run", "cut.yaml", "--output-dir", "out"])
     args.quiet = quiet  # what `-q` sets
     assert _cmd_run(args) == 0
@@ -304,36 +275,23 @@ def test_quiet_leaves_the_total_line_out_but_keeps_the_hints(
 # -- cancelled steps' tokens -------------------------------------------------------------------------------
 
 
-def _wait_for_lines(path: Path, count: int, proc: subprocess.Popen[str], timeout: float = 90) -> None:
-    deadline = time.monotonic() + timeout
-    while not (path.exists() and path.read_text(encoding="utf-8").count("\n") >= count):
-        assert proc.poll() is None, proc.communicate()
-        assert time.monotonic() < deadline, f"{path} never got {count} lines"
-        time.sleep(0.01)
-
-
 def _terminated_run(folder: Path, workflow: str, lines: int) -> tuple[str, list[dict[str, Any]]]:
     """Run the workflow, SIGTERM it once its step's events file has `lines` lines; return stderr and events."""
     (folder / "keep_events.py").write_text(KEEP_EVENTS, encoding="utf-8")
-    _write(folder, "run.yaml", workflow)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "pipeline_ex", "run", "run.yaml"],
+    write(folder / "run.yaml", workflow)
+    events_file = folder / "events.jsonl"
+    result = signal_after_lines(
+        "run",
+        "run.yaml",
         cwd=folder,
-        env=_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+        lines_in=events_file,
+        count=lines,
+        signum=signal.SIGTERM,
+        wait=90,
+        timeout=TIMEOUT,
     )
-    try:
-        _wait_for_lines(folder / "events.jsonl", lines, proc)
-        proc.send_signal(signal.SIGTERM)
-        _, stderr = proc.communicate(timeout=TIMEOUT)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-    assert proc.returncode == 143, stderr
-    return stderr, _events(folder / "events.jsonl")
+    assert result.returncode == 143, result.stderr
+    return result.stderr, read_jsonl(events_file, skip_blank=False)
 
 
 def test_a_cancelled_mock_step_reports_the_chunks_it_streamed_and_no_invented_usage(tmp_path: Path) -> None:
@@ -409,37 +367,16 @@ workflow:
 """
 
 
-def _run_on_a_terminal(args: list[str], cwd: Path, env: dict[str, str]) -> tuple[int, bytes]:
-    """Run the CLI with stdout and stderr on one pseudo-terminal; return its exit code and all it printed."""
-    master, slave = os.openpty()
-    reader, chunks = read_in_background(master)
-    try:
-        proc = subprocess.run(
-            [sys.executable, "-m", "pipeline_ex", *args],
-            cwd=cwd,
-            env=env,
-            stdout=slave,
-            stderr=slave,
-            timeout=TIMEOUT,
-            check=False,
-        )
-    finally:
-        os.close(slave)
-    reader.join(timeout=10)
-    os.close(master)
-    return proc.returncode, b"".join(chunks)
-
-
 @pytest.mark.local_model
 @pytest.mark.skipif(not hasattr(os, "openpty"), reason="needs a pseudo-terminal")
 @pytest.mark.parametrize("no_color", [True, False])
 def test_a_terminal_shows_the_model_loading_then_the_tokens_then_the_total_line(no_color: bool, tmp_path: Path) -> None:
     pytest.importorskip("llama_cpp")
-    _write(tmp_path, "poem.yaml", LOCAL_POEM)
-    env = _env()
+    write(tmp_path / "poem.yaml", LOCAL_POEM)
+    env = cli_env()
     if not no_color:
         del env["NO_COLOR"]
-    code, printed = _run_on_a_terminal(["run", "poem.yaml"], tmp_path, env)
+    code, _, printed = cli_on_a_pty("run", "poem.yaml", cwd=tmp_path, env=env, stdout_too=True, timeout=TIMEOUT)
     assert code == 0, printed
     status = re.search(rb"loading SmolLM2-135M-Instruct \(\d+ MB\)\xe2\x80\xa6", printed)
     assert status is not None, printed
