@@ -205,6 +205,7 @@ def report(results: dict[str, Any]) -> str:
                     TARGETS["fixed cost per run"],
                     f"{results['run_cost']['overhead, at once']:.1f} µs",
                 ],
+                *_many_streams_headline(results),
                 [
                     "SSE events per CPU-second vs hayhooks, 1,000 clients",
                     TARGETS["SSE events per CPU-second vs hayhooks, 1,000 clients"],
@@ -360,6 +361,32 @@ def _http_sse_section(results: dict[str, Any]) -> list[str]:
         + ".",
         "",
     ]
+
+
+def _many_streams_headline(results: dict[str, Any]) -> list[list[str]]:
+    """The headline rows of section 10: arun and astream at 1,000 streams (or the most measured)."""
+    ms = many_streams
+    rows = results["many_streams"]
+    tuned = results["many_streams_tuned"]
+    count = 1_000 if 1_000 in rows else max(rows)
+    smallest, largest = min(rows), max(rows)
+    headline = []
+    for name, target in (
+        (ms.ARUN, "arun overhead per event, 1,000 streams"),
+        (ms.ASTREAM, "astream overhead per event, 1,000 streams"),
+    ):
+        row = rows[count]
+        peer = f", {row[ms.HAYHOOKS] / row[name]:.1f}× below hayhooks" if ms.HAYHOOKS in row else ""
+        serve = f"; {tuned[count][name]:.2f} µs with serve's collector" if count in tuned else ""
+        headline.append(
+            [
+                target.replace("1,000", f"{count:,}"),
+                TARGETS[target],
+                f"{row[name]:.2f} µs{peer}{serve}; {rows[smallest][name]:.2f} µs at {smallest:,} streams, "
+                f"{rows[largest][name]:.2f} µs at {largest:,}",
+            ]
+        )
+    return headline
 
 
 def _many_streams_section(results: dict[str, Any]) -> list[str]:
