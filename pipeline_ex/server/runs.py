@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import os
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -75,6 +76,11 @@ def event_size(event: RunEvent) -> int:
 
 LogStatus = Literal["running", "ok", "failed", "cancelled"]
 """Where a run in the registry stands (`DELETE /runs/{run_id}` answers with it)."""
+
+
+def new_run_id() -> str:
+    """A new run id: 16 random hex digits (64 bits; `uuid4()` would build a UUID object only to cut it)."""
+    return os.urandom(8).hex()
 
 
 class RunObserver(Protocol):
@@ -389,6 +395,8 @@ class RunRegistry:
         return log
 
     def _forget_old(self, room_for: int = 0) -> None:
+        if len(self._runs) + room_for <= self.max_runs:
+            return  # the common case, without copying the ids of up to max_runs runs
         for run_id in list(self._runs):
             if len(self._runs) + room_for <= self.max_runs:
                 return
