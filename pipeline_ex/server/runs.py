@@ -395,13 +395,22 @@ class RunRegistry:
         return log
 
     def _forget_old(self, room_for: int = 0) -> None:
-        if len(self._runs) + room_for <= self.max_runs:
-            return  # the common case, without copying the ids of up to max_runs runs
-        for run_id in list(self._runs):
-            if len(self._runs) + room_for <= self.max_runs:
-                return
-            if self._runs[run_id].finished:
-                del self._runs[run_id]
+        """Forget the oldest finished runs until there is room for `room_for` more (or none is finished).
+
+        Once the registry is full this runs at every start: it walks only as far as the runs it drops,
+        never copying the ids of all `max_runs` runs.
+        """
+        excess = len(self._runs) + room_for - self.max_runs
+        if excess <= 0:
+            return
+        victims = []
+        for run_id, log in self._runs.items():
+            if log.finished:
+                victims.append(run_id)
+                if len(victims) == excess:
+                    break
+        for run_id in victims:
+            del self._runs[run_id]
 
     async def cancel_all(self) -> None:
         """Cancel every run still going (server shutdown)."""
