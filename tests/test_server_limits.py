@@ -106,6 +106,22 @@ async def test_a_registry_full_of_runs_still_going_refuses_more(kit_workflows: P
     assert registry.active == 0
 
 
+async def test_a_full_registry_forgets_the_oldest_finished_run_past_those_still_going(kit_workflows: Path) -> None:
+    from pipeline_ex.server.runs import RunRegistry
+    from pipeline_ex.workflow.loader import load_workflow
+
+    slow = load_workflow(kit_workflows / "slow.yaml", mock=True)
+    registry = RunRegistry(max_runs=3)
+    logs = [registry.start(slow, {"prompt": "x"}, mock=True, run_id=f"r{n}") for n in range(3)]
+    for log in logs[1:]:
+        log.cancel()
+        await log.task  # type: ignore[misc]
+    registry.start(slow, {"prompt": "x"}, mock=True, run_id="r3")
+    assert registry.get("r0") is logs[0] and registry.get("r1") is None and registry.get("r2") is logs[2]
+    assert len(registry) == 3
+    await registry.cancel_all()
+
+
 def test_max_concurrent_runs_cannot_exceed_max_runs(kit_workflows: Path) -> None:
     from pipeline_ex.server import create_app
     from pipeline_ex.server.runs import RunRegistry

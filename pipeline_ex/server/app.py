@@ -44,7 +44,6 @@ import asyncio
 import contextlib
 import os
 import time
-import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractContextManager, asynccontextmanager
 from pathlib import Path
@@ -69,7 +68,7 @@ from pipeline_ex.server.http import DEFAULT_READ_TIMEOUT
 from pipeline_ex.server.metrics import CONTENT_TYPE, ServerMetrics, Stream
 from pipeline_ex.server.page import PAGE
 from pipeline_ex.server.public_events import PathScrubber, failure_payload, new_reference
-from pipeline_ex.server.runs import RegistryFull, RunLog, RunRegistry
+from pipeline_ex.server.runs import RegistryFull, RunLog, RunRegistry, new_run_id
 from pipeline_ex.server.security import (
     ALLOWED_HOSTS_ENV,
     API_KEY_ENV,
@@ -417,13 +416,15 @@ class PipelineServer:
         check_bearer(request, self.api_key)
         loaded = self._workflow(request.path_params["name"])
         inputs = await self._run_request(request, loaded)
-        run_id = uuid.uuid4().hex[:16]
+        run_id = new_run_id()
         accept = request.headers.get("accept", "")
         headers = {"X-Run-Id": run_id}
         streamed = MEDIA_TYPE in accept or "text/plain" in accept
         log = await self._start(loaded, inputs, run_id, hold=streamed)
         if MEDIA_TYPE in accept:
-            resumable = request.query_params.get("resumable", "").lower() in ("1", "true", "yes")
+            resumable = bool(request.scope["query_string"]) and (  # no query string: nothing to parse
+                request.query_params.get("resumable", "").lower() in ("1", "true", "yes")
+            )
             if isinstance(log, RunLog):
                 return self._run_sse(log, 0, cancel_on_exit=not resumable, primary=True, headers={**HEADERS, **headers})
             frames = self._frames(log, 0, cancel_on_exit=not resumable, primary=True)
@@ -504,7 +505,7 @@ class PipelineServer:
             inputs = resolve_inputs(loaded, openai_api.chat_inputs(loaded, chat))
         except InputError as error:
             raise RequestRejected(422, str(error)) from None
-        run_id = uuid.uuid4().hex[:16]
+        run_id = new_run_id()
         log = await self._start(loaded, inputs, run_id)
         if chat.stream:
 

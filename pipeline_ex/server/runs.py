@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import os
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -75,6 +76,11 @@ def event_size(event: RunEvent) -> int:
 
 LogStatus = Literal["running", "ok", "failed", "cancelled"]
 """Where a run in the registry stands (`DELETE /runs/{run_id}` answers with it)."""
+
+
+def new_run_id() -> str:
+    """A new run id: 16 random hex digits (64 bits; `uuid4()` would build a UUID object only to cut it)."""
+    return os.urandom(8).hex()
 
 
 class RunObserver(Protocol):
@@ -389,11 +395,22 @@ class RunRegistry:
         return log
 
     def _forget_old(self, room_for: int = 0) -> None:
-        for run_id in list(self._runs):
-            if len(self._runs) + room_for <= self.max_runs:
-                return
-            if self._runs[run_id].finished:
-                del self._runs[run_id]
+        """Forget the oldest finished runs until there is room for `room_for` more (or none is finished).
+
+        Once the registry is full this runs at every start: it walks only as far as the runs it drops,
+        never copying the ids of all `max_runs` runs.
+        """
+        excess = len(self._runs) + room_for - self.max_runs
+        if excess <= 0:
+            return
+        victims = []
+        for run_id, log in self._runs.items():
+            if log.finished:
+                victims.append(run_id)
+                if len(victims) == excess:
+                    break
+        for run_id in victims:
+            del self._runs[run_id]
 
     async def cancel_all(self) -> None:
         """Cancel every run still going (server shutdown)."""
