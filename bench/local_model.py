@@ -15,7 +15,10 @@ from pipeline_ex.llm.local_model import default_model_path
 
 PROMPT = "Write a short paragraph about how rivers shape valleys."
 SETTINGS: dict[str, Any] = {"max_tokens": 128, "temperature": 0.0, "seed": 7, "repeat_penalty": 1.1}
-REPEATS = 5
+REPEATS = 9
+OURS = "pipeline_ex (local provider)"
+RAW = "llama-cpp-python (raw)"
+PAIRED = "paired ratio"
 
 
 def _raw_run(model: Any) -> tuple[float, float]:
@@ -45,7 +48,9 @@ def _ours() -> tuple[float, float]:
 
 
 def measure(repeats: int = REPEATS) -> dict[str, dict[str, float]]:
-    """Median TTFT (ms) and tokens/s for each path, alternating the two paths run by run."""
+    """Median TTFT (ms) and tokens/s for each path, alternating the two paths run by run, and under PAIRED the
+    median over the runs of ours / raw tokens/s (each run against the raw one right after it, so that a slow
+    stretch of a shared machine lands on both sides of a pair)."""
     from llama_cpp import Llama
 
     raw_model = Llama(model_path=str(default_model_path()), n_ctx=2048, n_batch=512, verbose=False)
@@ -54,15 +59,20 @@ def measure(repeats: int = REPEATS) -> dict[str, dict[str, float]]:
     for _ in range(repeats):
         ours.append(_ours())
         raw.append(_raw_run(raw_model))
-    return {
+    result = {
         name: {"ttft_ms": statistics.median(t for t, _ in rows), "tokens_per_s": statistics.median(r for _, r in rows)}
-        for name, rows in (("pipeline_ex (local provider)", ours), ("llama-cpp-python (raw)", raw))
+        for name, rows in ((OURS, ours), (RAW, raw))
     }
+    ratios = [mine / theirs for (_, mine), (_, theirs) in zip(ours, raw, strict=True) if theirs > 0]
+    result[PAIRED] = {"tokens_per_s": statistics.median(ratios)}
+    return result
 
 
 def main() -> None:
     """Print TTFT and tokens/s for both paths."""
-    for name, row in measure().items():
+    results = measure()
+    print(f"ours / raw tokens/s, median of paired runs: {results.pop(PAIRED)['tokens_per_s']:.3f}")
+    for name, row in results.items():
         print(f"{name:<32} TTFT {row['ttft_ms']:7.1f} ms   {row['tokens_per_s']:7.1f} tokens/s")
 
 

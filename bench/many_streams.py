@@ -8,6 +8,9 @@ process CPU time is measured:
 - the floor: the generator's own `run_async` with a no-op async callback;
 - `arun` with a no-op handler;
 - `astream`, consumed by `async for`;
+- the least step: the generator's callback is a `StreamBridge` that makes one `Delta` per chunk for one
+  no-op handler, then one `Done`, with no runner, engine or step supervisor around it; what any run that
+  streams typed events to a handler must do at the least;
 - a bare hand-off: the generator in a task of its own, each chunk handed to a consumer task through a
   deque and one future, which is the least any iterator over a running stream costs (one task wake-up
   per event);
@@ -34,8 +37,10 @@ from haystack.dataclasses import ChatMessage
 
 from bench.common import register_provider
 from pipeline_ex import arun, astream
+from pipeline_ex.llm.bridge import StreamBridge
 from pipeline_ex.modes.mock_generator import ScriptedChatGenerator
 from pipeline_ex.server.gc_tuning import restore, tune_for_many_streams
+from pipeline_ex.streaming.dispatch import BoundHandler, Dispatcher
 from pipeline_ex.workflow import parse_workflow
 from pipeline_ex.workflow.loader import LoadedWorkflow
 
@@ -48,6 +53,7 @@ FLOOR = "floor: generator.run_async(noop)"
 ARUN = "arun"
 ASTREAM = "astream"
 HANDOFF = "bare task hand-off"
+LEAST_STEP = "least step: StreamBridge alone"
 HAYHOOKS = "hayhooks async_streaming_generator"
 COLLECTOR = "collector during "
 """Prefix of the row entries with the garbage collector's CPU µs per event while a path ran (in its total)."""
@@ -92,6 +98,9 @@ def paths(only: set[str] | None = None) -> dict[str, Callable[[], Awaitable[obje
         async for _ in astream(flow):
             pass
 
+    async def least_step() -> None:
+        await _least_step(generator, messages)
+
     async def handoff() -> None:
         await _bare_handoff(generator, messages)
 
@@ -99,12 +108,31 @@ def paths(only: set[str] | None = None) -> dict[str, Callable[[], Awaitable[obje
         FLOOR: floor,
         ARUN: run_arun,
         ASTREAM: run_astream,
+        LEAST_STEP: least_step,
         HANDOFF: handoff,
     }
     hayhooks = _hayhooks(messages)
     if hayhooks is not None:
         result[HAYHOOKS] = hayhooks
     return {name: fn for name, fn in result.items() if only is None or name in only or name == FLOOR}
+
+
+_NOOP_HANDLER = BoundHandler("noop", _noop, is_async=False)
+
+
+async def _least_step(generator: ScriptedChatGenerator, messages: list[ChatMessage]) -> None:
+    """Stream through a `StreamBridge` to one no-op handler and close with a `Done`, and nothing else."""
+    seq = iter(range(1 << 30))
+    bridge = StreamBridge(
+        step="s",
+        run_id="r",
+        next_seq=seq.__next__,
+        provider=PROVIDER,
+        model=None,
+        dispatcher=Dispatcher([_NOOP_HANDLER]),
+    )
+    await generator.run_async(messages, streaming_callback=bridge.on_chunk_async)
+    bridge.dispatcher.emit(bridge.build_done(finish_reason="stop", usage=None, meta={}))
 
 
 async def _bare_handoff(generator: ScriptedChatGenerator, messages: list[ChatMessage]) -> None:
