@@ -101,10 +101,14 @@ class EventStream:
         """True once `cancel()` was called; the iteration then ends after the cancelled Done."""
 
     def __aiter__(self) -> EventStream:
+        self._claim()
+        return self
+
+    def _claim(self) -> None:
+        """Mark the stream consumed (by iterating it or by `run_into`): a stream runs its workflow once."""
         if self._started:
             raise PipelineError("this event stream was already consumed; call astream() again for a new run")
         self._started = True
-        return self
 
     def _start(self, sink: Callable[[RunEvent], None] | None = None) -> None:
         workflow, inputs = self._args
@@ -121,7 +125,8 @@ class EventStream:
                 **self._durability,
             )
         )
-        self._task.add_done_callback(lambda _: ready.put(_END))
+        if sink is None:  # the iteration's end marker; `run_into` waits on the task instead
+            self._task.add_done_callback(lambda _: ready.put(_END))
 
     async def __anext__(self) -> RunEvent:
         if self._finished:
@@ -134,12 +139,7 @@ class EventStream:
         item = ready.items.popleft() if ready.items else await ready.get()
         if item is _END:
             self._finished = True
-            assert self._task is not None
-            if self._task.cancelled():
-                if self.cancelled:  # cancel() was asked for: the cancelled Done was the last event
-                    raise StopAsyncIteration
-                raise RunCancelled("the run was cancelled; its steps' Done events were delivered")
-            self.result = self._task.result()  # raises the run's error, after its Done was yielded
+            self._take_outcome()
             raise StopAsyncIteration
         event: RunEvent = item
         return event
@@ -151,16 +151,23 @@ class EventStream:
         takes them so). Returns when the run has ended, or when it ended after `cancel()`; raises as the
         iteration would (the run's error, or `RunCancelled` if it was cancelled otherwise).
         """
-        if self._started:
-            raise PipelineError("this event stream was already consumed; call astream() again for a new run")
-        self._started = True
+        self._claim()
         self._start(sink)
-        task = self._task
-        assert task is not None
+        assert self._task is not None
         try:
-            await asyncio.wait({task})  # the run's own cancellation is told apart below, not raised here
+            await asyncio.wait({self._task})  # the run's own cancellation is told apart below, not raised here
         finally:
             self._finished = True
+        self._take_outcome()
+
+    def _take_outcome(self) -> None:
+        """Once the run ended: keep its result, or raise its error (its Done was delivered first).
+
+        A run cancelled by `cancel()` just ends the stream (its cancelled Done was the last event); one
+        cancelled otherwise raises `RunCancelled`.
+        """
+        task = self._task
+        assert task is not None
         if task.cancelled():
             if self.cancelled:
                 return
