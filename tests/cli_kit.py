@@ -96,6 +96,21 @@ def write(path: Path, text: str) -> Path:
     return path
 
 
+def slow_workflow(folder: Path, *, chunks: int = 300, delay_ms: int = 30, file: str = "slow.yaml", **step: Any) -> Path:
+    """A one-step mock workflow streaming `chunks` chunks `delay_ms` apart (far longer than a test waits);
+    `step` adds to the step (its handlers, for instance). Written to `folder / file`, which is returned."""
+    fields = {
+        "id": "slow",
+        "provider": "mock",
+        "prompt": "go slowly",
+        "options": {"delay_ms": delay_ms, "mock_response": [f"c{i} " for i in range(chunks)]},
+        **step,
+    }
+    path = folder / file
+    path.write_text(json.dumps({"workflow": {"name": "slow", "steps": [fields]}}, indent=2), encoding="utf-8")
+    return path
+
+
 def read_jsonl(path: Path, *, skip_blank: bool = True) -> list[dict[str, Any]]:
     """The JSON objects of a JSON-lines file; with `skip_blank=False` a blank line fails to parse."""
     lines = path.read_text(encoding="utf-8").splitlines()

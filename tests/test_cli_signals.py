@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -19,26 +18,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cli_kit import SCRIPT, read_jsonl, signal_after_lines
+from cli_kit import SCRIPT, read_jsonl, signal_after_lines, slow_workflow
 
 pytestmark = [
     pytest.mark.streaming,
     pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals and pipes"),
 ]
-
-
-def _slow_workflow(folder: Path, *, chunks: int = 300, delay_ms: int = 30, **handler: Any) -> Path:
-    """A one-step mock workflow that streams `chunks` chunks, `delay_ms` apart (to the console by default)."""
-    step = {
-        "id": "slow",
-        "provider": "mock",
-        "prompt": "go slowly",
-        "options": {"delay_ms": delay_ms, "mock_response": [f"c{i} " for i in range(chunks)]},
-        **handler,
-    }
-    path = folder / "slow.yaml"
-    path.write_text(json.dumps({"workflow": {"name": "slow", "steps": [step]}}, indent=2), encoding="utf-8")
-    return path
 
 
 def _assert_one_cancelled_done(events: list[dict[str, Any]]) -> None:
@@ -51,7 +36,7 @@ def _assert_one_cancelled_done(events: list[dict[str, Any]]) -> None:
 
 
 def test_sigterm_cancels_the_run_delivers_done_cancelled_and_exits_143(tmp_path: Path) -> None:
-    _slow_workflow(tmp_path, stream_handler="jsonl", stream_handler_options={"path": "events.jsonl"})
+    slow_workflow(tmp_path, stream_handler="jsonl", stream_handler_options={"path": "events.jsonl"})
     events_file = tmp_path / "events.jsonl"
     result = signal_after_lines(
         "run",
@@ -89,7 +74,7 @@ def _piped_into_head(folder: Path, run_args: str, head_bytes: int) -> tuple[str,
 
 
 def test_a_closed_output_pipe_ends_the_run_quietly_with_141(tmp_path: Path) -> None:
-    _slow_workflow(tmp_path, chunks=200, delay_ms=5)
+    slow_workflow(tmp_path, chunks=200, delay_ms=5)
     printed, status, stderr = _piped_into_head(tmp_path, "slow.yaml --output-dir out", 20)
     assert printed.startswith("c0 c1 ")
     assert status == 141, stderr
@@ -100,7 +85,7 @@ def test_a_closed_output_pipe_ends_the_run_quietly_with_141(tmp_path: Path) -> N
 
 def test_a_closed_pipe_under_json_output_exits_141_too(tmp_path: Path) -> None:
     # a result larger than a pipe's buffer, so that writing it must fail once `head` has gone
-    _slow_workflow(tmp_path, chunks=15_000, delay_ms=0, stream_handler="null")
+    slow_workflow(tmp_path, chunks=15_000, delay_ms=0, stream_handler="null")
     printed, status, stderr = _piped_into_head(tmp_path, "slow.yaml --json", 1)
     assert printed == "{"
     assert status == 141, stderr

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cli_kit import read_jsonl, signal_after_lines, write
+from cli_kit import read_jsonl, signal_after_lines, slow_workflow, write
 from haystack import component
 from haystack.dataclasses import ChatMessage, StreamingChunk
 from openai_sse_server import OpenAISSEServer
@@ -514,23 +514,7 @@ def test_fault_cell(fault: str, path: str, plan: Plan, request: pytest.FixtureRe
 
 @pytest.mark.skipif(sys.platform == "win32", reason="SIGINT to a child process is POSIX-only here")
 def test_fault_cell_sigint_cli(tmp_path: Path) -> None:
-    chunks = ", ".join(f'"c{i} "' for i in range(300))  # 300 x 30 ms: far longer than the test waits
-    write(
-        tmp_path / "slow.yaml",
-        f"""
-        workflow:
-          name: slow
-          steps:
-            - id: slow
-              provider: mock
-              prompt: "go slowly"
-              options:
-                delay_ms: 30
-                mock_response: [{chunks}]
-              stream_handler: jsonl
-              stream_handler_options: {{path: events.jsonl}}
-        """,
-    )
+    slow_workflow(tmp_path, stream_handler="jsonl", stream_handler_options={"path": "events.jsonl"})
     events_file = tmp_path / "events.jsonl"
     result = signal_after_lines(
         "run",

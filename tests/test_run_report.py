@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cli_kit import REPO, cli, cli_env, cli_on_a_pty, read_jsonl, signal_after_lines, write
+from cli_kit import REPO, cli, cli_env, cli_on_a_pty, read_jsonl, signal_after_lines, slow_workflow, write
 
 from pipeline_ex import load_workflow, run
 from pipeline_ex.cli import _cmd_run, build_parser
@@ -275,14 +275,14 @@ def test_quiet_leaves_the_total_line_out_but_keeps_the_hints(
 # -- cancelled steps' tokens -------------------------------------------------------------------------------
 
 
-def _terminated_run(folder: Path, workflow: str, lines: int) -> tuple[str, list[dict[str, Any]]]:
-    """Run the workflow, SIGTERM it once its step's events file has `lines` lines; return stderr and events."""
+def _terminated_run(folder: Path, workflow: Path, lines: int) -> tuple[str, list[dict[str, Any]]]:
+    """Run the workflow file in `folder`, SIGTERM it once its step's events file has `lines` lines; return
+    stderr and events."""
     (folder / "keep_events.py").write_text(KEEP_EVENTS, encoding="utf-8")
-    write(folder / "run.yaml", workflow)
     events_file = folder / "events.jsonl"
     result = signal_after_lines(
         "run",
-        "run.yaml",
+        workflow.name,
         cwd=folder,
         lines_in=events_file,
         count=lines,
@@ -295,21 +295,8 @@ def _terminated_run(folder: Path, workflow: str, lines: int) -> tuple[str, list[
 
 
 def test_a_cancelled_mock_step_reports_the_chunks_it_streamed_and_no_invented_usage(tmp_path: Path) -> None:
-    chunks = json.dumps([f"c{i} " for i in range(300)])
-    stderr, events = _terminated_run(
-        tmp_path,
-        f"""
-        workflow:
-          name: slow
-          steps:
-            - id: slow
-              provider: mock
-              prompt: "go slowly"
-              options: {{delay_ms: 30, mock_response: {chunks}}}
-              stream_handler: [console, keep_events.KeepEvents]
-        """,
-        lines=5,
-    )
+    workflow = slow_workflow(tmp_path, stream_handler=["console", "keep_events.KeepEvents"])
+    stderr, events = _terminated_run(tmp_path, workflow, lines=5)
     done = events[-1]
     streamed = sum(1 for event in events if event["type"] == "delta")
     assert done["response"]["finish_reason"] == "cancelled"
@@ -334,7 +321,7 @@ workflow:
 @pytest.mark.local_model
 def test_a_cancelled_local_step_reports_its_streamed_tokens_as_an_estimate(tmp_path: Path) -> None:
     pytest.importorskip("llama_cpp")
-    stderr, events = _terminated_run(tmp_path, STORY, lines=12)
+    stderr, events = _terminated_run(tmp_path, write(tmp_path / "run.yaml", STORY), lines=12)
     done = events[-1]
     streamed = sum(1 for event in events if event["type"] == "delta")
     assert done["response"]["finish_reason"] == "cancelled" and streamed >= 11
