@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import itertools
 import statistics
 import time
 from collections import deque
@@ -122,7 +123,7 @@ _NOOP_HANDLER = BoundHandler("noop", _noop, is_async=False)
 
 async def _least_step(generator: ScriptedChatGenerator, messages: list[ChatMessage]) -> None:
     """Stream through a `StreamBridge` to one no-op handler and close with a `Done`, and nothing else."""
-    seq = iter(range(1 << 30))
+    seq = itertools.count(1)
     bridge = StreamBridge(
         step="s",
         run_id="r",
