@@ -24,6 +24,7 @@ from bench import (
     overhead,
     run_cost,
     startup,
+    stream_counts,
 )
 from bench.common import machine
 from bench.fresh_process import measure_apart
@@ -107,6 +108,7 @@ def run(quick: bool) -> dict[str, Any]:
             if quick
             else measure_apart("bench.many_streams", many_streams.TUNED_COUNTS, gc_tuned=True)
         ),
+        "stream_counts": measure_apart("bench.stream_counts", 100 if quick else stream_counts.COUNT),
     }
     return _with_int_counts(results)
 
@@ -457,7 +459,8 @@ def _many_streams_section(results: dict[str, Any]) -> list[str]:
         f"N runs at once on one loop, each streaming {ms.CHUNKS} chunks from an in-process generator that yields to "
         "the loop before each chunk, as a network stream does (`bench/many_streams.py`). Overhead per event is the "
         "path's process CPU over the generator's own `run_async` with a no-op callback (the floor), per chunk, "
-        f"median of {ms.REPEATS}. The *least step* is what any run that streams typed events must do: a "
+        f"the median over {ms.REPEATS} rounds of the path's CPU minus the floor's in the same round. The *least "
+        "step* is what any run that streams typed events must do: a "
         "`StreamBridge` as the generator's callback, making one `Delta` per chunk for one no-op handler, then one "
         "`Done`, with no runner, engine or step supervisor around it. The *bare task hand-off* is the least an "
         "iterator over a running stream can cost: "
@@ -489,7 +492,115 @@ def _many_streams_section(results: dict[str, Any]) -> list[str]:
         "",
         _many_streams_analysis(results),
         "",
+        *_stream_counts_part(results),
     ]
+
+
+def _stream_counts_part(results: dict[str, Any]) -> list[str]:
+    """Section 10's counts (bench/stream_counts.py): instructions per event and objects kept alive per run."""
+    counts = results.get("stream_counts")
+    if counts is None:  # a run from before the counts were taken
+        return []
+    ms, sc = many_streams, stream_counts
+    counted, alive = counts["instructions"], counts["live objects"]
+    text = [
+        "**Counted, not timed** (`bench/stream_counts.py`). The figures above are differences of CPU times near "
+        "10 µs per event, which this shared machine moves by a few µs from one round to the next. Two counts "
+        "do not move: the instructions each path executes per event (valgrind's callgrind, one round in a fresh "
+        "interpreter; the floor's own count, the others' over the floor's), of which the collector's part is "
+        "CPython's `gc_collect_main`; and the objects the collector tracks that each run keeps alive halfway "
+        f"through its stream ({sc.LIVE_RUNS} runs at once; the floor's own, the others' over the floor's). "
+        "Instructions leave out the time the CPU waits on memory, so they are a lower bound of the time.",
+        "",
+    ]
+    floor_alive = alive[ms.FLOOR]
+    if "unavailable" in counted:
+        rows = [[name, f"{alive[name] - (0 if name == ms.FLOOR else floor_alive):.0f}"] for name in sc.PATHS]
+        return [
+            *text,
+            _table(["path", "live objects per run"], rows),
+            "",
+            f"Instructions not counted: {counted['unavailable']}.",
+            "",
+        ]
+    streams = counted["streams"]
+    timed = results["many_streams"].get(streams)
+    rate = counted[ms.FLOOR]["instructions"] / timed[ms.FLOOR] if timed is not None else None
+    rows = []
+    for name in sc.PATHS:
+        figures = counted[name]
+        collector = figures["collector"]
+        rows.append(
+            [
+                name,
+                f"{figures['instructions']:,.0f}",
+                "–" if collector is None else f"{collector:,.0f}",
+                "–" if rate is None else f"{figures['instructions'] / rate:.2f}",
+                f"{alive[name] - (0 if name == ms.FLOOR else floor_alive):.0f}",
+            ]
+        )
+    table = _table(
+        [
+            f"path ({streams:,} streams)",
+            "instructions per event",
+            "of which the collector",
+            "µs per event at the floor's rate",
+            "live objects per run",
+        ],
+        rows,
+    )
+    return [*text, table, "", _stream_counts_verdict(results, rate), ""]
+
+
+def _stream_counts_verdict(results: dict[str, Any], rate: float | None) -> str:
+    """What the counts say about arun's target: how much of it the least step's instructions already take."""
+    ms = many_streams
+    counted = results["stream_counts"]["instructions"]
+    if rate is None:
+        return f"Section 10 timed no round of {counted['streams']:,} streams, so the counts are not turned into µs."
+    least_us = counted[ms.LEAST_STEP]["instructions"] / rate
+    arun_us = counted[ms.ARUN]["instructions"] / rate
+    goal = ms.TARGETS_US[ms.ARUN]
+    fixed_us = results["run_cost"]["overhead, at once"]
+    left_per_run = (goal - least_us) * ms.CHUNKS
+    arun_collector = counted[ms.ARUN]["collector"]
+    collector = ""
+    timed = results["many_streams"][counted["streams"]]
+    if arun_collector is not None and timed[ms.ARUN] > 0:
+        counted_share = arun_collector / counted[ms.ARUN]["instructions"]
+        timed_share = (timed[ms.COLLECTOR + ms.ARUN] - timed[ms.COLLECTOR + ms.FLOOR]) / timed[ms.ARUN]
+        collector = (
+            f" The collector executes {counted_share:.0%} of arun's instructions over the floor's and takes "
+            f"{timed_share:.0%} of its CPU time over the floor's above"
+            + (
+                ": walking the heap waits on memory, which instructions do not count."
+                if counted_share < timed_share
+                else "."
+            )
+        )
+    if left_per_run <= 0:
+        reach = (
+            f"more than the whole {goal:g} µs target, before any runner: no run that streams typed events to a "
+            "handler meets it on this generator at this rate"
+        )
+    elif left_per_run < fixed_us:
+        reach = (
+            f"leaving {goal - least_us:.2f} µs per event of the {goal:g} µs target, {left_per_run:.0f} µs per "
+            f"{ms.CHUNKS}-chunk run, for all that a run adds to the least step: its runner, engine and step "
+            f"supervisor. Section 8 measures a whole run's fixed cost at {fixed_us:.1f} µs (within its own 100 µs "
+            f"target); for arun's target to hold, what a run does beyond the least step's own StreamBridge and Done "
+            f"would have to stay under {left_per_run:.0f} µs of it"
+        )
+    else:
+        reach = (
+            f"leaving {goal - least_us:.2f} µs per event of the {goal:g} µs target, {left_per_run:.0f} µs per run, "
+            f"more than the fixed cost per run ({fixed_us:.1f} µs, section 8): the instructions alone do not rule "
+            "the target out"
+        )
+    return (
+        f"At the floor's rate in this run ({rate:,.0f} instructions per µs), the least step's instructions take "
+        f"{least_us:.2f} µs per event and arun's {arun_us:.2f} µs, {reach}.{collector}"
+    )
 
 
 def _many_streams_analysis(results: dict[str, Any]) -> str:
@@ -510,9 +621,11 @@ def _many_streams_analysis(results: dict[str, Any]) -> str:
         else f"within its {ms.TARGETS_US[ms.ASTREAM]:g} µs target, so the hand-off alone does not rule it out"
     )
     fixed_us = results["run_cost"]["overhead, at once"]
+    alive = results.get("stream_counts", {}).get("live objects")
+    kept = "" if alive is None else f" {alive[ms.ARUN] - alive[ms.FLOOR]:.0f} more"
     return (
         f"**Where the rest goes.** At {count:,} streams `arun` adds {arun_us:.2f} µs per event, of which the garbage "
-        f"collector's extra work over the floor's is {collector:.2f} µs: {ms.CHUNKS}-chunk runs keep about 90 "
+        f"collector's extra work over the floor's is {collector:.2f} µs: {ms.CHUNKS}-chunk runs keep{kept} "
         "container objects each alive while they stream, and with a thousand runs at once those survive into the "
         "old generation, whose full collections walk every object in the process. That is also why the overhead "
         f"grows with the number of streams ({rows[smallest][ms.ARUN]:.2f} µs at {smallest:,}, "

@@ -17,9 +17,11 @@ process CPU time is measured:
 - hayhooks' `async_streaming_generator` over a haystack `Pipeline` holding the same generator (this
   haystack has no `AsyncPipeline`).
 
-Overhead per event = (path - floor) / events, where events are the streamed chunks. Medians of REPEATS
-rounds, each round timing every path once. `measure(gc_tuned=True)` runs the same with the collector
-settings `pipeline-ex serve` uses (`pipeline_ex.server.gc_tuning`), and restores the defaults after.
+Overhead per event = (path - floor) / events, where events are the streamed chunks. Each round times
+the floor, then every path once; a path's overhead is the median over REPEATS rounds of its time minus the
+floor's of the same round, so that a slower or faster stretch of a shared machine moves both alike.
+`measure(gc_tuned=True)` runs the same with the collector settings `pipeline-ex serve` uses
+(`pipeline_ex.server.gc_tuning`), and restores the defaults after.
 """
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ from pipeline_ex.workflow.loader import LoadedWorkflow
 CHUNKS = 50
 COUNTS = (100, 1_000, 5_000)
 TUNED_COUNTS = (1_000, 5_000)
-REPEATS = 3
+REPEATS = 5
 PROVIDER = "bench-yielding"
 FLOOR = "floor: generator.run_async(noop)"
 ARUN = "arun"
@@ -217,11 +219,19 @@ async def _measure(counts: tuple[int, ...], repeats: int, only: set[str] | None)
         for _ in range(repeats):
             for name, run in selected.items():
                 samples[name].append(await _concurrently(run, count))
-        medians = {name: statistics.median(cpu for cpu, _ in values) for name, values in samples.items()}
         events = count * CHUNKS
-        floor = medians[FLOOR]
-        row = {FLOOR: floor / events * 1e6}
-        row.update({name: (seconds - floor) / events * 1e6 for name, seconds in medians.items() if name != FLOOR})
+        floors = [cpu for cpu, _ in samples[FLOOR]]
+        row = {FLOOR: statistics.median(floors) / events * 1e6}
+        row.update(
+            {
+                # each round's overhead against the floor of the same round, which ran just before it
+                name: statistics.median(cpu - floor for (cpu, _), floor in zip(values, floors, strict=True))
+                / events
+                * 1e6
+                for name, values in samples.items()
+                if name != FLOOR
+            }
+        )
         row.update(
             {
                 f"{COLLECTOR}{name}": statistics.median(collector for _, collector in values) / events * 1e6

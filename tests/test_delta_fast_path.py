@@ -129,3 +129,11 @@ def test_deltas_a_real_stream_delivers_support_copy_with_update_and_exclude_unse
         "kind": "text",
     }
     assert first.model_dump_json(exclude_unset=True).startswith('{"content":"a "')
+
+
+def test_each_fast_path_delta_has_fields_of_its_own() -> None:
+    first, second = new_delta("a", "s", "r", 1), new_delta("b", "s", "r", 2, "reasoning")
+    assert first.__dict__ is not second.__dict__
+    object.__setattr__(first, "content", "changed")  # what a handler that pokes at its event could do
+    assert (second.content, second.kind) == ("b", "reasoning")
+    assert new_delta("c", "s", "r", 3) == Delta(content="c", step="s", run_id="r", seq=3)

@@ -390,7 +390,7 @@ class StreamBridge:
             self.last_chunk_at = time.perf_counter()
         content = chunk.content
         if content:
-            self.deliver(self.make_delta(content))
+            self.deliver(new_delta(content, self.step, self.run_id, self.next_seq()))  # make_delta, inlined
         reasoning = chunk.reasoning
         if reasoning is not None and reasoning.reasoning_text:
             self.deliver(self.make_delta(reasoning.reasoning_text, "reasoning"))
@@ -410,7 +410,7 @@ class StreamBridge:
             self.last_chunk_at = time.perf_counter()
         content = chunk.content
         if content:
-            await self.adeliver(self.make_delta(content))
+            await self.adeliver(new_delta(content, self.step, self.run_id, self.next_seq()))  # make_delta, inlined
         reasoning = chunk.reasoning
         if reasoning is not None and reasoning.reasoning_text:
             await self.adeliver(self.make_delta(reasoning.reasoning_text, "reasoning"))
