@@ -40,11 +40,17 @@ _COLLECTOR = re.compile(r"^\s*([\d,]+)\s.*:gc_collect_main\b", re.MULTILINE)
 _TOTAL = re.compile(r"^(?:summary|totals):\s*(\d+)", re.MULTILINE)
 
 
-async def _round(path: str | None, count: int) -> None:
-    """The warm-up every counted run shares, then one round of `count` streams of `path` (none: warm-up only)."""
+async def _warmed_up_paths() -> dict[str, Any]:
+    """The counted paths, each run 10 times first (imports, first-use caches), as every count starts."""
     selected = many_streams.paths(set(PATHS))
     for run in selected.values():
         await asyncio.gather(*(run() for _ in range(10)))
+    return selected
+
+
+async def _round(path: str | None, count: int) -> None:
+    """The warm-up every counted run shares, then one round of `count` streams of `path` (none: warm-up only)."""
+    selected = await _warmed_up_paths()
     gc.collect()  # in the warm-up's own count too, so that the floor's figure leaves it out
     if path is not None:
         await asyncio.gather(*(selected[path]() for _ in range(count)))
@@ -111,9 +117,7 @@ def instructions(count: int = COUNT) -> dict[str, Any]:
 
 
 async def _live_objects(runs: int) -> dict[str, float]:
-    selected = many_streams.paths(set(PATHS))
-    for run in selected.values():
-        await asyncio.gather(*(run() for _ in range(10)))
+    selected = await _warmed_up_paths()
     alive: dict[str, float] = {}
     for name, run in selected.items():
         gc.collect()
