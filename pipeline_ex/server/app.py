@@ -63,6 +63,7 @@ from pipeline_ex.events import Done, RunEvent
 from pipeline_ex.gaps import Gap
 from pipeline_ex.redaction import redact_text, redacting_logger, register_secret
 from pipeline_ex.server import openai_api, split_hosts
+from pipeline_ex.server.body_send import StreamingApp
 from pipeline_ex.server.catalog import WorkflowCatalog
 from pipeline_ex.server.http import DEFAULT_READ_TIMEOUT
 from pipeline_ex.server.metrics import CONTENT_TYPE, ServerMetrics, Stream
@@ -659,7 +660,7 @@ def create_app(
         else:
             await server.registry.cancel_all()
 
-    app = Starlette(
+    app = StreamingApp(
         routes=[
             Route("/", server.page, methods=["GET"]),
             Route("/healthz", server.health, methods=["GET"]),

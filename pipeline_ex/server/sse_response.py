@@ -17,7 +17,10 @@ more where there would be one (a time window does not: under load a turn lasts l
 short enough to go unnoticed), and costs one turn, microseconds, when the server is idle. Disconnects
 are noticed by a task reading `receive` (an idle stream would otherwise only notice at its next
 `send`): it wakes the waiting response, which then closes. Headers, media type and the ASGI messages
-are still Starlette's `Response` and uvicorn's.
+are still Starlette's `Response` and uvicorn's. The stream runs as a task of its own, awaited by the
+request's: a wake-up then resumes one coroutine rather than the whole chain of the server's, Starlette's
+and the middlewares' calls above the response; and once the start went through the middleware, the
+body frames go to the server's `send` directly where the app allows it (`body_send`).
 
 On exit, however it happens (the run ended, the client left, the request was cancelled at any `await`),
 a run whose client is gone is cancelled (`cancel_on_exit`), the events sent are counted, and `on_close`
@@ -37,6 +40,7 @@ from starlette.types import Receive, Scope, Send
 
 from pipeline_ex.events import Done
 from pipeline_ex.gaps import Gap
+from pipeline_ex.server.body_send import body_send
 from pipeline_ex.server.metrics import EventCounter
 from pipeline_ex.server.runs import RunLog
 from pipeline_ex.sse import (
@@ -171,16 +175,19 @@ class RunSSEResponse(Response):
         with self.streaming:
             try:
                 with contextlib.suppress(OSError):  # the client went away while we were sending
-                    await self._stream(receive, send)
+                    # A task of its own: each wake-up then resumes this one coroutine, not the dozen of the
+                    # server's, Starlette's and the middlewares' `__call__`s that await the response.
+                    stream = self._stream(receive, send, body_send(scope, send))
+                    await asyncio.get_running_loop().create_task(stream)
             finally:
                 self.frames.close()
                 if self.on_close is not None:
                     self.on_close()
 
-    async def _stream(self, receive: Receive, send: Send) -> None:
+    async def _stream(self, receive: Receive, start_send: Send, send: Send) -> None:
         loop = asyncio.get_running_loop()
         frames, log = self.frames, self.frames.log
-        await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+        await start_send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
         watcher = loop.create_task(self._watch(receive))
         self._timer = loop.call_later(self.keepalive, self._tick, loop)
         waiter: asyncio.Future[None] | None = None
