@@ -387,18 +387,49 @@ def _http_sse_section(results: dict[str, Any]) -> list[str]:
         + ", ".join(f"{name} {value:.2f}×" for name, value in http_sse.ratios(rows).items())
         + ".",
         "",
-        "**Why not 3×.** A run's SSE response is one task that takes every event ready in the run's log and "
-        "sends them in one write (`pipeline_ex/server/sse_response.py`); under load that is about two events per "
-        "write. A cProfile of the server at 1,000 clients (taken apart from this run, on the same code and "
-        "benchmark) put 19 % of its CPU in uvicorn's send (mostly the socket write), 18 % in the event loop "
-        "itself, 7 % in Starlette's and the middlewares' send wrappers and 6 % in the generator and haystack's "
-        "chunks: about 40 µs per event that is not pipeline_ex code. pipeline_ex's own per-event code (bridge, "
-        "dispatch, run log, response, framing) was about 25 %. Three times hayhooks' events per CPU-second means "
-        "a third of its CPU per event, which is below what the HTTP stack alone costs per event at two events per "
-        "write; more events per write would take holding events back for longer than a turn of the loop, which "
-        "under this load lasts tens of milliseconds, so it would trade every client's latency for throughput.",
+        _http_sse_analysis(results),
         "",
     ]
+
+
+def _http_sse_analysis(results: dict[str, Any]) -> str:
+    """What the threefold target leaves pipeline_ex per event, from this run and the profile taken apart."""
+    by = {(row["server"], row["loop"], row["clients"]): row["cpu_us_per_event"] for row in results["http_sse"]}
+    clients = max(row["clients"] for row in results["http_sse"])
+    ours_us, theirs_us = by[http_sse.SERVERS[0], "uvloop", clients], by[http_sse.SERVERS[1], "uvloop", clients]
+    budget_us = theirs_us / 3
+    profile = http_sse.SERVER_PROFILE
+    ours_share = sum(share for part, share in profile.items() if part.startswith(http_sse.OURS))
+    others_us = ours_us * (1 - ours_share)
+    left_us = budget_us - others_us
+    parts = ", ".join(f"{part} {share * 100:.1f} %" for part, share in profile.items())
+    ms = many_streams
+    streams = results["many_streams"].get(clients) or results["many_streams"][_headline_count(results["many_streams"])]
+    least_us = streams[ms.LEAST_STEP] + streams[ms.HANDOFF]
+    verdict = (
+        f"That is less than the least a run's typed events cost on their way to another task, the least step "
+        f"and the bare task hand-off of section 10 ({least_us:.2f} µs per event): out of reach for any server "
+        "that streams a run's events from a task of their own."
+        if left_us < least_us
+        else f"The least a run's typed events cost on their way to another task, the least step and the bare task "
+        f"hand-off of section 10, is {least_us:.2f} µs per event, so the target is not ruled out by them: "
+        f"pipeline_ex's part would have to shrink from {ours_us * ours_share:.1f} to {max(left_us, 0):.1f} µs per "
+        "event. Its largest pieces in the profile are the framing (pydantic's JSON of each event and its SSE frame, "
+        f"{http_sse.FRAMING_SHARE * 100:.1f} % of the CPU), the run's fixed cost (section 8) over "
+        f"{http_sse.CHUNKS} events, and the wake-ups that hand each batch from the run's task to the response's."
+    )
+    return (
+        f"**Why not 3× yet.** At {clients:,} clients on uvloop, hayhooks spends {theirs_us:.1f} µs of server CPU per "
+        f"event and pipeline-ex {ours_us:.1f} µs; three times hayhooks' events per CPU-second means at most "
+        f"{budget_us:.1f} µs. A run's SSE response is one task of its own that takes every event ready in the "
+        "run's log and sends them in one write (`pipeline_ex/server/sse_response.py`), about two events per write "
+        "under this load; more per write would mean holding events back for longer than a turn of the loop, "
+        "which under this load lasts tens of milliseconds, trading every client's latency for throughput. A "
+        f"profile of the server (py-spy, taken apart from this run, on this code): {parts}. What is not "
+        f"pipeline_ex code is {(1 - ours_share) * 100:.0f} % of the CPU, {others_us:.1f} µs per event at this "
+        f"run's figure, which leaves pipeline_ex {left_us:.1f} µs per event under the target, against "
+        f"{ours_us * ours_share:.1f} µs today. {verdict}"
+    )
 
 
 def _headline_count(rows: dict[int, dict[str, float]]) -> int:
@@ -587,8 +618,8 @@ def _stream_counts_verdict(results: dict[str, Any], rate: float | None) -> str:
         reach = (
             f"leaving {goal - least_us:.2f} µs per event of the {goal:g} µs target, {left_per_run:.0f} µs per "
             f"{ms.CHUNKS}-chunk run, for all that a run adds to the least step: its runner, engine and step "
-            f"supervisor. Section 8 measures a whole run's fixed cost at {fixed_us:.1f} µs (within its own 100 µs "
-            f"target); for arun's target to hold, what a run does beyond the least step's own StreamBridge and Done "
+            f"supervisor. Section 8 measures a whole run's fixed cost at {fixed_us:.1f} µs ({_against(fixed_us)}); "
+            f"for arun's target to hold, what a run does beyond the least step's own StreamBridge and Done "
             f"would have to stay under {left_per_run:.0f} µs of it"
         )
     else:
@@ -601,6 +632,12 @@ def _stream_counts_verdict(results: dict[str, Any], rate: float | None) -> str:
         f"At the floor's rate in this run ({rate:,.0f} instructions per µs), the least step's instructions take "
         f"{least_us:.2f} µs per event and arun's {arun_us:.2f} µs, {reach}.{collector}"
     )
+
+
+def _against(fixed_us: float) -> str:
+    """Where a fixed cost per run stands against its own target, in words."""
+    side = "within" if fixed_us <= run_cost.TARGET_US else "over"
+    return f"{side} its own {run_cost.TARGET_US:g} µs target"
 
 
 def _many_streams_analysis(results: dict[str, Any]) -> str:
