@@ -20,6 +20,7 @@ import asyncio
 import json
 import re
 from collections.abc import AsyncIterator, Callable
+from json.encoder import encode_basestring as _json_string
 from typing import Any
 
 from pipeline_ex.errors import PipelineError, RemoteRunError, RunCancelled, StepError
@@ -47,9 +48,29 @@ def event_id(event: RunEvent) -> str:
     return f"{event.run_id}:{event.seq}"
 
 
+def _text_delta_json(delta: Delta) -> str | None:
+    """A plain text Delta's JSON, exactly as `model_dump_json` writes it; None for any other Delta.
+
+    Written by hand because it runs once per streamed event: pydantic's serializer takes about 1.7 µs
+    here, this 0.7 µs. It covers Deltas without tool-call fields whose strings are ASCII (so no lone
+    surrogate, which pydantic refuses); the rest go through pydantic.
+    """
+    fields = delta.__dict__
+    content, step, run_id = fields["content"], fields["step"], fields["run_id"]
+    if fields["tool_call_id"] is not None or fields["tool_name"] is not None:
+        return None
+    if not (content.isascii() and step.isascii() and run_id.isascii()):
+        return None
+    return (
+        f'{{"type":"delta","content":{_json_string(content)},"step":{_json_string(step)},'
+        f'"run_id":{_json_string(run_id)},"seq":{fields["seq"]},"index":{fields["index"]},'
+        f'"kind":"{fields["kind"]}"}}'
+    )
+
+
 def event_frame(event: RunEvent) -> str:
     """One SSE frame for an event."""
-    data = event.model_dump_json()
+    data = (_text_delta_json(event) if type(event) is Delta else None) or event.model_dump_json()
     if "\n" in data or "\r" in data:  # never from JSON, which escapes them; framed line by line all the same
         return _frame(event.type, data, event_id(event))
     return f"event: {event.type}\nid: {event.run_id}:{event.seq}\ndata: {data}\n\n"

@@ -7,6 +7,7 @@ import json
 import time
 from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -14,7 +15,7 @@ from hypothesis import strategies as st
 
 import pipeline_ex
 from pipeline_ex import Delta, Done, Response, StepError, Usage
-from pipeline_ex.events import EVENT_ADAPTER, ErrorInfo
+from pipeline_ex.events import EVENT_ADAPTER, ErrorInfo, new_delta
 from pipeline_ex.sse import (
     HEADERS,
     KEEPALIVE_FRAME,
@@ -94,6 +95,50 @@ def test_delta_frame_is_event_id_and_one_json_data_line() -> None:
         "index": 0,
         "kind": "text",
     }
+
+
+_strings = st.one_of(st.text(max_size=12), st.text(st.characters(max_codepoint=127), max_size=12))
+
+
+@given(
+    content=st.one_of(st.text(min_size=1, max_size=20), st.text(st.characters(max_codepoint=127), min_size=1)),
+    step=_strings,
+    run_id=_strings,
+    seq=st.integers(min_value=-(2**63), max_value=2**63 - 1),
+    index=st.integers(min_value=0, max_value=5),
+    kind=st.sampled_from(["text", "reasoning", "tool_call"]),
+    tool=st.one_of(st.none(), st.tuples(st.one_of(st.none(), _strings), st.one_of(st.none(), _strings))),
+    fast=st.booleans(),
+)
+@settings(max_examples=300)
+def test_every_delta_frame_carries_exactly_pydantics_json(
+    content: str, step: str, run_id: str, seq: int, index: int, kind: str, tool: Any, fast: bool
+) -> None:
+    """The hand-written JSON of plain ASCII Deltas, and pydantic's for the rest, are byte for byte pydantic's."""
+    if fast and tool is None and index == 0:
+        event = new_delta(content, step, run_id, seq, kind)  # type: ignore[arg-type]
+    else:
+        call_id, name = tool if tool is not None else (None, None)
+        event = Delta(
+            content=content,
+            step=step,
+            run_id=run_id,
+            seq=seq,
+            index=index,
+            kind=kind,
+            tool_call_id=call_id,
+            tool_name=name,
+        )
+    data = [line[len("data: ") :] for line in event_frame(event).split("\n") if line.startswith("data: ")]
+    assert data == [event.model_dump_json()]
+
+
+def test_a_delta_pydantic_cannot_serialise_fails_the_same_way_when_framed() -> None:
+    event = new_delta("lone \ud800 surrogate", "answer", "run", 1)
+    with pytest.raises(Exception) as direct:
+        event.model_dump_json()
+    with pytest.raises(type(direct.value)):
+        event_frame(event)
 
 
 def test_done_frame_uses_the_done_event_name() -> None:
