@@ -414,7 +414,7 @@ def _http_sse_analysis(results: dict[str, Any]) -> str:
         else f"The least a run's typed events cost on their way to another task, the least step and the bare task "
         f"hand-off of section 10, is {least_us:.2f} µs per event, so the target is not ruled out by them: "
         f"pipeline_ex's part would have to shrink from {ours_us * ours_share:.1f} to {max(left_us, 0):.1f} µs per "
-        "event. Its largest pieces in the profile are the framing (pydantic's JSON of each event and its SSE frame, "
+        "event. Its largest pieces in the profile are the framing (each event's JSON and SSE frame, "
         f"{http_sse.FRAMING_SHARE * 100:.1f} % of the CPU), the run's fixed cost (section 8) over "
         f"{http_sse.CHUNKS} events, and the wake-ups that hand each batch from the run's task to the response's."
     )

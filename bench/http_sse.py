@@ -40,22 +40,21 @@ LOOPS = ("uvloop", "asyncio")
 STREAM_TIMEOUT = 120.0
 SERVERS = ("pipeline-ex serve", "hayhooks run")
 SERVER_PROFILE = {
-    "uvicorn's send (the socket writes)": 0.231,
-    "the generator and haystack's chunks": 0.138,
-    "the event loop itself": 0.089,
-    "Starlette's routing and middleware": 0.077,
-    "uvicorn's parsing and connections": 0.044,
-    "the generator's yield to the loop (asyncio.sleep)": 0.035,
-    "pipeline_ex: the response, framing and run log": 0.206,
-    "pipeline_ex: the run (runner, engine, step, bridge, dispatch)": 0.131,
-    "pipeline_ex: request handling and guards": 0.049,
+    "uvicorn's send (the socket writes)": 0.250,
+    "the generator and haystack's chunks": 0.143,
+    "the event loop itself": 0.107,
+    "Starlette's routing and middleware": 0.079,
+    "the generator's yield to the loop (asyncio.sleep)": 0.039,
+    "uvicorn's parsing and connections": 0.035,
+    "pipeline_ex: the response, framing and run log": 0.164,
+    "pipeline_ex: the run (runner, engine, step, bridge, dispatch)": 0.142,
+    "pipeline_ex: request handling and guards": 0.042,
 }
 """Where `pipeline-ex serve`'s CPU goes at 1,000 clients (uvloop): py-spy, blocking, 100 Hz, two loads of this
-benchmark, 2,296 samples, each sample counted in the innermost frame of one of these parts. Taken apart from
-`python -m bench` (a profiler would change the figures it reports), on the code of 2aefe63, before a text
-Delta's JSON was written by hand."""
-FRAMING_SHARE = 0.073
-"""The part of the same profile in framing: pydantic's JSON of each event and `sse.event_frame`."""
+benchmark, 1,478 samples, each sample counted in the innermost frame of one of these parts. Taken apart from
+`python -m bench` (a profiler would change the figures it reports), on the code of 91a9412."""
+FRAMING_SHARE = 0.052
+"""The part of the same profile in framing: samples inside `sse.event_frame` or pydantic's JSON of an event."""
 OURS = "pipeline_ex: "
 """The prefix of the profile's parts that are pipeline_ex code."""
 PROVIDER = "bench-sse"
