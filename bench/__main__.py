@@ -400,20 +400,19 @@ def _http_sse_analysis(results: dict[str, Any]) -> str:
     budget_us = theirs_us / 3
     profile = http_sse.SERVER_PROFILE
     ours_share = sum(share for part, share in profile.items() if part.startswith(http_sse.OURS))
-    others_us = ours_us * (1 - ours_share)
+    others_us, ours_part_us = ours_us * (1 - ours_share), ours_us * ours_share
     left_us = budget_us - others_us
     parts = ", ".join(f"{part} {share * 100:.1f} %" for part, share in profile.items())
     ms = many_streams
     streams = results["many_streams"].get(clients) or results["many_streams"][_headline_count(results["many_streams"])]
     least_us = streams[ms.LEAST_STEP] + streams[ms.HANDOFF]
+    least = "least a run's typed events cost on their way to another task, the least step and the bare task hand-off"
     verdict = (
-        f"That is less than the least a run's typed events cost on their way to another task, the least step "
-        f"and the bare task hand-off of section 10 ({least_us:.2f} µs per event): out of reach for any server "
+        f"That is less than the {least} of section 10 ({least_us:.2f} µs per event): out of reach for any server "
         "that streams a run's events from a task of their own."
         if left_us < least_us
-        else f"The least a run's typed events cost on their way to another task, the least step and the bare task "
-        f"hand-off of section 10, is {least_us:.2f} µs per event, so the target is not ruled out by them: "
-        f"pipeline_ex's part would have to shrink from {ours_us * ours_share:.1f} to {max(left_us, 0):.1f} µs per "
+        else f"The {least} of section 10, is {least_us:.2f} µs per event, so the target is not ruled out by them: "
+        f"pipeline_ex's part would have to shrink from {ours_part_us:.1f} to {max(left_us, 0):.1f} µs per "
         "event. Its largest pieces in the profile are the framing (each event's JSON and SSE frame, "
         f"{http_sse.FRAMING_SHARE * 100:.1f} % of the CPU), the run's fixed cost (section 8) over "
         f"{http_sse.CHUNKS} events, and the wake-ups that hand each batch from the run's task to the response's."
@@ -428,7 +427,7 @@ def _http_sse_analysis(results: dict[str, Any]) -> str:
         f"profile of the server (py-spy, taken apart from this run, on this code): {parts}. What is not "
         f"pipeline_ex code is {(1 - ours_share) * 100:.0f} % of the CPU, {others_us:.1f} µs per event at this "
         f"run's figure, which leaves pipeline_ex {left_us:.1f} µs per event under the target, against "
-        f"{ours_us * ours_share:.1f} µs today. {verdict}"
+        f"{ours_part_us:.1f} µs today. {verdict}"
     )
 
 
